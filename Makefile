@@ -1,0 +1,49 @@
+# The two commands a new user needs: `make demo` and `make test`. Everything else is set up here.
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+MAX_JOBS ?= 2
+export MAX_JOBS
+NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h) setup.py pyproject.toml
+
+.PHONY: demo test test-python test-triton test-cpp sanitize bench install clean
+
+$(VENV)/.torch:
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	touch $@
+
+# --no-build-isolation: an isolated build would resolve torch again (BUILD-NOTES.md)
+$(VENV)/.installed: $(VENV)/.torch $(NATIVE_SOURCES)
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m netspace_fast.demo --out demo_out
+
+test-python: install
+	$(PY) -m pytest -q -m "not triton" tests
+
+# Triton kernels on CPU tensors: the interpreter must be on before triton is imported
+test-triton: install
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton tests
+
+test-cpp: install
+	PYTHON=$(PY) bash scripts/cmake_test.sh
+
+test: test-python test-triton test-cpp
+
+sanitize: install
+	PYTHON=$(PY) bash scripts/cmake_test.sh sanitize
+
+bench: install
+	$(PY) -m pytest -q benchmarks --benchmark-columns=min,median,mean,rounds
+
+clean:
+	rm -rf build *.egg-info netspace_fast/_C*.so demo_out
