@@ -17,44 +17,57 @@ from torch import nn
 
 from .archs import SpecNet
 from .ops import pack_op
-from .prep import _gather, _models_list, unpack_prep, PRepLayout
+from .prep import PRepLayout, _gather, _models_list, unpack_prep
 
 __all__ = ["fold_bn"]
 
 
 @lru_cache(maxsize=None)
-def _template(spec) -> SpecNet:
-    with torch.device("meta"):
-        return SpecNet(spec, batchnorm=False)
+def _flat_layout(spec) -> PRepLayout:
+    """The BN-free entries in one row of exactly P values: the fold buffer."""
+    return PRepLayout(PRepLayout.for_spec(spec, 8).entries, 1, spec.num_params, spec)
 
 
 @lru_cache(maxsize=None)
-def _flat_layout(spec) -> PRepLayout:
-    """The BN-free entries in one row of exactly P values: the fold buffer."""
-    entries = PRepLayout.for_spec(spec, 8).entries
-    return PRepLayout(entries, 1, spec.num_params, spec)
+def _recipe(spec):
+    """How to clone a parameter-less BN-free template of ``spec`` quickly (no init, no __setattr__).
 
-
-def _clone_module(m: nn.Module, params: dict[str, torch.Tensor], prefix: str) -> nn.Module:
-    new = object.__new__(type(m))
-    d = m.__dict__.copy()
-    for k, v in d.items():  # the module's own containers (parameters, hooks, ...) must not be shared
-        if isinstance(v, (dict, set)):
-            d[k] = v.copy()
-    new.__dict__ = d
-    for name in m._parameters:
-        d["_parameters"][name] = nn.Parameter(params[prefix + name])
-    for name, child in m._modules.items():
-        d["_modules"][name] = _clone_module(child, params, f"{prefix}{name}.")
-    return new
+    One entry per module in preorder: (class, template __dict__, keys of its own dict/set
+    containers, children as (name, entry index), parameters as (name, full name)).
+    """
+    with torch.device("meta"):
+        template = SpecNet(spec, batchnorm=False)
+    mods = list(template.named_modules())
+    index = {id(m): i for i, (_, m) in enumerate(mods)}
+    entries = []
+    for path, m in mods:
+        d = m.__dict__
+        containers = tuple(k for k, v in d.items()
+                           if isinstance(v, (dict, set)) and k not in ("_parameters", "_modules"))
+        children = tuple((name, index[id(c)]) for name, c in m._modules.items())
+        prefix = f"{path}." if path else ""
+        params = tuple((name, prefix + name) for name in m._parameters)
+        entries.append((type(m), d, containers, children, params))
+    layers = tuple((name, index[id(mod)]) for name, mod in template._layer_modules.items())
+    return tuple(entries), layers
 
 
 def _instantiate(spec, params: dict[str, torch.Tensor], training: bool) -> SpecNet:
-    model = _clone_module(_template(spec), params, "")
-    model._layer_modules = {name: model.get_submodule(name) for name in model._layer_modules}
-    model._bn_modules = None
-    model.train(training)
-    return model
+    entries, layers = _recipe(spec)
+    news = [object.__new__(cls) for cls, *_ in entries]
+    make = torch.Tensor._make_subclass  # what nn.Parameter(t) does, without its Python overhead
+    for new, (_, d0, containers, children, names) in zip(news, entries):
+        d = d0.copy()
+        for k in containers:
+            d[k] = d0[k].copy()
+        d["_modules"] = {name: news[j] for name, j in children}
+        d["_parameters"] = {name: make(nn.Parameter, params[full], True) for name, full in names}
+        d["training"] = training
+        new.__dict__ = d
+    root = news[0]
+    root._layer_modules = {name: news[j] for name, j in layers}
+    root._bn_modules = None
+    return root
 
 
 def fold_bn(model_or_list: nn.Module | Sequence[nn.Module], *, backend: str | None = None):
@@ -79,8 +92,7 @@ def fold_bn(model_or_list: nn.Module | Sequence[nn.Module], *, backend: str | No
         _, tensors, plan, eps, num_values = _gather(group)
         with torch.no_grad():
             flat = pack_op(tensors, plan, eps, len(group), 1, num_values, check_finite=False, backend=backend)
-        views = unpack_prep(flat, _flat_layout(spec))
+        layout = _flat_layout(spec)
         for j, i in enumerate(idx):
-            params = {name: v[j] for name, v in views.items()}
-            out[i] = _instantiate(spec, params, models[i].training)
+            out[i] = _instantiate(spec, unpack_prep(flat[j], layout), models[i].training)
     return out[0] if single else out

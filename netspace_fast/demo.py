@@ -1,0 +1,88 @@
+"""`make demo`: the PRep core end to end on the embedded default (digits geometry), on CPU, in seconds.
+
+Builds every architecture, checks parameter counts against the seed's Table I, folds BatchNorm
+(one native call per architecture) and checks the folded networks against the BN networks in
+eval mode, packs a batch of PReps per architecture, saves one PRep as a PNG image and prints a
+table. Later issues grow this into the full NetSpace demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from . import archs, backends, fold_bn, pack_preps, unpack_prep, PRepLayout
+from .visualize import save_prep_png
+
+TABLE_I = {"lenetlike": 62_006, "vanillacnn": 68_818, "resnet8": 78_042, "resnet32": 466_906, "resnet56": 855_770}
+
+
+def _randomize_bn(model: torch.nn.Module, gen: torch.Generator) -> None:
+    """Stand-in for training (the zoo comes in a later issue): BN statistics that are not identity."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(0, 0.1, generator=gen)
+    model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m netspace_fast.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="demo_out", help="folder for the PRep image (default: demo_out)")
+    parser.add_argument("--dataset", default="digits", choices=sorted(archs.DATASETS))
+    parser.add_argument("--batch", type=int, default=8, help="networks per architecture (default: 8)")
+    parser.add_argument("--width", type=int, default=10_000, help="PRep width, a multiple of 8 (default: 10000)")
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch: expected a positive number of networks, got {args.batch}")
+    os.makedirs(args.out, exist_ok=True)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    print(f"netspace_fast backends: {backends()}")
+    ds = args.dataset
+    x = torch.randn(16, *archs.spec("lenetlike", ds).input_shape, generator=gen)
+    rows = []
+    image_path = None
+    for name in TABLE_I:
+        spec = archs.spec(name, ds)
+        models = [archs.build(name, ds) for _ in range(args.batch)]
+        for m in models:
+            _randomize_bn(m, gen)
+        count = sum(p.numel() for p in models[0].parameters())
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            folded = fold_bn(models)
+            t_fold = time.perf_counter() - t0
+            err = max(((a(x) - b(x)).abs().max() / a(x).abs().max()).item() for a, b in zip(models, folded))
+            t0 = time.perf_counter()
+            preps = pack_preps(models, width=args.width)
+            t_pack = time.perf_counter() - t0
+            layout = PRepLayout.for_spec(spec, args.width)
+            # the PRep is the folded network: its views are the folded parameters
+            same = all(torch.equal(v, p) for v, p in zip(unpack_prep(preps[0], layout).values(),
+                                                           folded[0].parameters()))
+        if name == "resnet8":
+            image_path = save_prep_png(preps[0], os.path.join(args.out, f"prep_{name}_{ds}.png"), spec.num_params)
+        rows.append((name, count, TABLE_I[name], spec.num_params, tuple(preps.shape), err, same,
+                     1e3 * t_fold, 1e3 * t_pack))
+    header = (f"{'arch':<11}{'params':>9}{'Table I':>9}{'BN-free':>9}  {'PRep batch':<18}{'fold rel err':>13}"
+              f"{'PRep=fold':>10}{'fold ms':>9}{'pack ms':>9}")
+    print(f"\n{ds}: {args.batch} networks per architecture, PRep width {args.width}\n{header}\n{'-' * len(header)}")
+    ok = True
+    for name, count, table, bnfree, shape, err, same, tf, tp in rows:
+        ok &= count == table and err <= 1e-5 and same
+        print(f"{name:<11}{count:>9,}{table:>9,}{bnfree:>9,}  {str(shape):<18}{err:>13.2e}{str(same):>10}"
+              f"{tf:>9.1f}{tp:>9.1f}")
+    print(f"\nPRep image: {image_path}")
+    print("all checks passed" if ok else "CHECK FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
