@@ -4,10 +4,13 @@
 // descriptors, and a block -> (network, segment, chunk) map), sends it with one async copy from
 // pinned memory, and one launch covers all of it. The table lives in device memory rather than in
 // the kernel's argument space, so it never fills and the call is one launch whatever B is.
-#include <ATen/cuda/CUDAContext.h>
+// Only c10/cuda headers: ATen/cuda/CUDAContext.h pulls cuBLAS/cuSPARSE headers, which a minimal
+// toolkit (the development machines') does not have.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -135,7 +138,7 @@ at::Tensor pack_preps_cuda(at::TensorList tensors, c10::IntArrayRef plan, c10::A
   auto meta = meta_host.to(device, /*non_blocking=*/true);
   at::Tensor flag;
   if (check_finite) flag = at::zeros({1}, at::TensorOptions().dtype(at::kInt).device(device));
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   pack_kernel<<<static_cast<unsigned>(nchunks), kThreads, 0, stream>>>(
       meta.const_data_ptr<int64_t>(), ptrs_off, segs_off, chunks_off, T, nseg, per_net, cp.total,
       out.mutable_data_ptr<float>(), check_finite ? flag.mutable_data_ptr<int>() : nullptr);
