@@ -27,8 +27,8 @@ CheckedPlan check_pack_args(const at::TensorList& tensors, c10::IntArrayRef plan
   if (num_nets == 0) {
     TORCH_CHECK_VALUE(tensors.empty(), "tensors: expected none for num_nets=0, got ", tensors.size());
   } else {
-    TORCH_CHECK_VALUE(static_cast<int64_t>(tensors.size()) % num_nets == 0, "tensors: expected a multiple of num_nets=",
-                      num_nets, " tensors, got ", tensors.size());
+    TORCH_CHECK_VALUE(!tensors.empty() && static_cast<int64_t>(tensors.size()) % num_nets == 0,
+                      "tensors: expected a positive multiple of num_nets=", num_nets, " tensors, got ", tensors.size());
     out.tensors_per_net = static_cast<int64_t>(tensors.size()) / num_nets;
   }
   const int64_t T = out.tensors_per_net;
@@ -78,12 +78,17 @@ CheckedPlan check_pack_args(const at::TensorList& tensors, c10::IntArrayRef plan
         TORCH_CHECK_VALUE(false, "plan: segment ", s, " kind must be 0 (copy), 1 (fold weight) or 2 (fold bias), got ",
                           seg.kind);
     }
-    offset += seg.numel;
+    TORCH_CHECK_VALUE(!__builtin_add_overflow(offset, seg.numel, &offset), "plan: segment ", s,
+                      " makes the total number of values overflow int64");
     out.segments.push_back(seg);
   }
   out.total = offset;
-  TORCH_CHECK_VALUE(offset <= rows * width, "rows: the plan writes ", offset, " values, more than rows*width = ", rows,
-                    "*", width, " = ", rows * width);
+  int64_t per_net = 0, all = 0;
+  TORCH_CHECK_VALUE(!__builtin_mul_overflow(rows, width, &per_net) && !__builtin_mul_overflow(per_net, num_nets, &all) &&
+                        !__builtin_mul_overflow(all, int64_t(sizeof(float)), &all),
+                    "rows: num_nets*rows*width = ", num_nets, "*", rows, "*", width, " float32 values overflow int64");
+  TORCH_CHECK_VALUE(offset <= per_net, "rows: the plan writes ", offset, " values, more than rows*width = ", rows,
+                    "*", width, " = ", per_net);
   if (num_nets == 0) return out;
 
   const auto device = tensors[0].device();

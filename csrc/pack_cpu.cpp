@@ -28,6 +28,7 @@ inline uint32_t nonfinite_bits(float v) {
 
 // returns 1 if a non-finite value was written (only computed when `check`)
 uint32_t copy_values(float* dst, const float* src, int64_t n, bool check) {
+  if (n == 0) return 0;  // an empty source may have a null data pointer
   if (!check) {
     std::memcpy(dst, src, sizeof(float) * n);
     return 0;
@@ -131,7 +132,7 @@ at::Tensor pack_preps_cpu(at::TensorList tensors, c10::IntArrayRef plan, c10::Ar
       const int64_t b = item / items_per_net, s = item % items_per_net;
       float* dst_net = out_ptr + b * per_net;
       if (s == nseg) {
-        std::memset(dst_net + cp.total, 0, sizeof(float) * (per_net - cp.total));
+        if (per_net > cp.total) std::memset(dst_net + cp.total, 0, sizeof(float) * (per_net - cp.total));
         continue;
       }
       const Segment& seg = cp.segments[s];

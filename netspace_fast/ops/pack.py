@@ -39,8 +39,8 @@ def check_pack_args(tensors: Sequence[torch.Tensor], plan: Sequence[int], eps: S
             raise ValueError(f"tensors: expected none for num_nets=0, got {len(tensors)}")
         T = 0
     else:
-        if len(tensors) % num_nets:
-            raise ValueError(f"tensors: expected a multiple of num_nets={num_nets} tensors, got {len(tensors)}")
+        if not len(tensors) or len(tensors) % num_nets:
+            raise ValueError(f"tensors: expected a positive multiple of num_nets={num_nets} tensors, got {len(tensors)}")
         T = len(tensors) // num_nets
     total = 0
     for s, (kind, numel, *idx) in enumerate(segs):
@@ -203,6 +203,8 @@ if _native.LOADED:
 def pack_op(tensors: Sequence[torch.Tensor], plan: Sequence[int], eps: Sequence[float], num_nets: int, rows: int,
             width: int, check_finite: bool = False, backend: str | None = None) -> torch.Tensor:
     """Run `pack_preps` on the backend chosen for the tensors' device (see netspace_fast.backend)."""
+    if num_nets == 0:  # no tensor argument: the dispatcher could not pick a kernel; nothing to launch
+        return pack_preps_reference(tensors, plan, eps, num_nets, rows, width, check_finite)
     device = tensors[0].device if len(tensors) else torch.device("cpu")
     which = _backend.select("pack_preps", device, backend)
     if which in ("cpp", "cuda"):
