@@ -6,4 +6,21 @@ TORCH_LIBRARY(netspace_fast, m) {
   m.def(
       "pack_preps(Tensor[] tensors, int[] plan, float[] eps, int num_nets, int rows, int width, "
       "bool check_finite) -> Tensor");
+  // Batched layers over a (B, P) PRep batch (semantics: netspace_fast/ops/batched_ref.py). The
+  // forward ops return (y, z): z is the pre-activation when act == 2 (sin) and empty otherwise.
+  // The backward ops write the layer's weight and bias gradients into grad_preps at the layer's
+  // offsets and return (grad_x, grad_z); grad_z is the residual's gradient.
+  m.def(
+      "batched_conv2d(Tensor x, Tensor preps, int w_off, int b_off, int cout, int cin, int k, int stride, "
+      "int padding, int act, Tensor? residual) -> (Tensor, Tensor)");
+  m.def(
+      "batched_conv2d_backward(Tensor grad_y, Tensor x, Tensor preps, Tensor y, Tensor z, int w_off, int b_off, "
+      "int cout, int cin, int k, int stride, int padding, int act, Tensor(a!) grad_preps, bool need_grad_x) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "batched_linear(Tensor x, Tensor preps, int w_off, int b_off, int out_features, int in_features, int act, "
+      "Tensor? residual) -> (Tensor, Tensor)");
+  m.def(
+      "batched_linear_backward(Tensor grad_y, Tensor x, Tensor preps, Tensor y, Tensor z, int w_off, int b_off, "
+      "int out_features, int in_features, int act, Tensor(a!) grad_preps, bool need_grad_x) -> (Tensor, Tensor)");
 }

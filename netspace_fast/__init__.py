@@ -7,6 +7,7 @@ Public API of the PRep core: architectures (:mod:`netspace_fast.archs`), BatchNo
 
 from . import archs
 from .backend import backends
+from .batched import batched_forward
 from .fold import fold_bn
 from .prep import LayoutEntry, PRepLayout, load_prep, pack_preps, prep_shape, unpack_prep
 
@@ -17,6 +18,7 @@ __all__ = [
     "PRepLayout",
     "archs",
     "backends",
+    "batched_forward",
     "fold_bn",
     "load_prep",
     "pack_preps",
