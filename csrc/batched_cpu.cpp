@@ -7,6 +7,7 @@
 // residual + activation epilogues that also relayout (N, B*C) -> (B, N, C) in the same pass, the
 // activation gradient in one pass, and weight/bias gradients written straight into the (B, P)
 // gradient of the PRep batch (no per-view gradient buffers).
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/baddbmm.h>
@@ -38,8 +39,11 @@ struct Geometry {
 
 void check_common(const char* op, const at::Tensor& x, const at::Tensor& preps, int64_t w_off, int64_t w_numel,
                   int64_t b_off, int64_t out, int64_t act, int64_t x_dims) {
-  TORCH_CHECK_TYPE(preps.scalar_type() == at::kFloat, op, ": preps: expected float32, got ", preps.scalar_type());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x: expected float32, got ", x.scalar_type());
+  // float32 is the production dtype; float64 is accepted for gradcheck
+  TORCH_CHECK_TYPE(preps.scalar_type() == at::kFloat || preps.scalar_type() == at::kDouble, op,
+                   ": preps: expected float32 (or float64), got ", preps.scalar_type());
+  TORCH_CHECK_TYPE(x.scalar_type() == preps.scalar_type(), op, ": x: expected the dtype of preps (",
+                   preps.scalar_type(), "), got ", x.scalar_type());
   TORCH_CHECK_VALUE(preps.dim() == 2 && preps.stride(1) == 1, op,
                     ": preps: expected a (B, P) batch with contiguous rows, got sizes ", preps.sizes(), " strides ",
                     preps.strides());
@@ -60,25 +64,27 @@ void check_common(const char* op, const at::Tensor& x, const at::Tensor& preps, 
                     ": act: expected 0 (none), 1 (LeakyReLU) or 2 (sin), got ", act);
 }
 
-inline float activate(float v, int64_t act) {
-  if (act == kActLeaky) return v > 0.f ? v : v * kLeakySlope;
-  if (act == kActSin) return std::sin(kSinW0 * v);
+template <typename T>
+inline T activate(T v, int64_t act) {
+  if (act == kActLeaky) return v > T(0) ? v : v * T(kLeakySlope);
+  if (act == kActSin) return std::sin(T(kSinW0) * v);
   return v;
 }
 
 // dst/z chunk (b, n) of M values = act(src chunk + residual chunk). src chunk (b, n) starts at
 // src + (shared ? (n * B + b) : (b * N + n)) * M: that relayouts (N, B*C) into (B, N, C).
-void epilogue(float* dst, float* z, const float* src, const float* res, int64_t B, int64_t N, int64_t M,
-              bool src_nb, int64_t act) {
+template <typename T>
+void epilogue_impl(T* dst, T* z, const T* src, const T* res, int64_t B, int64_t N, int64_t M, bool src_nb,
+                   int64_t act) {
   at::parallel_for(0, B * N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / N, n = i % N;
-      const float* s = src + (src_nb ? (n * B + b) : i) * M;
-      const float* r = res ? res + i * M : nullptr;
-      float* d = dst + i * M;
-      float* zz = z ? z + i * M : nullptr;
+      const T* s = src + (src_nb ? (n * B + b) : i) * M;
+      const T* r = res ? res + i * M : nullptr;
+      T* d = dst + i * M;
+      T* zz = z ? z + i * M : nullptr;
       for (int64_t j = 0; j < M; ++j) {
-        const float v = s[j] + (r ? r[j] : 0.f);
+        const T v = s[j] + (r ? r[j] : T(0));
         if (zz) zz[j] = v;
         d[j] = activate(v, act);
       }
@@ -86,35 +92,47 @@ void epilogue(float* dst, float* z, const float* src, const float* res, int64_t 
   });
 }
 
+// y (and z) <- epilogue of src; the tensors are contiguous, of one dtype
+void epilogue(at::Tensor& y, at::Tensor& z, const at::Tensor& src, const at::Tensor& res, int64_t B, int64_t N,
+              int64_t M, bool src_nb, int64_t act) {
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "batched_epilogue", [&] {
+    epilogue_impl<scalar_t>(y.mutable_data_ptr<scalar_t>(), z.numel() ? z.mutable_data_ptr<scalar_t>() : nullptr,
+                            src.const_data_ptr<scalar_t>(), res.defined() ? res.const_data_ptr<scalar_t>() : nullptr,
+                            B, N, M, src_nb, act);
+  });
+}
+
+// grad_z = grad_y * act'(z): LeakyReLU reads the sign of y, sin the pre-activation z
 at::Tensor act_grad(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& z, int64_t act) {
   auto g = grad_y.contiguous();
+  if (act == kActNone) return g.clone();  // a fresh tensor: an op output may not alias its input
   auto out = at::empty_like(g);
-  const float* gp = g.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
   const int64_t n = g.numel();
-  if (act == kActNone) {
-    if (n) std::memcpy(op, gp, sizeof(float) * n);
-    return out;
-  }
   auto yc = act == kActLeaky ? y.contiguous() : z.contiguous();
-  TORCH_CHECK_VALUE(yc.numel() == n, "backward: the saved ", act == kActLeaky ? "y" : "z", " has ", yc.numel(),
-                    " values, grad_y ", n);
-  const float* yp = yc.const_data_ptr<float>();
-  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-    if (act == kActLeaky) {
-      for (int64_t i = begin; i < end; ++i) op[i] = yp[i] > 0.f ? gp[i] : gp[i] * kLeakySlope;
-    } else {
-      for (int64_t i = begin; i < end; ++i) op[i] = gp[i] * kSinW0 * std::cos(kSinW0 * yp[i]);
-    }
+  TORCH_CHECK_VALUE(yc.numel() == n && yc.scalar_type() == g.scalar_type(), "backward: the saved ",
+                    act == kActLeaky ? "y" : "z", " has ", yc.numel(), " values of ", yc.scalar_type(), ", grad_y ",
+                    n, " of ", g.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "batched_act_grad", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* yp = yc.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+      if (act == kActLeaky) {
+        for (int64_t i = begin; i < end; ++i) op[i] = yp[i] > scalar_t(0) ? gp[i] : gp[i] * scalar_t(kLeakySlope);
+      } else {
+        for (int64_t i = begin; i < end; ++i) op[i] = gp[i] * scalar_t(kSinW0) * std::cos(scalar_t(kSinW0) * yp[i]);
+      }
+    });
   });
   return out;
 }
 
-void check_residual(const char* op, const c10::optional<at::Tensor>& residual, at::IntArrayRef expect) {
+void check_residual(const char* op, const c10::optional<at::Tensor>& residual, at::IntArrayRef expect,
+                    at::ScalarType dtype) {
   if (!residual.has_value()) return;
   TORCH_CHECK_VALUE(residual->sizes() == expect, op, ": residual: expected shape ", expect, ", got ",
                     residual->sizes());
-  TORCH_CHECK_TYPE(residual->scalar_type() == at::kFloat, op, ": residual: expected float32, got ",
+  TORCH_CHECK_TYPE(residual->scalar_type() == dtype, op, ": residual: expected ", dtype, ", got ",
                    residual->scalar_type());
 }
 
@@ -138,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> batched_conv2d_cpu(const at::Tensor& x, const
   TORCH_CHECK_VALUE(H + 2 * padding >= k && W + 2 * padding >= k, op, ": x: spatial size ", H, "x", W,
                     " is smaller than the kernel ", k, " with padding ", padding);
   std::vector<int64_t> out_shape{B, N, cout, Ho, Wo};
-  check_residual(op, residual, out_shape);
+  check_residual(op, residual, out_shape, x.scalar_type());
   auto y = at::empty(out_shape, x.options());
   auto z = act == kActSin ? at::empty(out_shape, x.options()) : at::empty({0}, x.options());
   if (B == 0 || N == 0) return {y, z};
@@ -149,14 +167,13 @@ std::tuple<at::Tensor, at::Tensor> batched_conv2d_cpu(const at::Tensor& x, const
   auto xc = x.contiguous();
   if (shared) {  // every network on the same input: ONE convolution with the B networks' filters stacked
     auto conv = at::conv2d(xc, wv.reshape({B * cout, cin, k, k}), bv.reshape({B * cout}), stride, padding);
-    epilogue(y.mutable_data_ptr<float>(), z.numel() ? z.mutable_data_ptr<float>() : nullptr,
-             conv.const_data_ptr<float>(), res.defined() ? res.const_data_ptr<float>() : nullptr, B, N, M, true, act);
+    epilogue(y, z, conv, res, B, N, M, true, act);
   } else {
     for (int64_t b = 0; b < B; ++b) {
       auto conv = at::conv2d(xc[b], wv[b].view({cout, cin, k, k}), bv[b], stride, padding);
-      epilogue(y[b].mutable_data_ptr<float>(), z.numel() ? z[b].mutable_data_ptr<float>() : nullptr,
-               conv.const_data_ptr<float>(), res.defined() ? res[b].const_data_ptr<float>() : nullptr, 1, N, M, false,
-               act);
+      auto yb = y[b];
+      auto zb = z.numel() ? z[b] : z;
+      epilogue(yb, zb, conv, res.defined() ? res[b] : res, 1, N, M, false, act);
     }
   }
   return {y, z};
@@ -171,8 +188,9 @@ std::tuple<at::Tensor, at::Tensor> batched_conv2d_backward_cpu(const at::Tensor&
   const char* op = "batched_conv2d_backward";
   const int64_t w_numel = cout * cin * k * k;
   check_common(op, x, preps, w_off, w_numel, b_off, cout, act, 4);
-  TORCH_CHECK_VALUE(grad_preps.sizes() == preps.sizes() && grad_preps.scalar_type() == at::kFloat, op,
-                    ": grad_preps: expected a float32 tensor shaped like preps ", preps.sizes(), ", got ",
+  TORCH_CHECK_VALUE(grad_preps.sizes() == preps.sizes() && grad_preps.scalar_type() == preps.scalar_type() &&
+                        grad_preps.device() == preps.device(),
+                    op, ": grad_preps: expected a tensor shaped like preps ", preps.sizes(), " of its dtype and device, got ",
                     grad_preps.sizes());
   TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), op, ": grad_y: expected shape ", y.sizes(), ", got ",
                     grad_y.sizes());
@@ -221,7 +239,7 @@ std::tuple<at::Tensor, at::Tensor> batched_linear_cpu(const at::Tensor& x, const
   const int64_t B = preps.size(0), N = x.size(shared ? 0 : 1);
   TORCH_CHECK_VALUE(x.size(-1) == in_features, op, ": x: expected ", in_features, " features, got ", x.size(-1));
   std::vector<int64_t> out_shape{B, N, out_features};
-  check_residual(op, residual, out_shape);
+  check_residual(op, residual, out_shape, x.scalar_type());
   auto y = at::empty(out_shape, x.options());
   auto z = act == kActSin ? at::empty(out_shape, x.options()) : at::empty({0}, x.options());
   if (B == 0 || N == 0) return {y, z};
@@ -235,9 +253,7 @@ std::tuple<at::Tensor, at::Tensor> batched_linear_cpu(const at::Tensor& x, const
   } else {  // one batched GEMM over the networks
     lin = at::baddbmm(bv.unsqueeze(1), xc, wv.view({B, out_features, in_features}).transpose(1, 2));
   }
-  epilogue(y.mutable_data_ptr<float>(), z.numel() ? z.mutable_data_ptr<float>() : nullptr,
-           lin.const_data_ptr<float>(), res.defined() ? res.const_data_ptr<float>() : nullptr, B, N, out_features,
-           shared, act);
+  epilogue(y, z, lin, res, B, N, out_features, shared, act);
   return {y, z};
 }
 
@@ -249,8 +265,9 @@ std::tuple<at::Tensor, at::Tensor> batched_linear_backward_cpu(const at::Tensor&
   const char* op = "batched_linear_backward";
   const int64_t w_numel = out_features * in_features;
   check_common(op, x, preps, w_off, w_numel, b_off, out_features, act, 2);
-  TORCH_CHECK_VALUE(grad_preps.sizes() == preps.sizes() && grad_preps.scalar_type() == at::kFloat, op,
-                    ": grad_preps: expected a float32 tensor shaped like preps ", preps.sizes(), ", got ",
+  TORCH_CHECK_VALUE(grad_preps.sizes() == preps.sizes() && grad_preps.scalar_type() == preps.scalar_type() &&
+                        grad_preps.device() == preps.device(),
+                    op, ": grad_preps: expected a tensor shaped like preps ", preps.sizes(), " of its dtype and device, got ",
                     grad_preps.sizes());
   TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), op, ": grad_y: expected shape ", y.sizes(), ", got ",
                     grad_y.sizes());

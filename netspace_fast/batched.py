@@ -41,8 +41,8 @@ def _check_inputs(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor) -> tuple
     if H < min_h:
         raise ValueError(f"preps: {spec.name} has {spec.num_params} parameters and needs at least {min_h} rows at "
                          f"width {W}, got shape {tuple(preps.shape)}")
-    if preps.dtype != torch.float32:
-        raise TypeError(f"preps: expected float32, got {preps.dtype}")
+    if preps.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"preps: expected float32 (float64 is accepted for gradcheck), got {preps.dtype}")
     if x.dtype != preps.dtype:
         raise TypeError(f"x: expected the dtype of preps ({preps.dtype}), got {x.dtype}")
     if x.device != preps.device:

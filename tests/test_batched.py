@@ -1,0 +1,270 @@
+"""Batched functional evaluation (issue 3) on the CPU backends: the native C++ ops against the
+per-network reference loop, gradients, gradcheck, opcheck, properties and bad input.
+
+Tolerances: float32 relative error <= 1e-4 against the reference (the issue's CPU tolerance);
+float64 gradcheck with torch's defaults.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import netspace_fast as nf
+from netspace_fast import archs
+from netspace_fast.archs import ArchSpec, LayerSpec
+from netspace_fast.batched import batched_forward, batched_forward_reference
+from netspace_fast.ops.batched import batched_conv2d, batched_linear
+from netspace_fast.ops.batched_ref import batched_conv2d_ref, batched_linear_ref
+
+native = pytest.mark.skipif(not nf.backends()["cpu"]["compiled"], reason="native CPU kernels not built")
+
+ARCHS = [(n, d) for d in ("cifar10", "tinyimagenet") for n in ("lenetlike", "vanillacnn", "resnet8", "resnet32")]
+ARCHS += [("resnet56", "cifar10"), ("siren", "cifar10")]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def make_preps(spec: ArchSpec, B: int, width: int = 1024, extra_rows: int = 0, dtype=torch.float32, seed: int = 0):
+    """PReps of real (default-initialized) BN-free networks, so activations stay in a sane range."""
+    torch.manual_seed(seed)
+    name = spec.name
+    models = [archs.build(name, spec.dataset or "cifar10", batchnorm=False) for _ in range(B)]
+    H, _ = nf.prep_shape(spec.num_params, width)
+    preps = nf.pack_preps(models, width, H + extra_rows).detach()
+    return preps.to(dtype)
+
+
+def make_x(spec: ArchSpec, B: int, N: int, shared: bool, dtype=torch.float32):
+    shape = (N, *spec.input_shape) if shared else (B, N, *spec.input_shape)
+    return torch.randn(shape, dtype=dtype)
+
+
+@native
+@pytest.mark.parametrize("name,dataset", ARCHS)
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+def test_outputs_and_gradients_match_reference(name, dataset, shared):
+    spec = archs.spec(name, dataset)
+    B, N = (2, 2) if name in ("resnet32", "resnet56") else (3, 4)
+    preps = make_preps(spec, B, extra_rows=4).requires_grad_()  # taller than needed, as multi-arch PReps
+    x = make_x(spec, B, N, shared).requires_grad_()
+    y = batched_forward(spec, preps, x, backend="cpp")
+    y_ref = batched_forward_reference(spec, preps, x)
+    assert y.shape == (B, N, spec.num_outputs)
+    assert rel(y, y_ref) <= 1e-4
+    g = torch.randn_like(y)
+    gp, gx = torch.autograd.grad(y, (preps, x), g)
+    gp_ref, gx_ref = torch.autograd.grad(y_ref, (preps, x), g)
+    assert rel(gp, gp_ref) <= 1e-4
+    assert rel(gx, gx_ref) <= 1e-4
+    # padding of the PRep gets exactly zero gradient
+    assert torch.all(gp.reshape(B, -1)[:, spec.num_params:] == 0)
+
+
+@native
+def test_each_network_equals_its_module():
+    spec = archs.spec("resnet8", "cifar10")
+    models = [archs.build("resnet8", batchnorm=False) for _ in range(3)]
+    preps = nf.pack_preps(models, 10_000)
+    x = torch.randn(5, 3, 32, 32)
+    y = batched_forward(spec, preps, x)
+    for b, m in enumerate(models):
+        assert rel(y[b], m(x)) <= 1e-4
+    xs = torch.randn(3, 2, 3, 32, 32)
+    y = batched_forward(spec, preps, xs)
+    for b, m in enumerate(models):
+        assert rel(y[b], m(xs[b])) <= 1e-4
+
+
+def tiny_spec() -> ArchSpec:
+    """A tiny graph with every layer kind (strided conv, residual, shortcut conv, pool, sin, linear)."""
+    layers = (
+        LayerSpec("conv", 0, 1, name="c1", in_features=2, out_features=3, kernel=3, stride=1, padding=1,
+                  act="leaky_relu"),
+        LayerSpec("conv", 1, 2, name="c2", in_features=3, out_features=3, kernel=3, stride=2, padding=1,
+                  act="leaky_relu"),
+        LayerSpec("conv", 1, 3, name="sc", in_features=3, out_features=3, kernel=1, stride=2, padding=0),
+        LayerSpec("conv", 2, 4, name="c3", in_features=3, out_features=3, kernel=3, stride=1, padding=1,
+                  act="leaky_relu", residual=3),
+        LayerSpec("avgpool", 4, 5, kernel=2, stride=2),
+        LayerSpec("flatten", 5, 6),
+        LayerSpec("linear", 6, 7, name="f1", in_features=3, out_features=4, act="sin"),
+        LayerSpec("linear", 7, 8, name="f2", in_features=4, out_features=2),
+    )
+    return ArchSpec("tiny", None, (2, 4, 4), 2, layers)
+
+
+@native
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+def test_gradcheck_float64_tiny(shared):
+    spec = tiny_spec()
+    H, W = nf.prep_shape(spec.num_params, 8)
+    torch.manual_seed(0)
+    preps = (torch.randn(2, H, W, dtype=torch.float64) * 0.3).requires_grad_()
+    x = make_x(spec, 2, 2, shared, torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda p, xx: batched_forward(spec, p, xx, backend="cpp"), (preps, x))
+    y = batched_forward(spec, preps, x, backend="cpp")
+    # float64; sin(30 z) multiplies rounding differences by 30
+    assert rel(y, batched_forward_reference(spec, preps, x)) <= 1e-8
+
+
+@native
+@pytest.mark.parametrize("act", [0, 1, 2])
+@pytest.mark.parametrize("shared", [True, False])
+def test_layer_ops_gradcheck_float64(act, shared):
+    torch.manual_seed(act)
+    B, N, P = 2, 2, 200
+    preps = (torch.randn(B, P, dtype=torch.float64) * 0.3).requires_grad_()
+    x = torch.randn((N, 2, 5, 5) if shared else (B, N, 2, 5, 5), dtype=torch.float64, requires_grad=True)
+    res = torch.randn(B, N, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    conv = lambda p, xx, r: batched_conv2d(xx, p, 7, 100, 3, 2, 3, 2, 1, act, r, backend="cpp")  # noqa: E731
+    assert torch.autograd.gradcheck(conv, (preps, x, res))
+    xl = torch.randn((N, 6) if shared else (B, N, 6), dtype=torch.float64, requires_grad=True)
+    rl = torch.randn(B, N, 4, dtype=torch.float64, requires_grad=True)
+    lin = lambda p, xx, r: batched_linear(xx, p, 150, 10, 4, 6, act, r, backend="cpp")  # noqa: E731
+    assert torch.autograd.gradcheck(lin, (preps, xl, rl))
+
+
+@native
+def test_opcheck_layer_ops():
+    torch.manual_seed(0)
+    B, N, P = 2, 3, 300
+    preps = torch.randn(B, P, requires_grad=True)
+    for shared in (True, False):
+        x = torch.randn((N, 2, 6, 6) if shared else (B, N, 2, 6, 6), requires_grad=True)
+        for act in (0, 1, 2):
+            res = torch.randn(B, N, 4, 3, 3)
+            torch.library.opcheck(torch.ops.netspace_fast.batched_conv2d,
+                                  (x, preps, 5, 200, 4, 2, 3, 2, 1, act, res))
+            torch.library.opcheck(torch.ops.netspace_fast.batched_conv2d, (x, preps, 5, 200, 4, 2, 3, 2, 1, act, None))
+            y, z = torch.ops.netspace_fast.batched_conv2d(x, preps, 5, 200, 4, 2, 3, 2, 1, act, None)
+            torch.library.opcheck(torch.ops.netspace_fast.batched_conv2d_backward,
+                                  (torch.randn_like(y), x.detach(), preps.detach(), y.detach(), z.detach(), 5, 200, 4,
+                                   2, 3, 2, 1, act, torch.zeros(B, P), True),
+                                  test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+        xl = torch.randn((N, 7) if shared else (B, N, 7), requires_grad=True)
+        for act in (0, 1, 2):
+            torch.library.opcheck(torch.ops.netspace_fast.batched_linear,
+                                  (xl, preps, 10, 100, 5, 7, act, torch.randn(B, N, 5)))
+            y, z = torch.ops.netspace_fast.batched_linear(xl, preps, 10, 100, 5, 7, act, None)
+            torch.library.opcheck(torch.ops.netspace_fast.batched_linear_backward,
+                                  (torch.randn_like(y), xl.detach(), preps.detach(), y.detach(), z.detach(), 10, 100,
+                                   5, 7, act, torch.zeros(B, P), False),
+                                  test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@native
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 3), N=st.integers(1, 3), cin=st.integers(1, 4), cout=st.integers(1, 4),
+       k=st.integers(1, 4), stride=st.integers(1, 3), padding=st.integers(0, 2), size=st.integers(4, 8),
+       shared=st.booleans(), act=st.sampled_from([0, 1, 2]), residual=st.booleans())
+def test_property_conv_matches_reference(B, N, cin, cout, k, stride, padding, size, shared, act, residual):
+    torch.manual_seed(B * 100 + N * 10 + k)
+    w_numel = cout * cin * k * k
+    P = w_numel + cout + 5
+    preps = torch.randn(B, P, requires_grad=True)
+    x = torch.randn((N, cin, size, size) if shared else (B, N, cin, size, size), requires_grad=True)
+    ho = (size + 2 * padding - k) // stride + 1
+    res = torch.randn(B, N, cout, ho, ho, requires_grad=True) if residual else None
+    w_off, b_off = 2, 3 + w_numel  # a gap between weight and bias: offsets are honoured, not assumed
+    y = batched_conv2d(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, res, backend="cpp")
+    y_ref = batched_conv2d_ref(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, res)
+    assert rel(y, y_ref) <= 1e-4
+    inputs = (preps, x) + ((res,) if residual else ())
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(y_ref, inputs, g)):
+        assert rel(a, b) <= 1e-4
+
+
+@native
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 4), N=st.integers(1, 4), fin=st.integers(1, 9), fout=st.integers(1, 9),
+       shared=st.booleans(), act=st.sampled_from([0, 1, 2]), residual=st.booleans())
+def test_property_linear_matches_reference(B, N, fin, fout, shared, act, residual):
+    torch.manual_seed(B + N + fin + fout)
+    P = fin * fout + fout + 3
+    preps = torch.randn(B, P, requires_grad=True)
+    x = torch.randn((N, fin) if shared else (B, N, fin), requires_grad=True)
+    res = torch.randn(B, N, fout, requires_grad=True) if residual else None
+    y = batched_linear(x, preps, 1, 1 + fin * fout, fout, fin, act, res, backend="cpp")
+    y_ref = batched_linear_ref(x, preps, 1, 1 + fin * fout, fout, fin, act, res)
+    assert rel(y, y_ref) <= 1e-4
+    inputs = (preps, x) + ((res,) if residual else ())
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(y_ref, inputs, g)):
+        assert rel(a, b) <= 1e-4
+
+
+@native
+def test_empty_batches_and_nan():
+    spec = archs.spec("lenetlike")
+    H, W = nf.prep_shape(spec.num_params, 1024)
+    assert batched_forward(spec, torch.zeros(0, H, W), torch.randn(3, 3, 32, 32)).shape == (0, 3, 10)
+    preps = make_preps(spec, 2)
+    assert batched_forward(spec, preps, torch.randn(0, 3, 32, 32)).shape == (2, 0, 10)
+    x = torch.randn(2, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    y = batched_forward(spec, preps, x)
+    assert torch.isnan(y[:, 0]).all() and torch.isfinite(y[:, 1]).all()
+
+
+@native
+def test_launches_do_not_grow_with_b():
+    """The native path calls each layer op once per layer, whatever B is."""
+    spec = archs.spec("resnet8")
+    counts = []
+    for B in (1, 4):
+        preps = make_preps(spec, B).requires_grad_()
+        with torch.profiler.profile() as prof:
+            batched_forward(spec, preps, torch.randn(2, 3, 32, 32)).sum().backward()
+        counts.append(sum(e.count for e in prof.key_averages() if e.key.startswith("netspace_fast::batched")))
+    n_layers = sum(1 for layer in spec.layers if layer.kind in ("conv", "linear"))
+    assert counts[0] == counts[1] == 2 * n_layers
+
+
+def test_bad_inputs():
+    spec = archs.spec("resnet8")
+    H, W = nf.prep_shape(spec.num_params, 1024)
+    preps = torch.zeros(2, H, W)
+    x = torch.randn(4, 3, 32, 32)
+    with pytest.raises(ValueError, match="preps.*needs at least"):
+        batched_forward(spec, torch.zeros(2, H - 4, W), x)
+    with pytest.raises(ValueError, match="preps.*multiple of 8"):
+        batched_forward(spec, torch.zeros(2, H, 1020), x)
+    with pytest.raises(ValueError, match=r"x: expected \(N, 3, 32, 32\)"):
+        batched_forward(spec, preps, torch.randn(4, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"x: expected \(N, 3, 32, 32\)"):
+        batched_forward(spec, preps, torch.randn(4, 3, 64, 64))
+    with pytest.raises(ValueError, match="leading dim 3, expected B = 2"):
+        batched_forward(spec, preps, torch.randn(3, 4, 3, 32, 32))
+    with pytest.raises(TypeError, match="x: expected the dtype"):
+        batched_forward(spec, preps, x.double())
+    with pytest.raises(TypeError, match="preps: expected float32"):
+        batched_forward(spec, preps.half(), x.half())
+    with pytest.raises(ValueError, match="x: expected the device"):
+        batched_forward(spec, preps, x.to("meta"))
+    with pytest.raises(TypeError, match="spec"):
+        batched_forward("resnet8", preps, x)
+
+
+@native
+def test_layer_op_bad_arguments_never_touch_memory():
+    preps = torch.zeros(2, 50)
+    x = torch.randn(2, 3, 5, 5)
+    with pytest.raises(ValueError, match="w_off"):
+        torch.ops.netspace_fast.batched_conv2d(x, preps, 40, 0, 2, 3, 3, 1, 1, 1, None)  # weight past P
+    with pytest.raises(ValueError, match="b_off"):
+        torch.ops.netspace_fast.batched_conv2d(x, preps, 0, 50, 1, 3, 3, 1, 1, 1, None)  # bias past P
+    with pytest.raises(ValueError, match="channels"):
+        torch.ops.netspace_fast.batched_conv2d(x, preps, 0, 40, 1, 2, 3, 1, 1, 1, None)
+    with pytest.raises(ValueError, match="act"):
+        torch.ops.netspace_fast.batched_linear(torch.randn(2, 3), preps, 0, 40, 2, 3, 7, None)
+    with pytest.raises(ValueError, match="residual"):
+        torch.ops.netspace_fast.batched_linear(torch.randn(2, 3), preps, 0, 40, 2, 3, 1, torch.randn(2, 2, 5))
+    with pytest.raises(ValueError, match="leading dim"):
+        torch.ops.netspace_fast.batched_linear(torch.randn(3, 2, 3), preps, 0, 40, 2, 3, 1, None)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        torch.ops.netspace_fast.batched_conv2d(torch.randn(2, 1, 2, 2), preps, 0, 40, 1, 1, 5, 1, 0, 1, None)
