@@ -20,12 +20,14 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros_like.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <torch/library.h>
 
 #include <cmath>
 
+#include "alloc.h"
 #include "batched.h"
 
 namespace netspace_fast {
@@ -64,41 +66,67 @@ void check_common(const char* op, const at::Tensor& x, const at::Tensor& preps, 
                     ": act: expected 0 (none), 1 (LeakyReLU) or 2 (sin), got ", act);
 }
 
-template <typename T>
-inline T activate(T v, int64_t act) {
-  if (act == kActLeaky) return v > T(0) ? v : v * T(kLeakySlope);
-  if (act == kActSin) return std::sin(T(kSinW0) * v);
-  return v;
+// One chunk of the epilogue, specialized so that the inner loops are branch-free and vectorize.
+template <typename T, int64_t ACT, bool RES, bool Z>
+inline void epilogue_chunk(T* __restrict__ d, T* __restrict__ z, const T* __restrict__ s, const T* __restrict__ r,
+                           int64_t M) {
+  for (int64_t j = 0; j < M; ++j) {
+    T v = s[j];
+    if constexpr (RES) v += r[j];
+    if constexpr (Z) z[j] = v;
+    if constexpr (ACT == kActLeaky) {
+      // branch-free (vectorizes): max(v, 0) + slope * min(v, 0); NaN propagates
+      d[j] = std::max(v, T(0)) + T(kLeakySlope) * std::min(v, T(0));
+    } else if constexpr (ACT == kActSin) {
+      d[j] = std::sin(T(kSinW0) * v);
+    } else {
+      d[j] = v;
+    }
+  }
 }
 
 // dst/z chunk (b, n) of M values = act(src chunk + residual chunk). src chunk (b, n) starts at
 // src + (shared ? (n * B + b) : (b * N + n)) * M: that relayouts (N, B*C) into (B, N, C).
-template <typename T>
-void epilogue_impl(T* dst, T* z, const T* src, const T* res, int64_t B, int64_t N, int64_t M, bool src_nb,
-                   int64_t act) {
+template <typename T, int64_t ACT, bool RES>
+void epilogue_impl(T* dst, T* z, const T* src, const T* res, int64_t B, int64_t N, int64_t M, bool src_nb) {
   at::parallel_for(0, B * N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / N, n = i % N;
       const T* s = src + (src_nb ? (n * B + b) : i) * M;
-      const T* r = res ? res + i * M : nullptr;
-      T* d = dst + i * M;
-      T* zz = z ? z + i * M : nullptr;
-      for (int64_t j = 0; j < M; ++j) {
-        const T v = s[j] + (r ? r[j] : T(0));
-        if (zz) zz[j] = v;
-        d[j] = activate(v, act);
+      const T* r = RES ? res + i * M : nullptr;
+      if (z) {
+        epilogue_chunk<T, ACT, RES, true>(dst + i * M, z + i * M, s, r, M);
+      } else {
+        epilogue_chunk<T, ACT, RES, false>(dst + i * M, nullptr, s, r, M);
       }
     }
   });
+}
+
+template <typename T, int64_t ACT>
+void epilogue_act(T* dst, T* z, const T* src, const T* res, int64_t B, int64_t N, int64_t M, bool src_nb) {
+  if (res) {
+    epilogue_impl<T, ACT, true>(dst, z, src, res, B, N, M, src_nb);
+  } else {
+    epilogue_impl<T, ACT, false>(dst, z, src, res, B, N, M, src_nb);
+  }
 }
 
 // y (and z) <- epilogue of src; the tensors are contiguous, of one dtype
 void epilogue(at::Tensor& y, at::Tensor& z, const at::Tensor& src, const at::Tensor& res, int64_t B, int64_t N,
               int64_t M, bool src_nb, int64_t act) {
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "batched_epilogue", [&] {
-    epilogue_impl<scalar_t>(y.mutable_data_ptr<scalar_t>(), z.numel() ? z.mutable_data_ptr<scalar_t>() : nullptr,
-                            src.const_data_ptr<scalar_t>(), res.defined() ? res.const_data_ptr<scalar_t>() : nullptr,
-                            B, N, M, src_nb, act);
+    scalar_t* d = y.mutable_data_ptr<scalar_t>();
+    scalar_t* zp = z.numel() ? z.mutable_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* sp = src.const_data_ptr<scalar_t>();
+    const scalar_t* rp = res.defined() ? res.const_data_ptr<scalar_t>() : nullptr;
+    if (act == kActLeaky) {
+      epilogue_act<scalar_t, kActLeaky>(d, zp, sp, rp, B, N, M, src_nb);
+    } else if (act == kActSin) {
+      epilogue_act<scalar_t, kActSin>(d, zp, sp, rp, B, N, M, src_nb);
+    } else {
+      epilogue_act<scalar_t, kActNone>(d, zp, sp, rp, B, N, M, src_nb);
+    }
   });
 }
 
@@ -106,19 +134,19 @@ void epilogue(at::Tensor& y, at::Tensor& z, const at::Tensor& src, const at::Ten
 at::Tensor act_grad(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& z, int64_t act) {
   auto g = grad_y.contiguous();
   if (act == kActNone) return g.clone();  // a fresh tensor: an op output may not alias its input
-  auto out = at::empty_like(g);
+  auto out = empty_large(g.sizes(), g.options());
   const int64_t n = g.numel();
   auto yc = act == kActLeaky ? y.contiguous() : z.contiguous();
   TORCH_CHECK_VALUE(yc.numel() == n && yc.scalar_type() == g.scalar_type(), "backward: the saved ",
                     act == kActLeaky ? "y" : "z", " has ", yc.numel(), " values of ", yc.scalar_type(), ", grad_y ",
                     n, " of ", g.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "batched_act_grad", [&] {
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* yp = yc.const_data_ptr<scalar_t>();
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* __restrict__ gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* __restrict__ yp = yc.const_data_ptr<scalar_t>();
+    scalar_t* __restrict__ op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
       if (act == kActLeaky) {
-        for (int64_t i = begin; i < end; ++i) op[i] = yp[i] > scalar_t(0) ? gp[i] : gp[i] * scalar_t(kLeakySlope);
+        for (int64_t i = begin; i < end; ++i) op[i] = gp[i] * (yp[i] > scalar_t(0) ? scalar_t(1) : scalar_t(kLeakySlope));
       } else {
         for (int64_t i = begin; i < end; ++i) op[i] = gp[i] * scalar_t(kSinW0) * std::cos(scalar_t(kSinW0) * yp[i]);
       }
@@ -157,8 +185,8 @@ std::tuple<at::Tensor, at::Tensor> batched_conv2d_cpu(const at::Tensor& x, const
                     " is smaller than the kernel ", k, " with padding ", padding);
   std::vector<int64_t> out_shape{B, N, cout, Ho, Wo};
   check_residual(op, residual, out_shape, x.scalar_type());
-  auto y = at::empty(out_shape, x.options());
-  auto z = act == kActSin ? at::empty(out_shape, x.options()) : at::empty({0}, x.options());
+  auto y = empty_large(out_shape, x.options());
+  auto z = act == kActSin ? empty_large(out_shape, x.options()) : at::empty({0}, x.options());
   if (B == 0 || N == 0) return {y, z};
   auto res = residual.has_value() ? residual->contiguous() : at::Tensor();
   const int64_t M = cout * Ho * Wo;
@@ -214,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor> batched_conv2d_backward_cpu(const at::Tensor&
     gb.copy_(gbt.view({B, cout}));
     grad_x = need_grad_x ? gx : at::empty({0}, x.options());
   } else {
-    grad_x = need_grad_x ? at::empty_like(xc) : at::empty({0}, x.options());
+    grad_x = need_grad_x ? empty_large(xc.sizes(), xc.options()) : at::empty({0}, x.options());
     for (int64_t b = 0; b < B; ++b) {
       auto [gx, gwt, gbt] = at::convolution_backward(grad_z[b], xc[b], wv[b].view({cout, cin, k, k}), {{cout}},
                                                       {stride, stride}, {padding, padding}, {1, 1}, false, {0, 0},
@@ -240,8 +268,8 @@ std::tuple<at::Tensor, at::Tensor> batched_linear_cpu(const at::Tensor& x, const
   TORCH_CHECK_VALUE(x.size(-1) == in_features, op, ": x: expected ", in_features, " features, got ", x.size(-1));
   std::vector<int64_t> out_shape{B, N, out_features};
   check_residual(op, residual, out_shape, x.scalar_type());
-  auto y = at::empty(out_shape, x.options());
-  auto z = act == kActSin ? at::empty(out_shape, x.options()) : at::empty({0}, x.options());
+  auto y = empty_large(out_shape, x.options());
+  auto z = act == kActSin ? empty_large(out_shape, x.options()) : at::empty({0}, x.options());
   if (B == 0 || N == 0) return {y, z};
   auto res = residual.has_value() ? residual->contiguous() : at::Tensor();
   auto wv = preps.narrow(1, w_off, w_numel);

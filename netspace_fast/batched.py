@@ -130,7 +130,11 @@ class _BatchedNet(torch.autograd.Function):
         grads: dict[int, torch.Tensor] = {program[-1][2]: grad_out.contiguous()}
 
         def acc(v: int, g: torch.Tensor) -> None:
-            grads[v] = g if v not in grads else grads[v] + g
+            # every gradient here is a fresh tensor of our own: accumulate in place
+            if v in grads:
+                grads[v].add_(g)
+            else:
+                grads[v] = g
 
         for (kind, src, dst, residual, act, geom), (h, y, z) in zip(reversed(program), reversed(saved)):
             g = grads.pop(dst, None)

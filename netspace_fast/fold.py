@@ -17,7 +17,7 @@ from torch import nn
 
 from .archs import SpecNet
 from .ops import pack_op
-from .prep import PRepLayout, _gather, _models_list, unpack_prep
+from .prep import EpsMismatch, PRepLayout, _gather, _models_list, unpack_prep
 
 __all__ = ["fold_bn"]
 
@@ -87,9 +87,18 @@ def fold_bn(model_or_list: nn.Module | Sequence[nn.Module], *, backend: str | No
     for i, m in enumerate(models):
         groups.setdefault((m.spec, m.batchnorm), []).append(i)
     out: list[nn.Module | None] = [None] * len(models)
-    for (spec, _), idx in groups.items():
+    pending = list(groups.items())
+    while pending:
+        (spec, *_), idx = pending.pop()
         group = [models[i] for i in idx]
-        _, tensors, plan, eps, num_values = _gather(group)
+        try:
+            _, tensors, plan, eps, num_values = _gather(group)
+        except EpsMismatch:  # rare: split the group by its BatchNorm eps values, one call each
+            by_eps: dict[tuple, list[int]] = {}
+            for i in idx:
+                by_eps.setdefault(tuple(b.eps for b in models[i]._bn_modules.values()), []).append(i)
+            pending += [((spec, "eps", e), sub) for e, sub in by_eps.items()]
+            continue
         with torch.no_grad():
             flat = pack_op(tensors, plan, eps, len(group), 1, num_values, check_finite=False, backend=backend)
         layout = _flat_layout(spec)

@@ -166,6 +166,10 @@ def _gather_specnet(model: SpecNet, pp: _PackPlan, tensors: list, eps: list) -> 
             eps.append(bn.eps)
 
 
+class EpsMismatch(ValueError):
+    """Models of one architecture whose BatchNorm layers use different eps."""
+
+
 def _arch_key(model: nn.Module, index: int) -> tuple:
     if isinstance(model, SpecNet):
         return ("spec", model.spec, model.batchnorm)
@@ -207,7 +211,8 @@ def _gather(models: list[nn.Module]) -> tuple[tuple, list[torch.Tensor], list[in
         first = eps[:per_net]
         for i in range(1, len(models)):
             if eps[i * per_net:(i + 1) * per_net] != first:
-                raise ValueError(f"models: BatchNorm eps of model {i} differs from model 0's")
+                raise EpsMismatch(f"models: BatchNorm eps of model {i} differs from model 0's (one packing call "
+                                  f"folds with one eps per layer)")
         return key, tensors, list(pp.plan), first, pp.num_values
     plan: list[int] = []
     for j, (_, shape) in enumerate(key[1]):
@@ -259,7 +264,7 @@ def unpack_prep(prep: torch.Tensor, layout: PRepLayout) -> "OrderedDict[str, tor
     flat = prep.reshape(*batch, layout.height * layout.width)
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for e in layout.entries:
-        out[e.name] = flat[..., e.offset:e.offset + e.numel].view(*batch, *e.shape)
+        out[e.name] = flat[..., e.offset:e.offset + e.numel].view((*batch, *e.shape))
     return out
 
 
@@ -274,7 +279,13 @@ def load_prep(module: nn.Module, prep: torch.Tensor) -> nn.Module:
         raise TypeError(f"prep: expected a Tensor, got {type(prep).__name__}")
     if prep.dim() != 2:
         raise ValueError(f"prep: expected one PRep of shape (H, W), got shape {tuple(prep.shape)}")
-    layout = PRepLayout.for_module(module, prep.shape[1], prep.shape[0])
+    H, W = prep.shape
+    num = module.spec.num_params if isinstance(module, SpecNet) else sum(p.numel() for p in module.parameters())
+    if W < 8 or W % 8 or H < prep_shape(num, W)[0] or H % 4:
+        need = f"at least {prep_shape(num, W)[0]} rows (a multiple of 4)" if W >= 8 and W % 8 == 0 else \
+            "a width that is a positive multiple of 8"
+        raise ValueError(f"prep: expected a PRep of {num} parameters with {need}, got shape {tuple(prep.shape)}")
+    layout = PRepLayout.for_module(module, W, H)
     params = dict(module.named_parameters())
     with torch.no_grad():
         for name, view in unpack_prep(prep, layout).items():

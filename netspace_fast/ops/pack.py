@@ -186,6 +186,10 @@ def _backward(ctx, grad):
 
 
 def _fake(tensors, plan, eps, num_nets, rows, width, check_finite):
+    # the Meta kernel also runs when one real tensor is mixed with meta ones: refuse that here
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"tensors: expected every parameter on one device, got {sorted(map(str, devices))}")
     torch._check(num_nets >= 0)
     torch._check(rows >= 0)
     torch._check(width > 0)

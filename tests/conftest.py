@@ -1,0 +1,300 @@
+"""Shared helpers of the netspace_fast test suite.
+
+- ``gpu`` tests (``@pytest.mark.gpu``) are skipped automatically when no CUDA device is present
+  (``requires_cuda`` is the same skip as a decorator).
+- Tests run with one intra-op thread (see below).
+- Every test starts from ``torch.manual_seed(0)`` (autouse fixture), so failures reproduce.
+- Hypothesis runs with no example database (nothing written outside tests/), no deadline, and a
+  small, derandomized example budget (the CI machine has 2 CPU cores);
+  ``HYPOTHESIS_PROFILE=thorough`` runs 500 random examples per property.
+
+Tolerances used throughout (stated once here):
+- copies (COPY segments, BN-free networks) must be bit-exact;
+- folded values (FOLD_W / FOLD_B segments) of two float32 implementations are compared with
+  ``assert_fold_close``: |a - b| <= 1e-6 * |b| + 1e-6 * max|b| (relative 1e-6, plus an absolute floor
+  of 1e-6 of the tensor's scale for values that cancel to ~0 in (bias - mean) * scale + beta);
+- network outputs (folded vs BN network in eval mode) use ``rel_err`` = max|a - b| / max|b| <= 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings, strategies as st
+
+from netspace_fast import archs
+from netspace_fast.ops.pack import COPY, FOLD_B, FOLD_W
+
+settings.register_profile(
+    "netspace",
+    deadline=None,
+    max_examples=40,
+    database=None,
+    derandomize=True,  # reproducible in CI; HYPOTHESIS_PROFILE=thorough explores randomly
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("thorough", deadline=None, max_examples=500, database=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "netspace"))
+
+# One intra-op thread: the CI machine has 2 cores shared with other jobs, and oversubscribed
+# OpenMP threads make small convolutions 10-100x slower. The multi-threaded path of the native CPU
+# kernel is exercised explicitly (test_pack.py::test_pack_multithreaded).
+torch.set_num_threads(1)
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every test marked ``gpu`` when there is no CUDA device."""
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="gpu test: no CUDA device on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+# ---------------------------------------------------------------------------------------------
+# the zoo
+
+DATASETS = ("cifar10", "tinyimagenet")
+CLASSIFIERS = ("lenetlike", "vanillacnn", "resnet8", "resnet32", "resnet56")
+RESNETS = ("resnet8", "resnet32", "resnet56")
+
+# seed Table I (BN form, trainable parameters)
+TABLE_I = {
+    ("lenetlike", "cifar10"): 62006,
+    ("vanillacnn", "cifar10"): 68818,
+    ("resnet8", "cifar10"): 78042,
+    ("resnet32", "cifar10"): 466906,
+    ("resnet56", "cifar10"): 855770,
+    ("lenetlike", "tinyimagenet"): 79612,
+    ("vanillacnn", "tinyimagenet"): 112856,
+    ("resnet8", "tinyimagenet"): 128792,
+    ("resnet32", "tinyimagenet"): 517656,
+    ("resnet56", "tinyimagenet"): 906520,
+    ("siren", None): 67073,
+}
+
+
+def all_forms():
+    """(name, dataset, batchnorm) for every distinct network form: both datasets, BN and BN-free
+    ResNets (LeNetLike/VanillaCNN have no BN, so one form), and the SIREN MLP."""
+    forms = []
+    for ds in DATASETS:
+        for name in CLASSIFIERS:
+            forms.append((name, ds, True))
+            if name in RESNETS:
+                forms.append((name, ds, False))
+    forms.append(("siren", "cifar10", True))
+    return forms
+
+
+def form_id(form) -> str:
+    name, ds, bn = form
+    if name == "siren":
+        return "siren"
+    return f"{name}-{ds}-{'bn' if bn else 'nobn'}"
+
+
+def randomize_bn(model: torch.nn.Module, generator: torch.Generator | None = None) -> torch.nn.Module:
+    """Random BN statistics and affine parameters: mean ~ N(0,1), var ~ U(0.5, 2), gamma ~ U(0.5, 1.5)
+    with a random sign, beta ~ N(0, 1). Returns the model (mode unchanged)."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                c = mod.num_features
+                mod.running_mean.copy_(torch.randn(c, generator=generator))
+                mod.running_var.copy_(torch.rand(c, generator=generator) * 1.5 + 0.5)
+                sign = torch.where(torch.rand(c, generator=generator) < 0.5, -1.0, 1.0)
+                mod.weight.copy_((torch.rand(c, generator=generator) + 0.5) * sign)
+                mod.bias.copy_(torch.randn(c, generator=generator))
+    return model
+
+
+def make_model(name: str, dataset: str = "cifar10", batchnorm: bool = True) -> archs.SpecNet:
+    """A freshly built network with random BN statistics (if it has BN)."""
+    return randomize_bn(archs.build(name, dataset, batchnorm=batchnorm))
+
+
+def random_input(model: archs.SpecNet, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, *model.spec.input_shape)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a - b| / max|b| (b the reference)."""
+    a, b = a.detach().double(), b.detach().double()
+    scale = b.abs().max().item()
+    return (a - b).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def assert_fold_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-6) -> None:
+    """|a - e| <= rtol*|e| + rtol*max|e| elementwise (see the module docstring); shapes must match."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    a, e = actual.detach().double(), expected.detach().double()
+    assert torch.isfinite(a).all() and torch.isfinite(e).all()
+    scale = e.abs().max().item() if e.numel() else 0.0
+    tol = rtol * e.abs() + rtol * scale
+    diff = (a - e).abs()
+    bad = diff > tol
+    assert not bool(bad.any()), (
+        f"{int(bad.sum())} of {e.numel()} values differ beyond rtol={rtol}: max diff {diff.max().item():.3e}, "
+        f"max |expected| {scale:.3e}")
+
+
+def flat_params(module: torch.nn.Module) -> torch.Tensor:
+    """The module's parameters in named_parameters order, flattened and concatenated."""
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+def expected_rows(num_params: int, width: int) -> int:
+    """Seed Sec. II: H = ceil(P / W) rounded up to a multiple of 4 (computed independently here)."""
+    return 4 * math.ceil(math.ceil(num_params / width) / 4)
+
+
+def manual_fold_flat(model: archs.SpecNet) -> torch.Tensor:
+    """Independent float64 oracle of the folded (BN-free) parameter vector of ``model``, in the
+    spec's packing order: W' = W * gamma / sqrt(var + eps), b' = (b - mean) * gamma / sqrt(var + eps) + beta
+    (seed Sec. VI), b = 0 for convs without bias."""
+    parts = []
+    for layer in model.spec.layers:
+        if layer.kind not in ("conv", "linear"):
+            continue
+        mod = model.get_submodule(layer.name)
+        w = mod.weight.detach().double()
+        b = mod.bias.detach().double() if mod.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        if model.batchnorm and layer.bn is not None:
+            bn = model.get_submodule(layer.bn)
+            scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            w = w * scale.view(-1, *([1] * (w.dim() - 1)))
+            b = (b - bn.running_mean.double()) * scale + bn.bias.detach().double()
+        parts += [w.reshape(-1), b.reshape(-1)]
+    return torch.cat(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# hypothesis: random valid calls of the pack op
+
+
+@st.composite
+def plans(draw, min_nets=1):
+    """A random valid call: (tensors, plan, eps, num_nets, rows, width).
+
+    Segments are random copy / fold-weight / fold-bias segments with numels including 0 and 1;
+    every network gets its own fresh tensors, shuffled into a random order per call (so indices are
+    arbitrary), and fold-weight/fold-bias pairs may share gamma and var as the real plans do."""
+    num_nets = draw(st.integers(min_nets, 3))
+    # >= 1 segment, so >= 1 tensor per network: calls without tensors cannot dispatch and are
+    # tested on their own (test_op.py::test_op_zero_networks, test_op_no_tensors_one_network)
+    nseg = draw(st.integers(1, 6))
+    specs = []  # per segment: (kind, numel, channels for FOLD_W / has_bias for FOLD_B)
+    for _ in range(nseg):
+        kind = draw(st.sampled_from([COPY, FOLD_W, FOLD_B]))
+        if kind == COPY:
+            numel = draw(st.one_of(st.sampled_from([0, 1]), st.integers(0, 40)))
+            specs.append((kind, numel, None))
+        elif kind == FOLD_W:
+            c = draw(st.integers(1, 5))
+            k = draw(st.sampled_from([0, 1, 2, 9]))
+            specs.append((kind, c * k, c))
+        else:
+            c = draw(st.sampled_from([0, 1, 2, 5]))
+            specs.append((kind, c, draw(st.booleans())))
+    # local tensor list of one network: (shape, role)
+    roles = []
+    segs_local = []
+    last_fold_w = None
+    for kind, numel, extra in specs:
+        if kind == COPY:
+            roles.append(("any", numel))
+            segs_local.append((kind, numel, [len(roles) - 1]))
+        elif kind == FOLD_W:
+            c = extra
+            roles += [("any", numel), ("gamma", c), ("var", c)]
+            n = len(roles)
+            segs_local.append((kind, numel, [n - 3, n - 2, n - 1, c]))
+            last_fold_w = (c, n - 2, n - 1)
+        else:
+            c, has_bias = numel, extra
+            if last_fold_w is not None and last_fold_w[0] == c and draw(st.booleans()):
+                gi, vi = last_fold_w[1], last_fold_w[2]  # shared gamma / var
+            else:
+                roles += [("gamma", c), ("var", c)]
+                gi, vi = len(roles) - 2, len(roles) - 1
+            roles += [("any", c), ("any", c)]
+            bi, mi = len(roles) - 2, len(roles) - 1
+            if has_bias:
+                roles.append(("any", c))
+                bias = len(roles) - 1
+            else:
+                bias = -1
+            segs_local.append((kind, numel, [bias, gi, bi, mi, vi]))
+    T = len(roles)
+    perm = draw(st.permutations(range(T))) if T else []
+    inv = {old: new for new, old in enumerate(perm)}
+    plan = []
+    for kind, numel, idx in segs_local:
+        if kind == COPY:
+            plan += [COPY, numel, inv[idx[0]], 0, 0, 0, 0]
+        elif kind == FOLD_W:
+            plan += [FOLD_W, numel, inv[idx[0]], inv[idx[1]], inv[idx[2]], idx[3], 0]
+        else:
+            b, g, be, m, v = idx
+            plan += [FOLD_B, numel, inv[b] if b >= 0 else -1, inv[g], inv[be], inv[m], inv[v]]
+    eps = [draw(st.sampled_from([0.0, 1e-5, 1e-3, 0.1])) if k != COPY else 0.0 for k, _, _ in specs]
+    seed = draw(st.integers(0, 2 ** 16))
+    g = torch.Generator().manual_seed(seed)
+    tensors = []
+    for _ in range(num_nets):
+        local = [None] * T
+        for old, (role, n) in enumerate(roles):
+            if role == "var":
+                t = torch.rand(n, generator=g) * 1.5 + 0.5
+            elif role == "gamma":
+                t = torch.randn(n, generator=g)
+            else:
+                t = torch.randn(n, generator=g)
+            local[inv[old]] = t
+        tensors += local
+    width = draw(st.integers(1, 24))
+    total = sum(n for _, n, _ in specs)
+    rows = -(-total // width) + draw(st.integers(0, 2))
+    return tensors, plan, eps, num_nets, rows, width
+
+
+def pack_float64(tensors, plan, eps, num_nets, rows, width):
+    """The op's math in float64 (differentiable): the per-segment values of the reference, cat, pad."""
+    from netspace_fast.ops.pack import _segment_values, _segments
+
+    T = len(tensors) // num_nets
+    out = []
+    for b in range(num_nets):
+        base = tensors[b * T:(b + 1) * T]
+        parts = [_segment_values(k, n, idx, e, base) for (k, n, *idx), e in zip(_segments(plan), eps)]
+        flat = torch.cat(parts) if parts else tensors[0].new_zeros(0)
+        out.append(torch.nn.functional.pad(flat, (0, rows * width - flat.numel())).view(rows, width))
+    return torch.stack(out)
+
+
+def assert_as_accurate(actual: torch.Tensor, reference: torch.Tensor, truth: torch.Tensor, rtol: float = 1e-5):
+    """``actual`` (float32) is within ``rtol`` of the float64 ``truth`` in the assert_fold_close sense,
+    or at worst 4x as far from it as the float32 ``reference`` is (sums that cancel lose relative
+    accuracy in any float32 implementation)."""
+    a, r, t = actual.detach().double(), reference.detach().double(), truth.detach().double()
+    assert a.shape == r.shape == t.shape
+    scale = t.abs().max().item() if t.numel() else 0.0
+    err_a, err_r = (a - t).abs(), (r - t).abs()
+    ok = (err_a <= rtol * (t.abs() + scale)) | (err_a <= 4 * err_r + 1e-12)
+    assert bool(ok.all()), (f"{int((~ok).sum())} values: max error {err_a.max().item():.3e} vs reference's "
+                            f"{err_r.max().item():.3e}, max |truth| {scale:.3e}")

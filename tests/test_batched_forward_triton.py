@@ -1,0 +1,39 @@
+"""batched_forward on the Triton backend (CPU tensors under TRITON_INTERPRET=1; CUDA when present):
+the whole network, both input modes, against the per-network reference loop."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from netspace_fast import archs, prep_shape
+from netspace_fast.batched import batched_forward, batched_forward_reference
+
+pytestmark = pytest.mark.triton
+
+if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+    pytest.skip("Triton tests need TRITON_INTERPRET=1 (CPU interpreter) or a CUDA device", allow_module_level=True)
+
+from test_batched import rel, tiny_spec  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 2e-2 if DEVICE == "cuda" else 1e-4  # TF32 on the GPU, exact float32 under the interpreter
+
+
+@pytest.mark.parametrize("which,shared", [("tiny", True), ("tiny", False), ("lenetlike", False)])
+def test_batched_forward_triton_matches_reference(which, shared):
+    spec = tiny_spec() if which == "tiny" else archs.spec("lenetlike", "cifar10")
+    torch.manual_seed(0)
+    B, N = 2, 2
+    H, W = prep_shape(spec.num_params, 1024 if which == "lenetlike" else 8)
+    preps = (torch.randn(B, H + 4, W, device=DEVICE) * 0.1).requires_grad_()
+    shape = (N, *spec.input_shape) if shared else (B, N, *spec.input_shape)
+    x = torch.randn(shape, device=DEVICE, requires_grad=True)
+    y = batched_forward(spec, preps, x, backend="triton")
+    y_ref = batched_forward_reference(spec, preps, x)
+    assert rel(y, y_ref) <= TOL
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, (preps, x), g), torch.autograd.grad(y_ref, (preps, x), g)):
+        assert rel(a, b) <= TOL
