@@ -9,6 +9,7 @@ runs and module construction stays cheap.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from .archs import SpecNet
 from .ops import pack_op
-from .prep import EpsMismatch, PRepLayout, _gather, _models_list, unpack_prep
+from .prep import EpsMismatch, PRepLayout, _gather, _models_list, _split_views
 
 __all__ = ["fold_bn"]
 
@@ -102,6 +103,14 @@ def fold_bn(model_or_list: nn.Module | Sequence[nn.Module], *, backend: str | No
         with torch.no_grad():
             flat = pack_op(tensors, plan, eps, len(group), 1, num_values, check_finite=False, backend=backend)
         layout = _flat_layout(spec)
-        for j, i in enumerate(idx):
-            out[i] = _instantiate(spec, unpack_prep(flat[j], layout), models[i].training)
+        # a burst of thousands of acyclic objects: without this, the cyclic collector walks the
+        # whole heap (the input models included) several times during the loop
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for j, i in enumerate(idx):
+                out[i] = _instantiate(spec, _split_views(flat[j].view(-1), layout), models[i].training)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
     return out[0] if single else out

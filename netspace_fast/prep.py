@@ -74,6 +74,16 @@ class PRepLayout:
     def num_params(self) -> int:
         return sum(e.numel for e in self.entries)
 
+    @property
+    def split_sizes(self) -> list[int]:
+        """Sizes that cut a flattened PRep into the entries, in order, plus the padding."""
+        sizes = self.__dict__.get("_split_sizes")
+        if sizes is None:
+            sizes = [e.numel for e in self.entries]
+            sizes.append(self.height * self.width - sum(sizes))
+            object.__setattr__(self, "_split_sizes", sizes)
+        return list(sizes)
+
     @classmethod
     def from_shapes(cls, named_shapes: Sequence[tuple[str, tuple[int, ...]]], width: int, height: int | None = None,
                     spec: ArchSpec | None = None) -> "PRepLayout":
@@ -151,17 +161,20 @@ def _pack_plan(spec: ArchSpec, batchnorm: bool) -> _PackPlan:
 
 
 def _gather_specnet(model: SpecNet, pp: _PackPlan, tensors: list, eps: list) -> None:
+    # straight from the modules' _parameters/_buffers dicts: nn.Module.__getattr__ costs more than
+    # the packing of a small layer, and this runs for every layer of every network
     mods, bns = model._layer_modules, model._bn_modules
     for name, bn_name in pp.layers:
-        mod = mods[name]
+        p = mods[name]._parameters
         if bn_name is None:
-            tensors.append(mod.weight)
-            tensors.append(mod.bias)
+            tensors.append(p["weight"])
+            tensors.append(p["bias"])
             eps.append(0.0)
             eps.append(0.0)
         else:
             bn = bns[bn_name]
-            tensors += (mod.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+            bp, bb = bn._parameters, bn._buffers
+            tensors += (p["weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"])
             eps.append(bn.eps)
             eps.append(bn.eps)
 
@@ -266,6 +279,13 @@ def unpack_prep(prep: torch.Tensor, layout: PRepLayout) -> "OrderedDict[str, tor
     for e in layout.entries:
         out[e.name] = flat[..., e.offset:e.offset + e.numel].view((*batch, *e.shape))
     return out
+
+
+def _split_views(flat: torch.Tensor, layout: PRepLayout) -> dict[str, torch.Tensor]:
+    """Like unpack_prep for a 1-D flattened PRep, in one `split` call. Internal: split's outputs are
+    multi-output views, which autograd forbids to modify in place, so only for no-grad use."""
+    pieces = torch.split(flat, layout.split_sizes)
+    return {e.name: piece.view(e.shape) for e, piece in zip(layout.entries, pieces)}
 
 
 def load_prep(module: nn.Module, prep: torch.Tensor) -> nn.Module:
