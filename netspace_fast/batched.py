@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from . import backend as _backend
 from .archs import ArchSpec, spec_forward
+from .grouped import GroupedNet
 from .ops.batched import layer_backward, layer_forward
 from .ops.batched_ref import ACT_LEAKY, ACT_NONE, ACT_SIN
 from .prep import PRepLayout, prep_shape, unpack_prep
@@ -175,4 +176,7 @@ def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
     preps2d = preps.reshape(B, -1)
     if preps2d.stride(1) != 1:
         preps2d = preps2d.contiguous()
-    return _BatchedNet.apply(preps2d, x, _program(spec, preps.shape[2]), which, spec.num_params)
+    program = _program(spec, preps.shape[2])
+    if which == "cpp":  # CPU: all networks as one grouped channels-last network (netspace_fast.grouped)
+        return GroupedNet.apply(preps2d, x, program, shared, spec.num_params)
+    return _BatchedNet.apply(preps2d, x, program, which, spec.num_params)
