@@ -154,6 +154,16 @@ at::Tensor act_grad(const at::Tensor& grad_y, const at::Tensor& y, const at::Ten
   return out;
 }
 
+void check_backward(const char* op, const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& preps,
+                    const at::Tensor& grad_preps) {
+  TORCH_CHECK_VALUE(grad_preps.sizes() == preps.sizes() && grad_preps.scalar_type() == preps.scalar_type() &&
+                        grad_preps.device() == preps.device(),
+                    op, ": grad_preps: expected a tensor shaped like preps ", preps.sizes(),
+                    " of its dtype and device, got ", grad_preps.sizes());
+  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), op, ": grad_y: expected shape ", y.sizes(), ", got ",
+                    grad_y.sizes());
+}
+
 void check_residual(const char* op, const c10::optional<at::Tensor>& residual, at::IntArrayRef expect,
                     at::ScalarType dtype) {
   if (!residual.has_value()) return;
@@ -217,16 +227,11 @@ std::tuple<at::Tensor, at::Tensor> batched_conv2d_backward_cpu(const at::Tensor&
   const char* op = "batched_conv2d_backward";
   const int64_t w_numel = cout * cin * k * k;
   check_common(op, x, preps, w_off, w_numel, b_off, cout, act, 4);
-  TORCH_CHECK_VALUE(grad_preps.sizes() == preps.sizes() && grad_preps.scalar_type() == preps.scalar_type() &&
-                        grad_preps.device() == preps.device(),
-                    op, ": grad_preps: expected a tensor shaped like preps ", preps.sizes(), " of its dtype and device, got ",
-                    grad_preps.sizes());
-  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), op, ": grad_y: expected shape ", y.sizes(), ", got ",
-                    grad_y.sizes());
+  check_backward(op, grad_y, y, preps, grad_preps);
   const bool shared = x.dim() == 4;
   const int64_t B = preps.size(0), N = x.size(shared ? 0 : 1);
   auto grad_z = act_grad(grad_y, y, z, act);
-  auto grad_x = at::Tensor();
+  at::Tensor grad_x;
   if (B == 0 || N == 0) return {need_grad_x ? at::zeros_like(x) : at::empty({0}, x.options()), grad_z};
   const int64_t Ho = grad_z.size(3), Wo = grad_z.size(4);
   auto wv = preps.narrow(1, w_off, w_numel);
@@ -294,12 +299,7 @@ std::tuple<at::Tensor, at::Tensor> batched_linear_backward_cpu(const at::Tensor&
   const char* op = "batched_linear_backward";
   const int64_t w_numel = out_features * in_features;
   check_common(op, x, preps, w_off, w_numel, b_off, out_features, act, 2);
-  TORCH_CHECK_VALUE(grad_preps.sizes() == preps.sizes() && grad_preps.scalar_type() == preps.scalar_type() &&
-                        grad_preps.device() == preps.device(),
-                    op, ": grad_preps: expected a tensor shaped like preps ", preps.sizes(), " of its dtype and device, got ",
-                    grad_preps.sizes());
-  TORCH_CHECK_VALUE(grad_y.sizes() == y.sizes(), op, ": grad_y: expected shape ", y.sizes(), ", got ",
-                    grad_y.sizes());
+  check_backward(op, grad_y, y, preps, grad_preps);
   const bool shared = x.dim() == 2;
   const int64_t B = preps.size(0), N = x.size(shared ? 0 : 1);
   auto grad_z = act_grad(grad_y, y, z, act);

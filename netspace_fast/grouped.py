@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .ops.batched_ref import ACT_LEAKY, ACT_NONE, ACT_SIN, LEAKY_SLOPE, SIN_W0
+from .ops.batched_ref import ACT_LEAKY, ACT_SIN, LEAKY_SLOPE, SIN_W0, act_grad
 
 CL = torch.channels_last
 
@@ -35,14 +35,6 @@ def _act_(z: torch.Tensor, act: int) -> torch.Tensor:
     if act == ACT_SIN:
         return torch.sin(SIN_W0 * z)
     return z
-
-
-def _act_grad(g: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None, act: int) -> torch.Tensor:
-    if act == ACT_LEAKY:
-        return torch.ops.aten.leaky_relu_backward(g, y, LEAKY_SLOPE, False)
-    if act == ACT_SIN:
-        return g * (SIN_W0 * torch.cos(SIN_W0 * z))
-    return g
 
 
 def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program: list, shared: bool):
@@ -107,7 +99,7 @@ def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Ten
             continue
         if kind == "conv":
             w_off, b_off, cout, cin, k, stride, padding = geom
-            gz = _act_grad(g, y, z, act)
+            gz = act_grad(g, y, z, act)
             if residual is not None:
                 acc(residual, gz)
             want_x = src != 0 or need_x
@@ -163,4 +155,4 @@ class GroupedNet(torch.autograd.Function):
         return grad_preps, gx, None, None, None
 
 
-__all__ = ["GroupedNet", "grouped_backward", "grouped_forward", "ACT_NONE"]
+__all__ = ["GroupedNet", "grouped_backward", "grouped_forward"]

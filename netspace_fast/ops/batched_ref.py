@@ -42,7 +42,7 @@ def apply_act(z: torch.Tensor, act: int) -> torch.Tensor:
 def act_grad(grad_y: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None, act: int) -> torch.Tensor:
     """grad_z from grad_y: LeakyReLU reads the sign of y, sin needs the pre-activation z."""
     if act == ACT_LEAKY:
-        return torch.where(y > 0, grad_y, grad_y * LEAKY_SLOPE)
+        return torch.ops.aten.leaky_relu_backward(grad_y, y, LEAKY_SLOPE, False)  # y > 0 iff z > 0
     if act == ACT_SIN:
         return grad_y * (SIN_W0 * torch.cos(SIN_W0 * z))
     return grad_y
