@@ -2,8 +2,8 @@
 
 Builds every architecture, checks parameter counts against the seed's Table I, folds BatchNorm
 (one native call per architecture) and checks the folded networks against the BN networks in
-eval mode, packs a batch of PReps per architecture, saves one PRep as a PNG image and prints a
-table. Later issues grow this into the full NetSpace demo.
+eval mode, packs a batch of PReps per architecture, evaluates all of them from their PReps in one
+batched call (checked against each BN network), saves one PRep as a PNG image and prints a table. Later issues grow this into the full NetSpace demo.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from . import archs, backends, fold_bn, pack_preps, unpack_prep, PRepLayout
+from . import archs, backends, batched_forward, fold_bn, pack_preps, unpack_prep, PRepLayout
 from .visualize import save_prep_png
 
 TABLE_I = {"lenetlike": 62_006, "vanillacnn": 68_818, "resnet8": 78_042, "resnet32": 466_906, "resnet56": 855_770}
@@ -67,18 +67,24 @@ def main(argv: list[str] | None = None) -> int:
             # the PRep is the folded network: its views are the folded parameters
             same = all(torch.equal(v, p) for v, p in zip(unpack_prep(preps[0], layout).values(),
                                                            folded[0].parameters()))
+            # all B networks at once, straight from their PReps, against each BN model in eval mode
+            t0 = time.perf_counter()
+            ys = batched_forward(spec, preps, x)
+            t_eval = time.perf_counter() - t0
+            err_eval = max(((ys[b] - m(x)).abs().max() / m(x).abs().max()).item() for b, m in enumerate(models))
         if name == "resnet8":
             image_path = save_prep_png(preps[0], os.path.join(args.out, f"prep_{name}_{ds}.png"), spec.num_params)
         rows.append((name, count, TABLE_I[name], spec.num_params, tuple(preps.shape), err, same,
-                     1e3 * t_fold, 1e3 * t_pack))
+                     1e3 * t_fold, 1e3 * t_pack, err_eval, 1e3 * t_eval))
     header = (f"{'arch':<11}{'params':>9}{'Table I':>9}{'BN-free':>9}  {'PRep batch':<18}{'fold rel err':>13}"
-              f"{'PRep=fold':>10}{'fold ms':>9}{'pack ms':>9}")
-    print(f"\n{ds}: {args.batch} networks per architecture, PRep width {args.width}\n{header}\n{'-' * len(header)}")
+              f"{'PRep=fold':>10}{'fold ms':>9}{'pack ms':>9}{'batched err':>12}{'eval ms':>9}")
+    print(f"\n{ds}: {args.batch} networks per architecture, PRep width {args.width}; batched eval of all of them "
+          f"on {x.shape[0]} images in one call\n{header}\n{'-' * len(header)}")
     ok = True
-    for name, count, table, bnfree, shape, err, same, tf, tp in rows:
-        ok &= count == table and err <= 1e-5 and same
+    for name, count, table, bnfree, shape, err, same, tf, tp, err_eval, te in rows:
+        ok &= count == table and err <= 1e-5 and same and err_eval <= 1e-4
         print(f"{name:<11}{count:>9,}{table:>9,}{bnfree:>9,}  {str(shape):<18}{err:>13.2e}{str(same):>10}"
-              f"{tf:>9.1f}{tp:>9.1f}")
+              f"{tf:>9.1f}{tp:>9.1f}{err_eval:>12.2e}{te:>9.1f}")
     print(f"\nPRep image: {image_path}")
     print("all checks passed" if ok else "CHECK FAILED")
     return 0 if ok else 1
