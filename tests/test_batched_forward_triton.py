@@ -37,3 +37,26 @@ def test_batched_forward_triton_matches_reference(which, shared):
     g = torch.randn_like(y)
     for a, b in zip(torch.autograd.grad(y, (preps, x), g), torch.autograd.grad(y_ref, (preps, x), g)):
         assert rel(a, b) <= TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+@pytest.mark.parametrize("name,dataset", [("lenetlike", "cifar10"), ("vanillacnn", "cifar10"), ("resnet8", "cifar10"),
+                                          ("resnet8", "tinyimagenet"), ("resnet32", "cifar10"), ("siren", "cifar10")])
+def test_batched_forward_triton_gpu_all_archs(name, dataset, shared):
+    """On the GPU (TF32): every architecture, both modes, outputs and gradients vs the loop."""
+    spec = archs.spec(name, dataset)
+    torch.manual_seed(0)
+    B, N = 4, 8
+    models = [archs.build(name, dataset, batchnorm=False) for _ in range(B)]
+    from netspace_fast import pack_preps
+
+    preps = pack_preps(models, 10_000).detach().to("cuda").requires_grad_()
+    shape = (N, *spec.input_shape) if shared else (B, N, *spec.input_shape)
+    x = torch.randn(shape, device="cuda", requires_grad=True)
+    y = batched_forward(spec, preps, x)  # the dispatcher picks Triton (or CUDA) for CUDA tensors
+    y_ref = batched_forward_reference(spec, preps, x)
+    assert rel(y, y_ref) <= 2e-2
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, (preps, x), g), torch.autograd.grad(y_ref, (preps, x), g)):
+        assert rel(a, b) <= 2e-2
