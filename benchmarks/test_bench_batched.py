@@ -25,28 +25,13 @@ GOALS = {"(i) resnet8 B=8": {"loop": 1.2, "vmap": 2.5}, "(ii) lenetlike B=64": {
 
 
 def forward_flops(spec, n: int) -> float:
-    """Multiply-adds x 2 of one forward pass of one network on n images."""
-    x = torch.zeros(1, *spec.input_shape)
-    model = archs.build(spec.name, spec.dataset, batchnorm=False)
-    flops = 0
-    hooks = []
+    """FLOPs (2 x multiply-adds) of one forward pass of one network on n images."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def conv_hook(mod, inp, out):
-        nonlocal flops
-        flops += 2 * out.numel() * mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1]
-
-    def lin_hook(mod, inp, out):
-        nonlocal flops
-        flops += 2 * out.numel() * mod.in_features
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, torch.nn.Linear):
-            hooks.append(m.register_forward_hook(lin_hook))
-    with torch.no_grad():
-        model(x)
-    return flops * n
+    model = archs.build(spec.name, spec.dataset or "cifar10", batchnorm=False)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *spec.input_shape))
+    return counter.get_total_flops() * n
 
 
 _cache: dict = {}

@@ -44,6 +44,6 @@ done
 
 echo
 echo "== results"
-grep -hE "^\| " "$OUT_DIR/bench.log" 2>/dev/null || true
+grep -hE "\|" "$OUT_DIR/bench.log" 2>/dev/null || true  # every table row of the benchmarks
 printf '\n%-28s %-8s %s\n' CHECK RESULT DETAIL
 for row in "${status[@]}"; do IFS='|' read -r a b c <<<"$row"; printf '%-28s %-8s %s\n' "$a" "$b" "$c"; done
