@@ -52,7 +52,16 @@ def packed():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def warm_memory():
+def malloc_policy():
+    """NETSPACE_BENCH_TUNE_MALLOC=1 applies netspace_fast.tune_malloc() to the whole process, so to
+    every provider alike (no mmap churn for the tens-of-MB activations of the training steps)."""
+    tuned = os.environ.get("NETSPACE_BENCH_TUNE_MALLOC", "0") == "1" and netspace_fast.tune_malloc()
+    os.environ["NETSPACE_BENCH_MALLOC"] = "tuned (no mmap, no trim)" if tuned else "glibc default"
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_memory(malloc_policy):
     """Touch ~3 GB once before anything is timed.
 
     On the development VMs the first touch of guest memory that the process has never used costs
@@ -110,7 +119,7 @@ def _machine() -> str:
         pass
     omp = os.environ.get("OMP_WAIT_POLICY", "default")
     return (f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={omp}, "
-            f"torch {torch.__version__}")
+            f"malloc {os.environ.get('NETSPACE_BENCH_MALLOC', 'glibc default')}, torch {torch.__version__}")
 
 
 def ratio_rows(benchmarks) -> list[dict]:

@@ -8,6 +8,7 @@ Public API of the PRep core: architectures (:mod:`netspace_fast.archs`), BatchNo
 from . import archs
 from .backend import backends
 from .batched import batched_forward
+from .cpu_memory import tune_malloc
 from .fold import fold_bn
 from .prep import LayoutEntry, PRepLayout, load_prep, pack_preps, prep_shape, unpack_prep
 
@@ -23,5 +24,6 @@ __all__ = [
     "load_prep",
     "pack_preps",
     "prep_shape",
+    "tune_malloc",
     "unpack_prep",
 ]
