@@ -2,10 +2,12 @@
 
 ``batched_forward(spec, preps, x)`` runs the BN-free network ``spec`` with each of the B PReps in
 ``preps`` on ``x`` (shared by all networks, or one batch per network) and is differentiable with
-respect to ``preps`` and ``x``. On the native and Triton backends the whole network is one
-autograd node: every layer is one batched layer op (launches do not grow with B), weights are read
-straight out of the PRep batch, and backward writes every layer's weight gradient into ONE (B, P)
-gradient buffer, so no per-parameter-view gradient buffers are ever materialized.
+respect to ``preps`` and ``x``. On the CPU and Triton backends the whole network is one autograd node:
+every layer is one call covering all B networks (calls and launches do not grow with B), weights
+are read straight out of the PRep batch, and backward writes every layer's weight gradient into
+ONE (B, P) gradient buffer, so no per-parameter-view gradient buffers are ever materialized. CPU:
+all networks as one grouped channels-last network (:mod:`netspace_fast.grouped`); GPU: the
+batched Triton layer ops; elsewhere, or with backend='torch': the per-network reference loop.
 """
 
 from __future__ import annotations
@@ -94,15 +96,17 @@ def _lead(v: torch.Tensor, feat_dims: int) -> tuple[int, ...]:
 
 
 class _BatchedNet(torch.autograd.Function):
+    """The GPU whole-network path: one batched Triton layer op per layer, one PRep gradient."""
+
     @staticmethod
-    def forward(ctx, preps2d, x, program, which, num_params):
+    def forward(ctx, preps2d, x, program, num_params):
         values = {0: x}
         saved = []
         for kind, src, dst, residual, act, geom in program:
             h = values[src]
             if kind in ("conv", "linear"):
                 res = values[residual] if residual is not None else None
-                y, z = layer_forward(kind, which, h, preps2d, geom, act, res)
+                y, z = layer_forward(kind, h, preps2d, geom, act, res)
                 saved.append((h, y, z))
             elif kind == "avgpool":
                 lead = _lead(h, 3)
@@ -114,7 +118,7 @@ class _BatchedNet(torch.autograd.Function):
                 y = h.reshape(*lead, -1)
                 saved.append((h, None, None))
             values[dst] = y
-        ctx.program, ctx.which, ctx.saved, ctx.num_params = program, which, saved, num_params
+        ctx.program, ctx.saved, ctx.num_params = program, saved, num_params
         ctx.save_for_backward(preps2d)
         return values[program[-1][2]]
 
@@ -122,7 +126,7 @@ class _BatchedNet(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (preps2d,) = ctx.saved_tensors
-        program, which, saved = ctx.program, ctx.which, ctx.saved
+        program, saved = ctx.program, ctx.saved
         B, P = preps2d.shape
         grad_preps = preps2d.new_empty((B, P))
         # every parameter slice is written by its layer's backward; only the padding needs zeros
@@ -142,9 +146,8 @@ class _BatchedNet(torch.autograd.Function):
             if g is None:
                 continue
             if kind in ("conv", "linear"):
-                want_x = src != 0 or need_x
-                gx, gz = layer_backward(kind, which, g, h, preps2d, y, z, geom, act, grad_preps, want_x)
-                if want_x:
+                gx, gz = layer_backward(kind, g, h, preps2d, y, z, geom, act, grad_preps)
+                if src != 0 or need_x:
                     acc(src, gx)
                 if residual is not None:
                     acc(residual, gz)
@@ -157,7 +160,7 @@ class _BatchedNet(torch.autograd.Function):
             else:
                 acc(src, g.reshape(h.shape))
         gx = grads.get(0) if need_x else None
-        return grad_preps, gx, None, None, None
+        return grad_preps, gx, None, None
 
 
 def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
@@ -179,4 +182,4 @@ def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
     program = _program(spec, preps.shape[2])
     if which == "cpp":  # CPU: all networks as one grouped channels-last network (netspace_fast.grouped)
         return GroupedNet.apply(preps2d, x, program, shared, spec.num_params)
-    return _BatchedNet.apply(preps2d, x, program, which, spec.num_params)
+    return _BatchedNet.apply(preps2d, x, program, spec.num_params)

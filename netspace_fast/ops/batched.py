@@ -94,28 +94,20 @@ def _triton():
     return batched_triton
 
 
-def layer_forward(kind: str, which: str, x, preps, geom: tuple, act: int, residual):
-    """One layer's forward on backend ``which`` ('cpp' or 'triton'): returns (y, z)."""
-    if which == "cpp":
-        fn = torch.ops.netspace_fast.batched_conv2d if kind == "conv" else torch.ops.netspace_fast.batched_linear
-        return fn(x, preps, *geom, act, residual)
+def layer_forward(kind: str, x, preps, geom: tuple, act: int, residual):
+    """One layer's forward on the Triton backend (the GPU whole-network path): returns (y, z)."""
     t = _triton()
     fn = t.conv2d_forward if kind == "conv" else t.linear_forward
     y, z = fn(x, preps, *geom, act, residual)
     return y, (z if z is not None else y.new_empty((0,)))
 
 
-def layer_backward(kind: str, which: str, grad_y, x, preps, y, z, geom: tuple, act: int, grad_preps,
-                   need_grad_x: bool):
-    """One layer's backward: writes its weight/bias gradients into grad_preps; returns (grad_x, grad_z)."""
-    if which == "cpp":
-        fn = (torch.ops.netspace_fast.batched_conv2d_backward if kind == "conv"
-              else torch.ops.netspace_fast.batched_linear_backward)
-        return fn(grad_y, x, preps, y, z, *geom, act, grad_preps, need_grad_x)
+def layer_backward(kind: str, grad_y, x, preps, y, z, geom: tuple, act: int, grad_preps):
+    """One layer's Triton backward: writes its weight/bias gradients into grad_preps; (grad_x, grad_z)."""
     t = _triton()
     fn = t.conv2d_backward if kind == "conv" else t.linear_backward
-    gx, gz = fn(grad_y, x, preps, y, z if z.numel() else None, *geom, act, grad_preps, x.dim() == (4 if kind == "conv" else 2))
-    return gx, gz
+    x_shared = x.dim() == (4 if kind == "conv" else 2)
+    return fn(grad_y, x, preps, y, z if z.numel() else None, *geom, act, grad_preps, x_shared)
 
 
 def batched_conv2d(x: torch.Tensor, preps: torch.Tensor, w_off: int, b_off: int, cout: int, cin: int, k: int,
