@@ -71,7 +71,8 @@ def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program: list, share
         else:  # flatten: (N, B*C, H, W) -> (B, N, C*H*W) in each network's own (c, h, w) order
             if h.dim() == 4:
                 N, BC, H, W = h.shape
-                y = h.reshape(N, B, BC // B, H, W).permute(1, 0, 2, 3, 4).reshape(B, N, -1)
+                # splitting the channel dim is a view in any layout: one copy in all
+                y = h.unflatten(1, (B, BC // B)).permute(1, 0, 2, 3, 4).reshape(B, N, -1)
             else:
                 y = h
             saved.append((h, None, None, None, None))
@@ -126,8 +127,9 @@ def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Ten
         else:
             if h.dim() == 4:
                 N, BC, H, W = h.shape
-                gi = g.reshape(B, N, BC // B, H, W).permute(1, 0, 2, 3, 4).reshape(N, BC, H, W)
-                acc(src, gi.contiguous(memory_format=CL))
+                gi = torch.empty((N, BC, H, W), dtype=g.dtype, device=g.device, memory_format=CL)
+                gi.unflatten(1, (B, BC // B)).copy_(g.reshape(B, N, BC // B, H, W).permute(1, 0, 2, 3, 4))
+                acc(src, gi)
             else:
                 acc(src, g)
     gx = grads.get(0) if need_x else None
