@@ -275,3 +275,16 @@ def test_layer_op_bad_arguments_never_touch_memory():
         torch.ops.netspace_fast.batched_linear(torch.randn(3, 2, 3), preps, 0, 40, 2, 3, 1, None)
     with pytest.raises(ValueError, match="smaller than the kernel"):
         torch.ops.netspace_fast.batched_conv2d(torch.randn(2, 1, 2, 2), preps, 0, 40, 1, 1, 5, 1, 0, 1, None)
+
+
+def test_tune_malloc_is_safe_to_call():
+    """tune_malloc changes the allocator policy only: results stay the same after it."""
+    import subprocess
+    import sys
+
+    code = ("import torch, netspace_fast as nf; ok = nf.tune_malloc(); "
+            "a = torch.randn(64, 2**20); b = a.clone(); del a; c = torch.ones(64, 2**20); "
+            "print(isinstance(ok, bool), bool(torch.isfinite(b).all()), float(c.sum()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", str(float(64 * 2**20))]
