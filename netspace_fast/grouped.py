@@ -89,8 +89,10 @@ def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Ten
     grads: dict[int, torch.Tensor] = {program[-1][2]: grad_out.contiguous()}
 
     def acc(v: int, g: torch.Tensor) -> None:
+        # the first gradient stored for a value is a fresh tensor of ours whose other use (as a
+        # layer's grad_z) is over by the time a second one arrives: accumulate in place
         if v in grads:
-            grads[v] = grads[v] + g
+            grads[v].add_(g)
         else:
             grads[v] = g
 
