@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import netspace_fast
-from pack_peers import WIDTH, fold_fuse_eval_convs, fold_fuse_eval_models, fused_conv_names
+from pack_peers import fold_fuse_eval_convs, fold_fuse_eval_models, fused_conv_names
 
 ROUNDS = 4
 TOL = dict(rtol=1e-5, atol=1e-6)

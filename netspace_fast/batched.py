@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from . import backend as _backend
 from .archs import ArchSpec, spec_forward
+from .backprop import ValueGrads, prep_grad_buffer
 from .grouped import GroupedNet
 from .ops.batched import layer_backward, layer_forward
 from .ops.batched_ref import ACT_LEAKY, ACT_NONE, ACT_SIN
@@ -127,19 +128,10 @@ class _BatchedNet(torch.autograd.Function):
     def backward(ctx, grad_out):
         (preps2d,) = ctx.saved_tensors
         program, saved = ctx.program, ctx.saved
-        B, P = preps2d.shape
-        grad_preps = preps2d.new_empty((B, P))
-        # every parameter slice is written by its layer's backward; only the padding needs zeros
-        grad_preps[:, ctx.num_params:].zero_()
+        grad_preps = prep_grad_buffer(preps2d, ctx.num_params)
         need_x = ctx.needs_input_grad[1]
-        grads: dict[int, torch.Tensor] = {program[-1][2]: grad_out.contiguous()}
-
-        def acc(v: int, g: torch.Tensor) -> None:
-            # every gradient here is a fresh tensor of our own: accumulate in place
-            if v in grads:
-                grads[v].add_(g)
-            else:
-                grads[v] = g
+        grads = ValueGrads(program[-1][2], grad_out)
+        acc = grads.add
 
         for (kind, src, dst, residual, act, geom), (h, y, z) in zip(reversed(program), reversed(saved)):
             g = grads.pop(dst, None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .backprop import ValueGrads, prep_grad_buffer
 from .ops.batched_ref import ACT_LEAKY, ACT_SIN, LEAKY_SLOPE, SIN_W0, act_grad
 
 CL = torch.channels_last
@@ -83,18 +84,10 @@ def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program: list, share
 
 def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Tensor, program: list, saved: list,
                      shared: bool, need_x: bool, num_params: int):
-    B, P = preps2d.shape
-    grad_preps = preps2d.new_empty((B, P))
-    grad_preps[:, num_params:].zero_()  # every parameter slice is written by its layer below
-    grads: dict[int, torch.Tensor] = {program[-1][2]: grad_out.contiguous()}
-
-    def acc(v: int, g: torch.Tensor) -> None:
-        # the first gradient stored for a value is a fresh tensor of ours whose other use (as a
-        # layer's grad_z) is over by the time a second one arrives: accumulate in place
-        if v in grads:
-            grads[v].add_(g)
-        else:
-            grads[v] = g
+    B = preps2d.shape[0]
+    grad_preps = prep_grad_buffer(preps2d, num_params)
+    grads = ValueGrads(program[-1][2], grad_out)
+    acc = grads.add
 
     for (kind, src, dst, residual, act, geom), (h, w, y, z, groups) in zip(reversed(program), reversed(saved)):
         g = grads.pop(dst, None)
