@@ -1,0 +1,134 @@
+"""Batched zoo training core (issue 4, in progress): B instances trained as one grouped network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from netspace_fast import archs, data
+from netspace_fast.zoo import BatchedZooNet, DataOrder, evaluate, random_crop_flip, train_epoch
+
+
+def make(name: str, seeds: list[int]) -> list:
+    out = []
+    for s in seeds:
+        torch.manual_seed(s)
+        m = archs.build(name, "digits")
+        with torch.no_grad():  # non-trivial BN statistics, so per-instance BN is really exercised
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.BatchNorm2d):
+                    mod.running_mean.normal_(0, 0.1)
+                    mod.running_var.uniform_(0.5, 2.0)
+        out.append(m)
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.tensors("digits", "train")
+
+
+def rel(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("name,opt", [("lenetlike", "sgd"), ("resnet8", "adam")])
+def test_training_together_equals_training_alone(digits, name, opt):
+    """B=3 instances trained as one job == each trained alone (same seed, same data order)."""
+    x, y = digits[0][:192], digits[1][:192]
+    seeds = [1, 2, 3]
+
+    def optimizer(net):
+        if opt == "sgd":
+            return torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        return torch.optim.Adam(net.parameters(), lr=1e-4)
+
+    together = BatchedZooNet(make(name, seeds))
+    o = optimizer(together)
+    train_epoch(together, o, x, y, DataOrder.from_seeds(seeds), 64, augment_pad=4)
+    for i, s in enumerate(seeds):
+        alone = BatchedZooNet(make(name, [s]))
+        o1 = optimizer(alone)
+        train_epoch(alone, o1, x, y, DataOrder.from_seeds([s]), 64, augment_pad=4)
+        a, b = together.state_dicts()[i], alone.state_dicts()[0]
+        assert a.keys() == b.keys()
+        for k in a:
+            # float32: grouped vs single convolutions round differently. rtol for the weights;
+            # atol 1e-5 for values that start at 0 (BN bias) and moved by 3 Adam steps of ~1e-4,
+            # where Adam's normalization turns a 1e-5 relative gradient difference into ~1e-7
+            assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-5), k
+        # and the per-instance BatchNorm running statistics moved away from their start
+    start = make(name, seeds)[0].state_dict()
+    moved = together.state_dicts()[0]
+    if name == "resnet8":
+        assert not torch.allclose(moved["bn1.running_mean"], start["bn1.running_mean"])
+        assert int(moved["bn1.num_batches_tracked"]) == 3
+
+
+@pytest.mark.parametrize("name", ["lenetlike", "vanillacnn", "resnet8"])
+def test_forward_equals_each_instance(digits, name):
+    models = make(name, [4, 5])
+    net = BatchedZooNet(models)
+    x = digits[0][:10].view(2, 5, 3, 32, 32)
+    for train in (False, True):
+        net.train(train)
+        out = net(x)
+        for b, m in enumerate(make(name, [4, 5])):
+            m.train(train)
+            assert rel(out[b], m(x[b])) <= 1e-4
+    # instances() gives back SpecNet modules with the stacked weights
+    for b, m in enumerate(net.instances()):
+        assert isinstance(m, archs.SpecNet)
+        net.eval()
+        assert rel(net(x)[b], m(x[b])) <= 1e-4
+
+
+def test_evaluate_is_per_instance_accuracy(digits):
+    net = BatchedZooNet(make("lenetlike", [0, 1]))
+    x, y = digits[0][:50], digits[1][:50]
+    acc = evaluate(net, x, y, batch_size=16)
+    for b, m in enumerate(net.instances()):
+        with torch.no_grad():
+            expect = (m(x).argmax(-1) == y).float().mean()
+        assert abs(acc[b].item() - expect.item()) < 1e-6
+
+
+def test_random_crop_flip_properties():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    out = random_crop_flip(x, 0, g)  # no padding: identity or a horizontal flip per sample
+    for i in range(2):
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
+    out = random_crop_flip(x, 2, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    # every output pixel is a pixel of the sample or padding
+    for i in range(2):
+        vals = set(out[i].flatten().tolist())
+        assert vals <= set(x[i].flatten().tolist()) | {0.0}
+    # deterministic given the generator
+    assert torch.equal(random_crop_flip(x, 2, torch.Generator().manual_seed(1)), out)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="models"):
+        BatchedZooNet([])
+    with pytest.raises(ValueError, match="models"):
+        BatchedZooNet([archs.build("lenetlike", "digits"), archs.build("resnet8", "digits")])
+    net = BatchedZooNet(make("lenetlike", [0, 1]))
+    with pytest.raises(ValueError, match="x: expected"):
+        net(torch.randn(3, 2, 3, 32, 32))
+
+
+def test_loss_of_each_instance_is_its_own(digits):
+    """The summed loss leaves every instance's gradient equal to its own loss's gradient."""
+    net = BatchedZooNet(make("lenetlike", [7, 8]))
+    x, y = digits[0][:8].view(2, 4, 3, 32, 32), digits[1][:8].view(2, 4)
+    out = net(x)
+    F.cross_entropy(out.reshape(-1, 10), y.reshape(-1), reduction="none").view(2, -1).mean(1).sum().backward()
+    g_together = net.fc3__weight.grad[1].clone()
+    m = net.instances()[1]
+    m.train()
+    F.cross_entropy(m(x[1]), y[1]).backward()
+    assert rel(g_together, m.fc3.weight.grad) <= 1e-4
