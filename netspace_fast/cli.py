@@ -193,6 +193,10 @@ def zoo_train(preset: str, out_dir: Path, root: Path | None, seed: int | None, d
         kwargs["seed"] = seed
     if device is not None:
         kwargs["device"] = device
+    # a training command: keep freed activation memory for reuse (see netspace_fast.cpu_memory)
+    from netspace_fast import tune_malloc
+
+    tune_malloc()
     try:
         with _user_errors():
             train_zoo(out_dir, preset, **kwargs)
