@@ -62,13 +62,19 @@ class BatchedZooNet(nn.Module):
     def _t(self, name: str) -> torch.Tensor:
         return getattr(self, _key(name))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, interleaved: bool = False) -> torch.Tensor:
+        """x: (B, N, C, H, W), one batch per instance; or (N, B, C, H, W) with ``interleaved=True``
+        (what a minibatch gather can produce directly: one relayout copy instead of two)."""
         B = self.B
-        if x.dim() != len(self.spec.input_shape) + 2 or x.shape[0] != B:
-            raise ValueError(f"x: expected (B={B}, N, {', '.join(map(str, self.spec.input_shape))}), got "
+        lead = 1 if interleaved else 0
+        if x.dim() != len(self.spec.input_shape) + 2 or x.shape[lead] != B:
+            want = "(N, B={B}" if interleaved else "(B={B}, N"
+            raise ValueError(f"x: expected {want.format(B=B)}, {', '.join(map(str, self.spec.input_shape))}), got "
                              f"{tuple(x.shape)}")
-        N = x.shape[1]
-        values = {0: x.permute(1, 0, 2, 3, 4).reshape(N, B * x.shape[2], *x.shape[3:]).contiguous(memory_format=CL)}
+        if not interleaved:
+            x = x.transpose(0, 1)
+        N = x.shape[0]
+        values = {0: x.reshape(N, B * x.shape[2], *x.shape[3:]).contiguous(memory_format=CL)}
         for layer in self.spec.layers:
             h = values[layer.src]
             if layer.kind == "conv":
@@ -149,11 +155,11 @@ def train_epoch(net: BatchedZooNet, optimizer: torch.optim.Optimizer, images: to
     total = torch.zeros(B)
     for t in range(steps):
         idx = torch.stack([p[t * batch_size:(t + 1) * batch_size] for p in perms])  # (B, n)
-        xb = images[idx]  # (B, n, C, S, S)
+        xb = images[idx.t()]  # (n, B, C, S, S): gathered straight into the interleaved layout
         if augment_pad:
-            xb = torch.stack([random_crop_flip(xb[b], augment_pad, order.gens[b], flip) for b in range(B)])
+            xb = torch.stack([random_crop_flip(xb[:, b], augment_pad, order.gens[b], flip) for b in range(B)], 1)
         yb = labels[idx]
-        out = net(xb)
+        out = net(xb, interleaved=True)
         loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="none")
         per_instance = loss.view(B, -1).mean(1)
         optimizer.zero_grad(set_to_none=True)
