@@ -309,8 +309,7 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
         else:
             B = n_train + n_val + n_test
         seeds = [int(seed) * 100_000 + job * 1_000 + i for i in range(B)]
-        done = set(zoo_format.Zoo.open(out).splits["train"] + zoo_format.Zoo.open(out).splits["val"]
-                   + zoo_format.Zoo.open(out).splits["test"])
+        done = {e["id"] for e in zoo_format.Zoo.open(out).instances()}
         ids = ([f"{arch}-{i:03d}" for i in range(B)] if p.protocol != "single" else
                [f"{arch}-r{r}-e{e:03d}" for r in range(B) for e in p.snapshots])
         if all(i in done for i in ids):

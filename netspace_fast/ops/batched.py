@@ -27,9 +27,9 @@ def _fake_conv(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, resid
     return x.new_empty(shape), x.new_empty(shape if act == ACT_SIN else (0,))
 
 
-def _fake_conv_bwd(grad_y, x, preps, y, z, w_off, b_off, cout, cin, k, stride, padding, act, grad_preps,
-                   need_grad_x):
-    return (x.new_empty(x.shape) if need_grad_x else x.new_empty((0,))), grad_y.new_empty(grad_y.shape)
+def _fake_backward(grad_y, x, *rest):
+    """Both backward ops: (grad_y, x, preps, y, z, <geometry>, act, grad_preps, need_grad_x)."""
+    return (x.new_empty(x.shape) if rest[-1] else x.new_empty((0,))), grad_y.new_empty(grad_y.shape)
 
 
 def _fake_linear(x, preps, w_off, b_off, out_features, in_features, act, residual):
@@ -38,54 +38,39 @@ def _fake_linear(x, preps, w_off, b_off, out_features, in_features, act, residua
     return x.new_empty(shape), x.new_empty(shape if act == ACT_SIN else (0,))
 
 
-def _fake_linear_bwd(grad_y, x, preps, y, z, w_off, b_off, out_features, in_features, act, grad_preps,
-                     need_grad_x):
-    return (x.new_empty(x.shape) if need_grad_x else x.new_empty((0,))), grad_y.new_empty(grad_y.shape)
-
-
 # Autograd of the standalone layer ops: the weight gradient of one layer lands in a zero (B, P)
 # buffer. batched_forward (the whole network) shares one buffer across all layers instead.
-def _conv_setup(ctx, inputs, output):
-    x, preps, w_off, b_off, cout, cin, k, stride, padding, act, residual = inputs
+def _setup(ctx, inputs, output):
+    # inputs: (x, preps, <geometry...>, act, residual), the same for conv and linear
+    x, preps, *args, residual = inputs
     y, z = output
-    ctx.args = (w_off, b_off, cout, cin, k, stride, padding, act)
+    ctx.args = tuple(args)
     ctx.has_residual = residual is not None
     ctx.save_for_backward(x, preps, y, z)
 
 
-def _conv_backward(ctx, grad_y, _grad_z):
-    x, preps, y, z = ctx.saved_tensors
-    grad_preps = torch.zeros_like(preps)
-    gx, gz = torch.ops.netspace_fast.batched_conv2d_backward(grad_y.contiguous(), x, preps, y, z, *ctx.args,
-                                                             grad_preps, ctx.needs_input_grad[0])
-    return (gx if ctx.needs_input_grad[0] else None, grad_preps, None, None, None, None, None, None, None, None,
-            gz if ctx.has_residual else None)
+def _autograd_backward(backward_op):
+    def backward(ctx, grad_y, _grad_z):
+        x, preps, y, z = ctx.saved_tensors
+        grad_preps = torch.zeros_like(preps)
+        gx, gz = backward_op(grad_y.contiguous(), x, preps, y, z, *ctx.args, grad_preps, ctx.needs_input_grad[0])
+        return (gx if ctx.needs_input_grad[0] else None, grad_preps, *([None] * len(ctx.args)),
+                gz if ctx.has_residual else None)
 
-
-def _linear_setup(ctx, inputs, output):
-    x, preps, w_off, b_off, out_features, in_features, act, residual = inputs
-    y, z = output
-    ctx.args = (w_off, b_off, out_features, in_features, act)
-    ctx.has_residual = residual is not None
-    ctx.save_for_backward(x, preps, y, z)
-
-
-def _linear_backward(ctx, grad_y, _grad_z):
-    x, preps, y, z = ctx.saved_tensors
-    grad_preps = torch.zeros_like(preps)
-    gx, gz = torch.ops.netspace_fast.batched_linear_backward(grad_y.contiguous(), x, preps, y, z, *ctx.args,
-                                                             grad_preps, ctx.needs_input_grad[0])
-    return (gx if ctx.needs_input_grad[0] else None, grad_preps, None, None, None, None, None,
-            gz if ctx.has_residual else None)
+    return backward
 
 
 if _native.has_kernel("batched_conv2d", "CPU"):
     torch.library.register_fake("netspace_fast::batched_conv2d")(_fake_conv)
-    torch.library.register_fake("netspace_fast::batched_conv2d_backward")(_fake_conv_bwd)
+    torch.library.register_fake("netspace_fast::batched_conv2d_backward")(_fake_backward)
     torch.library.register_fake("netspace_fast::batched_linear")(_fake_linear)
-    torch.library.register_fake("netspace_fast::batched_linear_backward")(_fake_linear_bwd)
-    torch.library.register_autograd("netspace_fast::batched_conv2d", _conv_backward, setup_context=_conv_setup)
-    torch.library.register_autograd("netspace_fast::batched_linear", _linear_backward, setup_context=_linear_setup)
+    torch.library.register_fake("netspace_fast::batched_linear_backward")(_fake_backward)
+    torch.library.register_autograd("netspace_fast::batched_conv2d",
+                                    _autograd_backward(torch.ops.netspace_fast.batched_conv2d_backward),
+                                    setup_context=_setup)
+    torch.library.register_autograd("netspace_fast::batched_linear",
+                                    _autograd_backward(torch.ops.netspace_fast.batched_linear_backward),
+                                    setup_context=_setup)
 
 
 def _triton():
