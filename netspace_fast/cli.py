@@ -5,6 +5,8 @@
     netspace zoo info DIR [--json]      summary of a zoo: schema, config, counts, accuracy ranges
     netspace zoo verify DIR             check every file against the manifest; exit 0 clean, 1 problems
     netspace zoo train --preset NAME --out DIR [--root PATH] [--seed INT] [--device cpu|cuda] [--no-progress]
+                       [--tensorboard LOGDIR]
+    torchrun --nproc_per_node=K -m netspace_fast.cli zoo train ...   the same, instances sharded over K ranks
 
 Also runnable as ``python -m netspace_fast.cli``. A user mistake (missing folder, no manifest,
 unknown preset, a ValueError / OSError raised by the library) is reported as one ``error: ...``
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -178,9 +181,14 @@ def _load_trainer() -> tuple[Callable[..., Any], dict[str, Any] | None]:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Training device (default: the trainer's choice).")
 @click.option("--no-progress", is_flag=True, help="Do not show progress.")
+@click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
+              help="Also write per-epoch scalars for TensorBoard to LOGDIR (needs the tensorboard package).")
 def zoo_train(preset: str, out_dir: Path, root: Path | None, seed: int | None, device: str | None,
-              no_progress: bool) -> None:
-    """Train a zoo of networks from a preset into --out (resumable: completed instances are kept)."""
+              no_progress: bool, tensorboard: Path | None) -> None:
+    """Train a zoo of networks from a preset into --out (resumable: completed instances are kept).
+
+    Under ``torchrun --nproc_per_node=K`` the instances are sharded over the K ranks (gloo on CPU,
+    NCCL on CUDA) and written into one zoo."""
     train_zoo, presets = _load_trainer()
     if presets is not None and preset not in presets:
         valid = ", ".join(sorted(presets)) or "(none)"
@@ -193,6 +201,8 @@ def zoo_train(preset: str, out_dir: Path, root: Path | None, seed: int | None, d
         kwargs["seed"] = seed
     if device is not None:
         kwargs["device"] = device
+    if tensorboard is not None:
+        kwargs["tensorboard"] = tensorboard
     # a training command: keep freed activation memory for reuse (see netspace_fast.cpu_memory)
     from netspace_fast import tune_malloc
 
@@ -203,7 +213,8 @@ def zoo_train(preset: str, out_dir: Path, root: Path | None, seed: int | None, d
     except KeyboardInterrupt:
         click.echo(f"interrupted; instances completed so far are kept in {str(out_dir)!r}", err=True)
         sys.exit(130)
-    click.echo(f"done: zoo written to {str(out_dir)!r}")
+    if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun rank
+        click.echo(f"done: zoo written to {str(out_dir)!r}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -200,6 +200,13 @@ def test_train_passes_arguments(fake_zoo, tmp_path):
     assert str(out) in r.stdout
 
 
+def test_train_tensorboard_option(fake_zoo, tmp_path):
+    r = _runner().invoke(cli, ["zoo", "train", "--preset", "tiny", "--out", str(tmp_path / "o"),
+                               "--tensorboard", str(tmp_path / "tb")])
+    assert r.exit_code == 0, r.output
+    assert fake_zoo.calls == [(tmp_path / "o", "tiny", {"progress": True, "tensorboard": tmp_path / "tb"})]
+
+
 def test_train_defaults_left_to_trainer(fake_zoo, tmp_path):
     r = _runner().invoke(cli, ["zoo", "train", "--preset", "paper", "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
