@@ -22,10 +22,12 @@ from torch import nn
 
 from . import archs
 from .archs import LEAKY_SLOPE, ArchSpec, SpecNet
+from .ops.gather import gather_grouped, gather_grouped_ref
 
 CL = torch.channels_last
 
-__all__ = ["BatchedZooNet", "random_crop_flip", "train_epoch", "evaluate"]
+__all__ = ["BatchedZooNet", "crop_flip_draws", "random_crop_flip", "train_epoch", "evaluate", "make_optimizer",
+           "train_zoo", "PRESETS"]
 
 
 def _key(name: str) -> str:
@@ -63,19 +65,21 @@ class BatchedZooNet(nn.Module):
     def _t(self, name: str) -> torch.Tensor:
         return getattr(self, _key(name))
 
-    def forward(self, x: torch.Tensor, *, interleaved: bool = False) -> torch.Tensor:
-        """x: (B, N, C, H, W), one batch per instance; or (N, B, C, H, W) with ``interleaved=True``
-        (what a minibatch gather can produce directly: one relayout copy instead of two)."""
-        B = self.B
-        lead = 1 if interleaved else 0
-        if x.dim() != len(self.spec.input_shape) + 2 or x.shape[lead] != B:
-            want = "(N, B={B}" if interleaved else "(B={B}, N"
-            raise ValueError(f"x: expected {want.format(B=B)}, {', '.join(map(str, self.spec.input_shape))}), got "
-                             f"{tuple(x.shape)}")
-        if not interleaved:
-            x = x.transpose(0, 1)
-        N = x.shape[0]
-        values = {0: x.reshape(N, B * x.shape[2], *x.shape[3:]).contiguous(memory_format=CL)}
+    def forward(self, x: torch.Tensor, *, grouped: bool = False) -> torch.Tensor:
+        """x: (B, N, C, H, W), one batch per instance; or, with ``grouped=True``, the grouped input
+        (N, B*C, H, W) itself, instance b's channels at b*C.. (what :func:`gather_grouped` writes
+        straight from the dataset: no relayout here)."""
+        B, (C, *rest) = self.B, self.spec.input_shape
+        dims = ", ".join(map(str, rest))
+        if grouped:
+            if x.dim() != 2 + len(rest) or tuple(x.shape[1:]) != (B * C, *rest):
+                raise ValueError(f"x: expected (N, B*C={B * C}, {dims}) with grouped=True, got {tuple(x.shape)}")
+            values = {0: x.contiguous(memory_format=CL)}
+        else:
+            if x.dim() != 3 + len(rest) or x.shape[0] != B:
+                raise ValueError(f"x: expected (B={B}, N, {C}, {dims}), got {tuple(x.shape)}")
+            N = x.shape[1]
+            values = {0: x.transpose(0, 1).reshape(N, B * C, *rest).contiguous(memory_format=CL)}
         for layer in self.spec.layers:
             h = values[layer.src]
             if layer.kind == "conv":
@@ -121,18 +125,19 @@ class BatchedZooNet(nn.Module):
         return out
 
 
+def crop_flip_draws(M: int, pad: int, gen: torch.Generator, flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One instance's augmentation draws for M samples: crop offsets (M, 2) in [0, 2*pad] and flips (M,)."""
+    off = torch.randint(0, 2 * pad + 1, (M, 2), generator=gen)
+    flips = (torch.rand(M, generator=gen) < 0.5) & flip
+    return off, flips
+
+
 def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
     """Random crop with zero padding ``pad`` and (if ``flip``) random horizontal flip, per sample of x (M, C, S, S)."""
-    M, C, S, _ = x.shape
-    off = torch.randint(0, 2 * pad + 1, (M, 2), generator=gen)
-    flip = (torch.rand(M, generator=gen) < 0.5) & flip
-    xp = F.pad(x, (pad, pad, pad, pad))
-    ar = torch.arange(S)
-    rows = (off[:, 0:1] + ar)[:, None, :, None].expand(M, C, S, S + 2 * pad)
-    out = xp.gather(2, rows)
-    cols = off[:, 1:2] + ar
-    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :].expand(M, C, S, S)
-    return out.gather(3, cols)
+    M = x.shape[0]
+    off, flips = crop_flip_draws(M, pad, gen, flip)
+    out = gather_grouped_ref(x, torch.arange(M)[None], off[None], flips[None], pad)  # (M, C, S, S), B = 1
+    return out.contiguous()
 
 
 @dataclass
@@ -154,13 +159,18 @@ def train_epoch(net: BatchedZooNet, optimizer: torch.optim.Optimizer, images: to
     perms = [torch.randperm(M, generator=g) for g in order.gens]
     steps = math.ceil(M / batch_size)
     total = torch.zeros(B)
+    images = images.detach().contiguous(memory_format=CL)  # once per epoch: the gather then reads C floats at once
     for t in range(steps):
-        idx = torch.stack([p[t * batch_size:(t + 1) * batch_size] for p in perms])  # (B, n)
-        xb = images[idx.t()]  # (n, B, C, S, S): gathered straight into the interleaved layout
-        if augment_pad:
-            xb = torch.stack([random_crop_flip(xb[:, b], augment_pad, order.gens[b], flip) for b in range(B)], 1)
+        idx = torch.stack([p[t * batch_size:(t + 1) * batch_size] for p in perms]).to(images.device)  # (B, n)
+        off = flips = None
+        if augment_pad:  # each instance's own draws, from its own generator
+            draws = [crop_flip_draws(idx.shape[1], augment_pad, g, flip) for g in order.gens]
+            off = torch.stack([d[0] for d in draws]).to(images.device)
+            flips = torch.stack([d[1] for d in draws]).to(images.device)
+        # one pass from the dataset to the grouped channels-last input, augmentation included
+        xb = gather_grouped(images, idx, off, flips, augment_pad)
         yb = labels[idx]
-        out = net(xb, interleaved=True)
+        out = net(xb, grouped=True)
         loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="none")
         per_instance = loss.view(B, -1).mean(1)
         optimizer.zero_grad(set_to_none=True)
@@ -269,6 +279,19 @@ def _maybe_die(epoch: int) -> None:
 
     if os.environ.get("NETSPACE_TEST_SIGKILL_AFTER_EPOCH") == str(epoch):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def make_optimizer(net: nn.Module, protocol: str, lr: float) -> torch.optim.Optimizer:
+    """The protocol's optimizer over the stacked parameters (METHOD.md section 3): Adam for
+    ``single``, SGD (momentum 0.9, weight decay 5e-4) otherwise. The fused implementation (one
+    pass per parameter for decay, momentum and update) where this torch has it for the device;
+    the same arithmetic, per element, so per-instance state stays per instance."""
+    kind, kw = ((torch.optim.Adam, {}) if protocol == "single"
+                else (torch.optim.SGD, {"momentum": 0.9, "weight_decay": 5e-4}))
+    try:
+        return kind(net.parameters(), lr=lr, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device / torch version
+        return kind(net.parameters(), lr=lr, **kw)
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -389,12 +412,8 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
         torch.manual_seed(s)
         models.append(archs.build(arch, p.dataset))
     net = BatchedZooNet(models).to(device)
-    if p.protocol == "single":
-        opt = torch.optim.Adam(net.parameters(), lr=p.lr)
-        sched = None
-    else:
-        opt = torch.optim.SGD(net.parameters(), lr=p.lr, momentum=0.9, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(p.milestones), 0.1)
+    opt = make_optimizer(net, p.protocol, p.lr)
+    sched = None if p.protocol == "single" else torch.optim.lr_scheduler.MultiStepLR(opt, list(p.milestones), 0.1)
     order = DataOrder.from_seeds(seeds)
     best_acc = torch.full((B,), -1.0)
     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}

@@ -132,3 +132,50 @@ def test_loss_of_each_instance_is_its_own(digits):
     m.train()
     F.cross_entropy(m(x[1]), y[1]).backward()
     assert rel(g_together, m.fc3.weight.grad) <= 1e-4
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_one_instance_equals_a_plain_module_step_by_step(digits, flip):
+    """B=1 through the whole pipeline (per-instance draws, fused gather + augmentation, grouped
+    network) == the plain nn.Module trained the textbook way on the same draws. float64, so that
+    any difference is semantic, not rounding (float32 rounding grows to ~1e-3 through BatchNorm)."""
+    x, y = digits[0][:150].double(), digits[1][:150]
+    seed, bs, pad = 5, 64, 3
+    (model,) = make("resnet8", [seed])
+    net = BatchedZooNet([model.double()])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    train_epoch(net, opt, x, y, DataOrder.from_seeds([seed]), bs, augment_pad=pad, flip=flip)
+
+    (plain,) = make("resnet8", [seed])
+    plain.double().train()
+    popt = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    gen = DataOrder.from_seeds([seed]).gens[0]
+    perm = torch.randperm(x.shape[0], generator=gen)
+    for t in range(0, x.shape[0], bs):
+        idx = perm[t:t + bs]
+        xb = random_crop_flip(x[idx], pad, gen, flip)
+        loss = F.cross_entropy(plain(xb), y[idx])
+        popt.zero_grad(set_to_none=True)
+        loss.backward()
+        popt.step()
+    ours = net.state_dicts()[0]
+    for k, v in plain.state_dict().items():
+        assert torch.allclose(ours[k].double(), v.double(), rtol=1e-9, atol=1e-12), k
+
+
+@pytest.mark.parametrize("protocol", ["multi", "single"])
+def test_make_optimizer_is_the_protocol_optimizer(digits, protocol):
+    """The (fused where available) optimizer of train_zoo takes the same steps as the textbook one."""
+    from netspace_fast.zoo import make_optimizer
+
+    x, y = digits[0][:128], digits[1][:128]
+    nets = [BatchedZooNet(make("lenetlike", [3, 4])) for _ in range(2)]
+    opts = [make_optimizer(nets[0], protocol, 0.01),
+            torch.optim.Adam(nets[1].parameters(), lr=0.01) if protocol == "single"
+            else torch.optim.SGD(nets[1].parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)]
+    for net, opt in zip(nets, opts):
+        train_epoch(net, opt, x, y, DataOrder.from_seeds([3, 4]), 32)
+    a, b = nets[0].state_dict(), nets[1].state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    assert not torch.allclose(a["fc3__weight"][0], make("lenetlike", [3])[0].fc3.weight, atol=1e-4)  # it trained
