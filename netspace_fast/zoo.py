@@ -22,6 +22,7 @@ from torch import nn
 
 from . import archs
 from .archs import LEAKY_SLOPE, ArchSpec, SpecNet
+from .layout import flatten, to_grouped, to_split, use_split
 from .ops.gather import gather_grouped, gather_grouped_ref
 
 CL = torch.channels_last
@@ -80,35 +81,73 @@ class BatchedZooNet(nn.Module):
                 raise ValueError(f"x: expected (B={B}, N, {C}, {dims}), got {tuple(x.shape)}")
             N = x.shape[1]
             values = {0: x.transpose(0, 1).reshape(N, B * C, *rest).contiguous(memory_format=CL)}
+        cache: dict[tuple[int, str], object] = {}
+
+        def value(v: int, form: str):  # an activation in the form a layer wants, converted once
+            if (v, form) not in cache:
+                cache[(v, form)] = to_split(values[v], B) if form == "split" else to_grouped(values[v])
+            return cache[(v, form)]
+
         for layer in self.spec.layers:
             h = values[layer.src]
+            form = "grouped"
             if layer.kind == "conv":
-                w = self._t(f"{layer.name}.weight")
-                bias = self._t(f"{layer.name}.bias").reshape(-1) if hasattr(self, _key(f"{layer.name}.bias")) else None
-                z = F.conv2d(h, w.reshape(-1, *w.shape[2:]), bias, layer.stride, layer.padding, 1, B)
-                if self.batchnorm and layer.bn is not None:
-                    rm, rv = self._t(f"{layer.bn}.running_mean"), self._t(f"{layer.bn}.running_var")
-                    z = F.batch_norm(z, rm.view(-1), rv.view(-1), self._t(f"{layer.bn}.weight").reshape(-1),
-                                     self._t(f"{layer.bn}.bias").reshape(-1), self.training,
-                                     self.momentum[layer.bn], self.eps[layer.bn])
-                    if self.training:
-                        self._t(f"{layer.bn}.num_batches_tracked").add_(1)
+                n, (hh, ww) = h[0].shape[0] if isinstance(h, list) else h.shape[0], h[0].shape[-2:]
+                out_hw = ((hh + 2 * layer.padding - layer.kernel) // layer.stride + 1) * \
+                    ((ww + 2 * layer.padding - layer.kernel) // layer.stride + 1)
+                form = "split" if use_split(n, layer.out_features, out_hw) else "grouped"
+                z = self._conv(layer, value(layer.src, form), form)
             elif layer.kind == "linear":
                 w = self._t(f"{layer.name}.weight")
                 z = torch.baddbmm(self._t(f"{layer.name}.bias").unsqueeze(1), h, w.transpose(1, 2))
             elif layer.kind == "avgpool":
-                z = F.avg_pool2d(h, layer.kernel, layer.stride)
-            else:  # (N, B*C, H, W) -> (B, N, C*H*W), each instance's own (c, h, w) order
-                n, bc, hh, ww = h.shape
-                z = h.unflatten(1, (B, bc // B)).permute(1, 0, 2, 3, 4).reshape(B, n, -1)
+                if isinstance(h, list):
+                    form = "split"
+                    z = [F.avg_pool2d(t, layer.kernel, layer.stride) for t in h]
+                else:
+                    z = F.avg_pool2d(h, layer.kernel, layer.stride)
+            else:  # (B, N, C*H*W), each instance's own (c, h, w) order
+                z = flatten(h, B)
             if layer.residual is not None:
-                z = z + values[layer.residual]
-            if layer.act == "leaky_relu":
-                z = F.leaky_relu(z, LEAKY_SLOPE)
+                if form == "split":
+                    z = [a + r for a, r in zip(z, value(layer.residual, "split"))]
+                else:
+                    z = z + (value(layer.residual, "grouped") if layer.kind in ("conv", "avgpool")
+                             else values[layer.residual])
+            if layer.act == "leaky_relu":  # in place: nothing saved for backward reads its input
+                z = [F.leaky_relu_(t, LEAKY_SLOPE) for t in z] if form == "split" else F.leaky_relu_(z, LEAKY_SLOPE)
             elif layer.act == "sin":
-                z = torch.sin(archs.SIREN_W0 * z)
+                z = [torch.sin(archs.SIREN_W0 * t) for t in z] if form == "split" else torch.sin(archs.SIREN_W0 * z)
             values[layer.dst] = z
-        return values[self.spec.layers[-1].dst]
+        out = values[self.spec.layers[-1].dst]
+        return out
+
+    def _conv(self, layer, h, form: str):
+        """conv (+ per-instance BatchNorm) of all instances: one grouped call, or one call per instance."""
+        B = self.B
+        w = self._t(f"{layer.name}.weight")
+        bias = self._t(f"{layer.name}.bias") if hasattr(self, _key(f"{layer.name}.bias")) else None
+        bn = layer.bn if self.batchnorm and layer.bn is not None else None
+        if bn is not None:
+            rm, rv = self._t(f"{bn}.running_mean"), self._t(f"{bn}.running_var")
+            gamma, beta = self._t(f"{bn}.weight"), self._t(f"{bn}.bias")
+            if self.training:
+                self._t(f"{bn}.num_batches_tracked").add_(1)
+        if form == "grouped":
+            z = F.conv2d(h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1) if bias is not None else None,
+                         layer.stride, layer.padding, 1, B)
+            if bn is not None:
+                z = F.batch_norm(z, rm.view(-1), rv.view(-1), gamma.reshape(-1), beta.reshape(-1), self.training,
+                                 self.momentum[bn], self.eps[bn])
+            return z
+        # unbind: ONE backward node stacks the B weight gradients (indexing would add B full-size buffers)
+        ws, bs = w.unbind(0), (bias.unbind(0) if bias is not None else [None] * B)
+        z = [F.conv2d(h[b], ws[b], bs[b], layer.stride, layer.padding) for b in range(B)]
+        if bn is not None:  # running statistics updated in place through the per-instance views
+            gs, be = gamma.unbind(0), beta.unbind(0)
+            z = [F.batch_norm(z[b], rm[b], rv[b], gs[b], be[b], self.training, self.momentum[bn], self.eps[bn])
+                 for b in range(B)]
+        return z
 
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         """One SpecNet state dict per instance (the BN form, as trained)."""

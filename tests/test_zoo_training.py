@@ -179,3 +179,45 @@ def test_make_optimizer_is_the_protocol_optimizer(digits, protocol):
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
     assert not torch.allclose(a["fc3__weight"][0], make("lenetlike", [3])[0].fc3.weight, atol=1e-4)  # it trained
+
+
+@pytest.mark.parametrize("name", ["lenetlike", "vanillacnn", "resnet8"])
+@pytest.mark.parametrize("rule", ["all split", "all grouped", "mixed"])
+def test_split_and_grouped_layouts_agree(digits, monkeypatch, name, rule):
+    """Every conv run per instance, all as one grouped call, or a mix (the layout changes inside
+    the network, residual branches included): same outputs, gradients and BN statistics (float64)."""
+    from netspace_fast import layout
+
+    x = digits[0][:24].double().view(3, 8, 3, 32, 32)
+    results = []
+    for r in ("default", rule):
+        if r == "all split":
+            monkeypatch.setattr(layout, "SPLIT_MIN_PIXELS", 0)
+            monkeypatch.setattr(layout, "SPLIT_MIN_CHANNELS", 0)
+        elif r == "all grouped":
+            monkeypatch.setattr(layout, "SPLIT_MIN_PIXELS", 10**12)
+        elif r == "mixed":  # 32x32 and 16x16 outputs split, 8x8 grouped
+            monkeypatch.setattr(layout, "SPLIT_MIN_PIXELS", 8 * 256)
+            monkeypatch.setattr(layout, "SPLIT_MIN_CHANNELS", 1)
+        net = BatchedZooNet([m.double() for m in make(name, [1, 2, 3])])
+        net.train()
+        out = net(x)
+        out.square().sum().backward()
+        results.append((out.detach(), {k: p.grad for k, p in net.named_parameters()},
+                        {k: b.clone() for k, b in net.named_buffers()}))
+        monkeypatch.undo()
+    (o1, g1, b1), (o2, g2, b2) = results
+    assert torch.allclose(o1, o2, rtol=1e-10, atol=1e-12)
+    for k in g1:
+        assert torch.allclose(g1[k], g2[k], rtol=1e-9, atol=1e-11), k
+    for k in b1:
+        assert torch.equal(b1[k], b2[k]) if k.endswith("tracked") else torch.allclose(b1[k], b2[k], rtol=1e-10), k
+
+
+def test_layout_rule_examples():
+    from netspace_fast.layout import use_split
+
+    assert use_split(128, 16, 32 * 32)       # ResNet stage 1, a training batch: per instance
+    assert not use_split(128, 6, 14 * 14)    # LeNetLike conv1: grouped
+    assert not use_split(64, 16, 5 * 5)      # LeNetLike conv2: grouped
+    assert not use_split(32, 64, 8 * 8)      # small batch, small maps: grouped

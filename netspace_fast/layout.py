@@ -1,0 +1,68 @@
+"""Per-layer choice between the two CPU layouts of B networks' convolutional activations.
+
+* grouped: ONE (N, B*C, H, W) channels-last tensor, network-major channels; a conv is ONE grouped
+  oneDNN call (groups = B).
+* split: a list of B (N, C, H, W) channels-last tensors; a conv is B ordinary oneDNN calls.
+
+Which is faster depends on the work per network (measured, 2-core Xeon, oneDNN via torch 2.14,
+forward + backward of one conv, ms grouped vs split)::
+
+    B=8  N=128 3->16  32x32 out            47 vs 27     split
+    B=8  N=128 16->16 32x32 out            75 vs 55     split
+    B=8  N=128 32->32 16x16 out            52 vs 45     split
+    B=8  N=128 16->32 16x16 out (stride 2) 56 vs 38     split
+    B=64 N=128 16->16 32x32 out          1066 vs 450    split
+    B=8  N=128 64->64 8x8 out              42 vs 39     ~even
+    B=8  N=16  16->16 32x32 out           8.6 vs 8.5    even
+    B=8  N=32  64->64 8x8 out            10.3 vs 12.0   grouped
+    B=32 N=128 3->6   14x14 out (LeNet)    41 vs 76     grouped
+    B=32 N=128 6->16  5x5 out (LeNet)      13 vs 32     grouped
+
+i.e. small per-network convolutions (few output channels or few output pixels) gain from one
+grouped call, large ones lose to the grouped kernel's poorer blocking. :func:`use_split` encodes
+that rule; it is deterministic (same choice every run, so training is reproducible).
+"""
+
+from __future__ import annotations
+
+import torch
+
+CL = torch.channels_last
+
+#: split when a network's conv writes at least this many output pixels (N * OH * OW) ...
+SPLIT_MIN_PIXELS = 32768
+#: ... and at least this many output channels
+SPLIT_MIN_CHANNELS = 16
+
+
+def use_split(n: int, cout: int, out_hw: int) -> bool:
+    """Whether a conv with ``cout`` output channels over ``n`` images of ``out_hw`` output pixels
+    runs per network (split) rather than as one grouped call."""
+    return cout >= SPLIT_MIN_CHANNELS and n * out_hw >= SPLIT_MIN_PIXELS
+
+
+def to_split(v, B: int) -> list[torch.Tensor]:
+    """B (N, C, H, W) channels-last tensors from a grouped (N, B*C, H, W) tensor (or as given)."""
+    if isinstance(v, list):
+        return v
+    C = v.shape[1] // B
+    return [v[:, b * C:(b + 1) * C].contiguous(memory_format=CL) for b in range(B)]
+
+
+def to_grouped(v) -> torch.Tensor:
+    """The grouped (N, B*C, H, W) channels-last tensor of a split list (or as given)."""
+    if isinstance(v, list):
+        return torch.cat(v, 1).contiguous(memory_format=CL)
+    return v
+
+
+def flatten(v, B: int) -> torch.Tensor:
+    """(B, N, C*H*W), each network's features in its own (c, h, w) order, from either layout."""
+    if isinstance(v, list):
+        return torch.stack([t.reshape(t.shape[0], -1) for t in v])
+    n, bc, hh, ww = v.shape
+    # splitting the channel dim is a view in any layout: one copy in all
+    return v.unflatten(1, (B, bc // B)).permute(1, 0, 2, 3, 4).reshape(B, n, -1)
+
+
+__all__ = ["use_split", "to_split", "to_grouped", "flatten", "SPLIT_MIN_PIXELS", "SPLIT_MIN_CHANNELS"]
