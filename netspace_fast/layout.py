@@ -25,6 +25,8 @@ that rule; it is deterministic (same choice every run, so training is reproducib
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 CL = torch.channels_last
@@ -35,9 +37,23 @@ SPLIT_MIN_PIXELS = 32768
 SPLIT_MIN_CHANNELS = 16
 
 
-def use_split(n: int, cout: int, out_hw: int) -> bool:
+LAYOUTS = ("auto", "grouped", "split")
+
+
+def use_split(n: int, cout: int, out_hw: int, device: torch.device | str = "cpu") -> bool:
     """Whether a conv with ``cout`` output channels over ``n`` images of ``out_hw`` output pixels
-    runs per network (split) rather than as one grouped call."""
+    runs per network (split) rather than as one grouped call.
+
+    The rule above is measured on CPUs; on other devices ``auto`` keeps the grouped call (kernel
+    launches independent of B) until measured there. ``NETSPACE_CONV_LAYOUT=grouped|split``
+    forces one layout everywhere (for benchmarks and A/B measurements on new machines)."""
+    choice = os.environ.get("NETSPACE_CONV_LAYOUT", "auto")
+    if choice not in LAYOUTS:
+        raise ValueError(f"NETSPACE_CONV_LAYOUT: expected one of {LAYOUTS}, got {choice!r}")
+    if choice != "auto":
+        return choice == "split"
+    if torch.device(device).type != "cpu":
+        return False
     return cout >= SPLIT_MIN_CHANNELS and n * out_hw >= SPLIT_MIN_PIXELS
 
 
@@ -65,4 +81,4 @@ def flatten(v, B: int) -> torch.Tensor:
     return v.unflatten(1, (B, bc // B)).permute(1, 0, 2, 3, 4).reshape(B, n, -1)
 
 
-__all__ = ["use_split", "to_split", "to_grouped", "flatten", "SPLIT_MIN_PIXELS", "SPLIT_MIN_CHANNELS"]
+__all__ = ["LAYOUTS", "use_split", "to_split", "to_grouped", "flatten", "SPLIT_MIN_PIXELS", "SPLIT_MIN_CHANNELS"]

@@ -95,7 +95,8 @@ class BatchedZooNet(nn.Module):
                 n, (hh, ww) = h[0].shape[0] if isinstance(h, list) else h.shape[0], h[0].shape[-2:]
                 out_hw = ((hh + 2 * layer.padding - layer.kernel) // layer.stride + 1) * \
                     ((ww + 2 * layer.padding - layer.kernel) // layer.stride + 1)
-                form = "split" if use_split(n, layer.out_features, out_hw) else "grouped"
+                dev = (h[0] if isinstance(h, list) else h).device
+                form = "split" if use_split(n, layer.out_features, out_hw, dev) else "grouped"
                 z = self._conv(layer, value(layer.src, form), form)
             elif layer.kind == "linear":
                 w = self._t(f"{layer.name}.weight")

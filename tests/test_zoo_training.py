@@ -221,3 +221,16 @@ def test_layout_rule_examples():
     assert not use_split(128, 6, 14 * 14)    # LeNetLike conv1: grouped
     assert not use_split(64, 16, 5 * 5)      # LeNetLike conv2: grouped
     assert not use_split(32, 64, 8 * 8)      # small batch, small maps: grouped
+    assert not use_split(128, 16, 32 * 32, "cuda")  # not measured on GPUs: grouped (launches independent of B)
+
+
+def test_layout_override(monkeypatch):
+    from netspace_fast.layout import use_split
+
+    monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "split")
+    assert use_split(1, 1, 1) and use_split(1, 1, 1, "cuda")
+    monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "grouped")
+    assert not use_split(128, 16, 32 * 32)
+    monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "fast")
+    with pytest.raises(ValueError, match="NETSPACE_CONV_LAYOUT: expected one of"):
+        use_split(1, 1, 1)

@@ -1,0 +1,47 @@
+"""CUDA checks of batched zoo training (marked gpu; skipped without a CUDA device; run by
+scripts/device_check.sh): the gather on CUDA (reference path) equals the CPU op, and an epoch of
+batched training on CUDA matches the same epoch on CPU (TF32 off, float32 tolerance)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from netspace_fast import archs, data
+from netspace_fast.ops.gather import gather_grouped
+from netspace_fast.zoo import BatchedZooNet, DataOrder, make_optimizer, train_epoch
+
+pytestmark = pytest.mark.gpu
+
+
+def test_gather_on_cuda_equals_cpu():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(20, 3, 9, 9, generator=g)
+    index = torch.randint(0, 20, (4, 6), generator=g)
+    off = torch.randint(0, 5, (4, 6, 2), generator=g)
+    flips = torch.rand(4, 6, generator=g) < 0.5
+    cpu = gather_grouped(images, index, off, flips, 2)
+    gpu = gather_grouped(images.cuda(), index.cuda(), off.cuda(), flips.cuda(), 2)
+    assert gpu.is_cuda and torch.equal(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("name", ["lenetlike", "resnet8"])
+@pytest.mark.parametrize("layout", ["grouped", "split"])
+def test_epoch_on_cuda_matches_cpu(monkeypatch, name, layout):
+    monkeypatch.setenv("NETSPACE_CONV_LAYOUT", layout)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    x, y = data.tensors("digits", "train")
+    x, y = x[:256], y[:256]
+    states = []
+    for device in ("cpu", "cuda"):
+        models = []
+        for s in (1, 2, 3):
+            torch.manual_seed(s)
+            models.append(archs.build(name, "digits"))
+        net = BatchedZooNet(models).to(device)
+        opt = make_optimizer(net, "multi", 0.01)
+        train_epoch(net, opt, x.to(device), y.to(device), DataOrder.from_seeds([1, 2, 3]), 64, augment_pad=2)
+        states.append({k: v.detach().cpu() for k, v in net.state_dict().items()})
+    for k in states[0]:
+        assert torch.allclose(states[0][k].float(), states[1][k].float(), rtol=1e-3, atol=1e-4), k
