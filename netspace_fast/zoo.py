@@ -198,7 +198,7 @@ def train_epoch(net: BatchedZooNet, optimizer: torch.optim.Optimizer, images: to
     B, M = net.B, images.shape[0]
     perms = [torch.randperm(M, generator=g) for g in order.gens]
     steps = math.ceil(M / batch_size)
-    total = torch.zeros(B)
+    total = torch.zeros(B, device=images.device)
     images = images.detach().contiguous(memory_format=CL)  # once per epoch: the gather then reads C floats at once
     for t in range(steps):
         idx = torch.stack([p[t * batch_size:(t + 1) * batch_size] for p in perms]).to(images.device)  # (B, n)
@@ -217,19 +217,19 @@ def train_epoch(net: BatchedZooNet, optimizer: torch.optim.Optimizer, images: to
         per_instance.sum().backward()  # instances are independent: the sum keeps each one's gradient
         optimizer.step()
         total += per_instance.detach() * idx.shape[1]
-    return total / M
+    return (total / M).cpu()
 
 
 @torch.no_grad()
 def evaluate(net: BatchedZooNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """(B,) accuracy of every instance on the same images."""
     net.eval()
-    correct = torch.zeros(net.B)
+    correct = torch.zeros(net.B, device=images.device)
     for s in range(0, images.shape[0], batch_size):
         x = images[s:s + batch_size]
         out = net(x.unsqueeze(0).expand(net.B, *x.shape))
         correct += (out.argmax(-1) == labels[s:s + batch_size]).sum(1)
-    return correct / images.shape[0]
+    return (correct / images.shape[0]).cpu()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,7 +468,7 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
             sched.load_state_dict(state["sched"])
         for g, s in zip(order.gens, state["gens"]):
             g.set_state(s)
-        best_acc, best_state, start = state["best_acc"], state["best_state"], state["epoch"]
+        best_acc, best_state, start = state["best_acc"].cpu(), state["best_state"], state["epoch"]
         _log(progress, f"{arch}: resuming after epoch {start}")
     xtr, ytr = splits["train"]
     # single protocol: which split each (run, snapshot) instance goes to, 100:16:16, from the seed
@@ -499,7 +499,8 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
             better = val > best_acc
             if bool(better.any()):
                 for k, v in net.state_dict().items():
-                    best_state[k][better] = v.detach()[better]
+                    mask = better.to(v.device)
+                    best_state[k][mask] = v.detach()[mask]
                 best_acc = torch.where(better, val, best_acc)
         _atomic_torch_save({"net": net.state_dict(), "opt": opt.state_dict(),
                             "sched": sched.state_dict() if sched is not None else None,

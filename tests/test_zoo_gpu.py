@@ -45,3 +45,15 @@ def test_epoch_on_cuda_matches_cpu(monkeypatch, name, layout):
         states.append({k: v.detach().cpu() for k, v in net.state_dict().items()})
     for k in states[0]:
         assert torch.allclose(states[0][k].float(), states[1][k].float(), rtol=1e-3, atol=1e-4), k
+
+
+def test_train_zoo_on_cuda(tmp_path):
+    """The whole job on CUDA: checkpoints, best-on-validation selection, the zoo written and verified."""
+    from netspace_fast.zoo import train_zoo
+    from netspace_fast.zoo_format import Zoo
+
+    train_zoo(tmp_path / "z", "digits-tiny", device="cuda", progress=False)
+    zoo = Zoo.open(tmp_path / "z")
+    assert sorted(e["id"] for e in zoo.instances()) == ["lenetlike-000", "lenetlike-001"]
+    assert zoo.verify() == []
+    assert all(e["test_acc"] is None or 0.0 <= e["test_acc"] <= 1.0 for e in zoo.instances())
