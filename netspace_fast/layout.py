@@ -72,13 +72,35 @@ def to_grouped(v) -> torch.Tensor:
     return v
 
 
+class _FlattenGrouped(torch.autograd.Function):
+    """(N, B*C, H, W) -> (B, N, C*H*W) in one copy, whose gradient comes back channels-last.
+
+    Autograd's own backward of the reshape would hand the previous layer an NCHW-contiguous
+    gradient while its saved activation is channels-last; elementwise backward kernels (the
+    activation's) over mismatched layouts run ~9x slower (measured: LeakyReLU backward of a
+    (64, 512, 5, 5) tensor 1.75 ms vs 0.19 ms)."""
+
+    @staticmethod
+    def forward(ctx, v, B):
+        n, bc, hh, ww = v.shape
+        ctx.B, ctx.shape = B, v.shape
+        # splitting the channel dim is a view in any layout: one copy in all
+        return v.unflatten(1, (B, bc // B)).permute(1, 0, 2, 3, 4).reshape(B, n, -1)
+
+    @staticmethod
+    def backward(ctx, g):
+        n, bc, hh, ww = ctx.shape
+        B = ctx.B
+        gi = torch.empty(ctx.shape, dtype=g.dtype, device=g.device, memory_format=CL)
+        gi.unflatten(1, (B, bc // B)).copy_(g.reshape(B, n, bc // B, hh, ww).permute(1, 0, 2, 3, 4))
+        return gi, None
+
+
 def flatten(v, B: int) -> torch.Tensor:
     """(B, N, C*H*W), each network's features in its own (c, h, w) order, from either layout."""
     if isinstance(v, list):
         return torch.stack([t.reshape(t.shape[0], -1) for t in v])
-    n, bc, hh, ww = v.shape
-    # splitting the channel dim is a view in any layout: one copy in all
-    return v.unflatten(1, (B, bc // B)).permute(1, 0, 2, 3, 4).reshape(B, n, -1)
+    return _FlattenGrouped.apply(v, B)
 
 
 __all__ = ["LAYOUTS", "use_split", "to_split", "to_grouped", "flatten", "SPLIT_MIN_PIXELS", "SPLIT_MIN_CHANNELS"]

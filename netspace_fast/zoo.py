@@ -99,8 +99,7 @@ class BatchedZooNet(nn.Module):
                 form = "split" if use_split(n, layer.out_features, out_hw, dev) else "grouped"
                 z = self._conv(layer, value(layer.src, form), form)
             elif layer.kind == "linear":
-                w = self._t(f"{layer.name}.weight")
-                z = torch.baddbmm(self._t(f"{layer.name}.bias").unsqueeze(1), h, w.transpose(1, 2))
+                z = _StackedLinear.apply(h, self._t(f"{layer.name}.weight"), self._t(f"{layer.name}.bias"))
             elif layer.kind == "avgpool":
                 if isinstance(h, list):
                     form = "split"
@@ -170,6 +169,27 @@ def crop_flip_draws(M: int, pad: int, gen: torch.Generator, flip: bool = True) -
     off = torch.randint(0, 2 * pad + 1, (M, 2), generator=gen)
     flips = (torch.rand(M, generator=gen) < 0.5) & flip
     return off, flips
+
+
+class _StackedLinear(torch.autograd.Function):
+    """(B, N, in) @ (B, out, in)^T + (B, out): B linear layers, one GEMM each way.
+
+    Autograd through ``baddbmm(bias, h, w.transpose(1, 2))`` computes the weight gradient as
+    ``(h^T g)^T``, a transposed view that the gradient accumulation then copies into the
+    parameter's layout; here it is computed as ``g^T h``, already (B, out, in)."""
+
+    @staticmethod
+    def forward(ctx, h, w, b):
+        ctx.save_for_backward(h, w)
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g):
+        h, w = ctx.saved_tensors
+        gh = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(g.transpose(1, 2), h) if ctx.needs_input_grad[1] else None
+        gb = g.sum(1) if ctx.needs_input_grad[2] else None
+        return gh, gw, gb
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip: bool = True) -> torch.Tensor:

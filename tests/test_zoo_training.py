@@ -234,3 +234,26 @@ def test_layout_override(monkeypatch):
     monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "fast")
     with pytest.raises(ValueError, match="NETSPACE_CONV_LAYOUT: expected one of"):
         use_split(1, 1, 1)
+
+
+def test_flatten_of_the_grouped_layout():
+    """(N, B*C, H, W) -> (B, N, C*H*W): each network's own (c, h, w) order; gradient channels-last (gradcheck)."""
+    from netspace_fast.layout import flatten
+
+    v = torch.randn(3, 2 * 4, 2, 3, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    out = flatten(v, 2)
+    assert torch.equal(out, torch.stack([v[:, :4].reshape(3, -1), v[:, 4:].reshape(3, -1)]))
+    v.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: flatten(t, 2), (v,))
+    (g,) = torch.autograd.grad(flatten(v, 2).sum(), v)
+    assert g.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_stacked_linear_gradients():
+    from netspace_fast.zoo import _StackedLinear
+
+    h = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(_StackedLinear.apply(h, w, b), torch.einsum("bni,boi->bno", h, w) + b[:, None])
+    assert torch.autograd.gradcheck(_StackedLinear.apply, (h, w, b))
