@@ -196,7 +196,7 @@ def test_split_and_grouped_layouts_agree(digits, monkeypatch, name, rule):
             monkeypatch.setattr(layout, "SPLIT_MIN_CHANNELS", 0)
         elif r == "all grouped":
             monkeypatch.setattr(layout, "SPLIT_MIN_PIXELS", 10**12)
-        elif r == "mixed":  # 32x32 and 16x16 outputs split, 8x8 grouped
+        elif r == "mixed":  # 32x32 and 16x16 outputs split, 8x8 grouped (N = 8)
             monkeypatch.setattr(layout, "SPLIT_MIN_PIXELS", 8 * 256)
             monkeypatch.setattr(layout, "SPLIT_MIN_CHANNELS", 1)
         net = BatchedZooNet([m.double() for m in make(name, [1, 2, 3])])
