@@ -155,6 +155,13 @@ class BatchedZooNet(nn.Module):
         full = self.state_dict()
         return [{n: full[_key(n)][b].detach().clone() for n in names} for b in range(self.B)]
 
+    def preps(self, width: int = 10_000, height: int | None = None) -> torch.Tensor:
+        """(B, H, W) PReps of the trained instances, BatchNorm folded by the fused pack kernel."""
+        from .prep import pack_preps
+
+        with torch.no_grad():
+            return pack_preps(self.instances(), width, height)
+
     def instances(self) -> list[SpecNet]:
         out = []
         for sd in self.state_dicts():

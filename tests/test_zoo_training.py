@@ -257,3 +257,19 @@ def test_stacked_linear_gradients():
     b = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.allclose(_StackedLinear.apply(h, w, b), torch.einsum("bni,boi->bno", h, w) + b[:, None])
     assert torch.autograd.gradcheck(_StackedLinear.apply, (h, w, b))
+
+
+def test_preps_of_the_trained_instances(digits):
+    """After training: folded PReps straight from the job, equal to packing each instance's folded module."""
+    from netspace_fast import load_prep
+
+    net = BatchedZooNet(make("resnet8", [1, 2]))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    train_epoch(net, opt, digits[0][:64], digits[1][:64], DataOrder.from_seeds([1, 2]), 32)
+    preps = net.preps(width=500)
+    assert preps.shape[0] == 2 and preps.shape[2] == 500
+    x = digits[0][:5]
+    for b, m in enumerate(net.instances()):  # eval-mode BN networks
+        loaded = load_prep(archs.build("resnet8", "digits", batchnorm=False), preps[b]).eval()
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), m(x), rtol=1e-4, atol=1e-4)
