@@ -266,8 +266,8 @@ def test_preps_of_the_trained_instances(digits):
     net = BatchedZooNet(make("resnet8", [1, 2]))
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     train_epoch(net, opt, digits[0][:64], digits[1][:64], DataOrder.from_seeds([1, 2]), 32)
-    preps = net.preps(width=500)
-    assert preps.shape[0] == 2 and preps.shape[2] == 500
+    preps = net.preps(width=504)
+    assert preps.shape[0] == 2 and preps.shape[2] == 504
     x = digits[0][:5]
     for b, m in enumerate(net.instances()):  # eval-mode BN networks
         loaded = load_prep(archs.build("resnet8", "digits", batchnorm=False), preps[b]).eval()
