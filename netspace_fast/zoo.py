@@ -1,9 +1,11 @@
-"""Batched zoo training (issue 4, in progress): B instances of one architecture trained as one job.
+"""Batched zoo training (issue 4): B instances of one architecture trained as one job.
 
-The B instances live in one module with every parameter stacked along a leading B dimension and
-run as ONE grouped, channels-last network (the layout of :mod:`netspace_fast.grouped`): a conv is
-one grouped convolution over all instances, and BatchNorm over the B*C network-major channels IS
-per-instance BatchNorm (statistics per instance, running statistics per instance). Adam and SGD
+The B instances live in one module with every parameter stacked along a leading B dimension. The
+activations of a convolution are either ONE grouped channels-last tensor (the layout of
+:mod:`netspace_fast.grouped`): the conv is one grouped convolution over all instances, and
+BatchNorm over the B*C network-major channels IS per-instance BatchNorm (statistics per instance,
+running statistics per instance); or B per-instance channels-last tensors, each conv and BatchNorm
+run per instance. :mod:`netspace_fast.layout` picks per layer from the work per instance. Adam and SGD
 (momentum, weight decay) act elementwise, so one optimizer over the stacked parameters keeps
 per-instance optimizer state. Each instance has its own initialization seed and its own data
 order and augmentation draws, so training B instances together gives the instances each would

@@ -1,4 +1,4 @@
-"""train_zoo (issue 4, in progress): presets, resume after SIGKILL, config guard, acceptance on digits."""
+"""train_zoo (issue 4): presets, resume after SIGKILL, config guard, acceptance on digits."""
 
 from __future__ import annotations
 
