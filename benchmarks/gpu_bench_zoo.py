@@ -29,9 +29,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 GOAL = 10.0
 
@@ -77,6 +77,7 @@ def main() -> int:
 
     from netspace_fast import archs
     from netspace_fast.zoo import BatchedZooNet, DataOrder, make_optimizer, train_epoch
+    from test_bench_zoo import one_at_a_time as peer  # the CPU benchmark's peer, the same code
 
     dataset = {"lenetlike": "digits", "resnet8": "cifar10"}
     name_dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -100,18 +101,7 @@ def main() -> int:
                 train_epoch(net, opt, x, y, order, bs)
 
         def one_at_a_time():
-            for s, m in enumerate(models):
-                m = archs.build(arch, dataset[arch]).to(device).train()
-                opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-                gen = torch.Generator().manual_seed(s)
-                for _ in range(args.epochs):
-                    perm = torch.randperm(x.shape[0], generator=gen).to(device)
-                    for t in range(0, x.shape[0], bs):
-                        idx = perm[t:t + bs]
-                        loss = F.cross_entropy(m(x[idx]), y[idx])
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
+            peer(models, x, y, bs, args.epochs)
 
         def timed(fn, layout=None):
             old = os.environ.get("NETSPACE_CONV_LAYOUT")

@@ -46,18 +46,21 @@ def ours(models, x, y, bs):
     train_epoch(net, opt, x, y, DataOrder.from_seeds(list(range(len(models)))), bs)
 
 
-def one_at_a_time(models, x, y, bs):
+def one_at_a_time(models, x, y, bs, epochs: int = 1):
+    """The peer (also used by gpu_bench_zoo.py): each instance alone, plain nn.Module + torch.optim."""
     for s, m in enumerate(models):
-        m = archs.build(m.spec.name, m.spec.dataset)  # fresh instance, as a zoo script builds one
+        m = archs.build(m.spec.name, m.spec.dataset).to(x.device)  # fresh instance, as a zoo script builds one
         m.train()
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(s))
-        for t in range(0, x.shape[0], bs):
-            idx = perm[t:t + bs]
-            loss = F.cross_entropy(m(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        gen = torch.Generator().manual_seed(s)
+        for _ in range(epochs):
+            perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
+            for t in range(0, x.shape[0], bs):
+                idx = perm[t:t + bs]
+                loss = F.cross_entropy(m(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
