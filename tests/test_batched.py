@@ -288,3 +288,74 @@ def test_tune_malloc_is_safe_to_call():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", str(float(64 * 2**20))]
+
+
+# ---------------------------------------------------------------------------------------------
+# per-layer layouts of the CPU path (netspace_fast/layout.py): every conv grouped, every conv per
+# network, and mixes in both directions must all give the reference's outputs and gradients
+
+RULES = {
+    "split": lambda n, cout, hw, device="cpu": True,
+    "grouped": lambda n, cout, hw, device="cpu": False,
+    "split first": lambda n, cout, hw, device="cpu": hw >= 16,   # large maps per network, small ones grouped
+    "grouped first": lambda n, cout, hw, device="cpu": hw < 16,  # the other way round
+}
+
+
+@native
+@pytest.mark.parametrize("rule", list(RULES))
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+def test_layouts_gradcheck_float64_tiny(monkeypatch, rule, shared):
+    from netspace_fast import grouped
+
+    monkeypatch.setattr(grouped, "use_split", RULES[rule])
+    spec = tiny_spec()
+    H, W = nf.prep_shape(spec.num_params, 8)
+    torch.manual_seed(1)
+    preps = (torch.randn(3, H, W, dtype=torch.float64) * 0.3).requires_grad_()
+    x = make_x(spec, 3, 2, shared, torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda p, xx: batched_forward(spec, p, xx, backend="cpp"), (preps, x))
+    assert rel(batched_forward(spec, preps, x, backend="cpp"), batched_forward_reference(spec, preps, x)) <= 1e-8
+
+
+@native
+@pytest.mark.parametrize("name", ["lenetlike", "vanillacnn", "resnet8"])
+@pytest.mark.parametrize("rule", ["split", "split first", "grouped first"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+def test_layouts_match_reference(monkeypatch, name, rule, shared):
+    from netspace_fast import grouped
+
+    # the tiny spec's 16-pixel threshold, scaled to these networks (100 pixels: ResNet8's 32x32 and
+    # 16x16 layers and LeNetLike's conv1 on one side, ResNet8's 8x8 and LeNetLike's conv2 on the other)
+    monkeypatch.setattr(grouped, "use_split", lambda n, cout, hw, device="cpu": RULES[rule](n, cout, hw * 16 // 100))
+    spec = archs.spec(name, "cifar10")
+    B, N = 3, 4
+    preps = make_preps(spec, B, extra_rows=4).requires_grad_()
+    x = make_x(spec, B, N, shared).requires_grad_()
+    y = batched_forward(spec, preps, x, backend="cpp")
+    y_ref = batched_forward_reference(spec, preps, x)
+    assert rel(y, y_ref) <= 1e-4
+    g = torch.randn_like(y)
+    gp, gx = torch.autograd.grad(y, (preps, x), g)
+    gp_ref, gx_ref = torch.autograd.grad(y_ref, (preps, x), g)
+    assert rel(gp, gp_ref) <= 1e-4 and rel(gx, gx_ref) <= 1e-4
+    assert torch.all(gp.reshape(B, -1)[:, spec.num_params:] == 0)
+
+
+@native
+@pytest.mark.parametrize("name", ["lenetlike", "resnet8"])
+@pytest.mark.parametrize("rule", ["grouped", "split first"])
+def test_second_backward_recomputes(monkeypatch, name, rule):
+    """The CPU path frees activations during its backward; a second backward (retain_graph=True)
+    recomputes them and gives the same gradients again."""
+    from netspace_fast import grouped
+
+    monkeypatch.setattr(grouped, "use_split", lambda n, cout, hw, device="cpu": RULES[rule](n, cout, hw * 16 // 100))
+    spec = archs.spec(name, "cifar10")
+    preps = make_preps(spec, 2).requires_grad_()
+    x = torch.randn(3, 3, 32, 32, requires_grad=True)
+    y = batched_forward(spec, preps, x, backend="cpp")
+    g = torch.randn_like(y)
+    first = torch.autograd.grad(y, (preps, x), g, retain_graph=True)
+    second = torch.autograd.grad(y, (preps, x), g)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
