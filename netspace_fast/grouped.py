@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .backprop import ValueGrads, prep_grad_buffer
-from .layout import to_grouped, to_split, use_split
+from .layout import plan_blocks, to_grouped, to_split
 from .ops.batched_ref import ACT_LEAKY, ACT_SIN, LEAKY_SLOPE, SIN_W0, act_grad
 
 CL = torch.channels_last
@@ -48,39 +48,13 @@ def _split_weights(preps2d: torch.Tensor, geom: tuple) -> tuple[list[torch.Tenso
 
 
 def plan(program: list, x: torch.Tensor, shared: bool, device) -> list[tuple[int, int, bool]]:
-    """The program cut into blocks ``(start, stop, split)``: a split block is a maximal run of convs
-    that :func:`netspace_fast.layout.use_split` sends per network (plus the pools between them),
-    run network by network; every other entry is a block of its own, run for all networks at once."""
-    flags = []
-    if x.dim() >= 4:
-        N = x.shape[0] if shared else x.shape[1]
-        hw = {0: tuple(x.shape[-2:])}
-        split_vals = set()
-        for kind, src, dst, residual, act, geom in program:
-            flag = False
-            if kind == "conv":
-                k, stride, padding = geom[4], geom[5], geom[6]
-                H, W = hw[src]
-                hw[dst] = ((H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1)
-                flag = use_split(N, geom[2], hw[dst][0] * hw[dst][1], device)
-            elif kind == "avgpool" and src in hw:
-                H, W = hw[src]
-                hw[dst] = ((H - geom[0]) // geom[1] + 1, (W - geom[0]) // geom[1] + 1)
-                flag = src in split_vals
-            if flag:
-                split_vals.add(dst)
-            flags.append(flag)
-    else:
-        flags = [False] * len(program)
-    blocks, i = [], 0
-    while i < len(program):
-        j = i + 1
-        if flags[i]:
-            while j < len(program) and flags[j]:
-                j += 1
-        blocks.append((i, j, flags[i]))
-        i = j
-    return blocks
+    """The program cut into blocks (see :func:`netspace_fast.layout.plan_blocks`)."""
+    if x.dim() < 4:  # no image input, no convolutions
+        return [(i, i + 1, False) for i in range(len(program))]
+    geoms = [(kind, src, dst, geom[2], geom[4], geom[5], geom[6]) if kind == "conv" else
+             (kind, src, dst, None, geom[0], geom[1], 0) if kind == "avgpool" else (kind, src, dst, None, 0, 1, 0)
+             for kind, src, dst, residual, act, geom in program]
+    return plan_blocks(geoms, x.shape[0] if shared else x.shape[1], tuple(x.shape[-2:]), device)
 
 
 def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program: list, shared: bool):

@@ -24,7 +24,7 @@ from torch import nn
 
 from . import archs
 from .archs import LEAKY_SLOPE, ArchSpec, SpecNet
-from .layout import flatten, to_grouped, to_split, use_split
+from .layout import flatten, plan_blocks, to_grouped, to_split
 from .ops.gather import gather_grouped, gather_grouped_ref
 
 CL = torch.channels_last
@@ -90,66 +90,88 @@ class BatchedZooNet(nn.Module):
                 cache[(v, form)] = to_split(values[v], B) if form == "split" else to_grouped(values[v])
             return cache[(v, form)]
 
-        for layer in self.spec.layers:
+        layers = self.spec.layers
+        x0 = values[0]
+        if x0.dim() == 4:
+            blocks = plan_blocks([(lay.kind, lay.src, lay.dst, lay.out_features, lay.kernel, lay.stride, lay.padding)
+                                  for lay in layers], x0.shape[0], tuple(x0.shape[-2:]), x0.device)
+        else:
+            blocks = [(i, i + 1, False) for i in range(len(layers))]
+        for start, stop, split in blocks:
+            if split:
+                self._split_block(layers[start:stop], values, value)
+                continue
+            layer = layers[start]
             h = values[layer.src]
-            form = "grouped"
             if layer.kind == "conv":
-                n, (hh, ww) = h[0].shape[0] if isinstance(h, list) else h.shape[0], h[0].shape[-2:]
-                out_hw = ((hh + 2 * layer.padding - layer.kernel) // layer.stride + 1) * \
-                    ((ww + 2 * layer.padding - layer.kernel) // layer.stride + 1)
-                dev = (h[0] if isinstance(h, list) else h).device
-                form = "split" if use_split(n, layer.out_features, out_hw, dev) else "grouped"
-                z = self._conv(layer, value(layer.src, form), form)
+                z = self._conv(layer, value(layer.src, "grouped"))
             elif layer.kind == "linear":
                 z = _StackedLinear.apply(h, self._t(f"{layer.name}.weight"), self._t(f"{layer.name}.bias"))
             elif layer.kind == "avgpool":
-                if isinstance(h, list):
-                    form = "split"
-                    z = [F.avg_pool2d(t, layer.kernel, layer.stride) for t in h]
-                else:
-                    z = F.avg_pool2d(h, layer.kernel, layer.stride)
+                z = F.avg_pool2d(value(layer.src, "grouped"), layer.kernel, layer.stride)
             else:  # (B, N, C*H*W), each instance's own (c, h, w) order
                 z = flatten(h, B)
             if layer.residual is not None:
-                if form == "split":
-                    z = [a + r for a, r in zip(z, value(layer.residual, "split"))]
-                else:
-                    z = z + (value(layer.residual, "grouped") if layer.kind in ("conv", "avgpool")
-                             else values[layer.residual])
-            if layer.act == "leaky_relu":  # in place: nothing saved for backward reads its input
-                z = [F.leaky_relu_(t, LEAKY_SLOPE) for t in z] if form == "split" else F.leaky_relu_(z, LEAKY_SLOPE)
-            elif layer.act == "sin":
-                z = [torch.sin(archs.SIREN_W0 * t) for t in z] if form == "split" else torch.sin(archs.SIREN_W0 * z)
-            values[layer.dst] = z
-        out = values[self.spec.layers[-1].dst]
-        return out
+                z = z + (value(layer.residual, "grouped") if layer.kind in ("conv", "avgpool")
+                         else values[layer.residual])
+            values[layer.dst] = _activation(z, layer.act)
+        return values[layers[-1].dst]
 
-    def _conv(self, layer, h, form: str):
-        """conv (+ per-instance BatchNorm) of all instances: one grouped call, or one call per instance."""
+    def _conv(self, layer, h):
+        """conv (+ per-instance BatchNorm) of all instances as ONE grouped call."""
         B = self.B
         w = self._t(f"{layer.name}.weight")
         bias = self._t(f"{layer.name}.bias") if hasattr(self, _key(f"{layer.name}.bias")) else None
-        bn = layer.bn if self.batchnorm and layer.bn is not None else None
-        if bn is not None:
-            rm, rv = self._t(f"{bn}.running_mean"), self._t(f"{bn}.running_var")
-            gamma, beta = self._t(f"{bn}.weight"), self._t(f"{bn}.bias")
+        z = F.conv2d(h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1) if bias is not None else None,
+                     layer.stride, layer.padding, 1, B)
+        if self.batchnorm and layer.bn is not None:
+            bn = layer.bn
             if self.training:
                 self._t(f"{bn}.num_batches_tracked").add_(1)
-        if form == "grouped":
-            z = F.conv2d(h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1) if bias is not None else None,
-                         layer.stride, layer.padding, 1, B)
-            if bn is not None:
-                z = F.batch_norm(z, rm.view(-1), rv.view(-1), gamma.reshape(-1), beta.reshape(-1), self.training,
-                                 self.momentum[bn], self.eps[bn])
-            return z
-        # unbind: ONE backward node stacks the B weight gradients (indexing would add B full-size buffers)
-        ws, bs = w.unbind(0), (bias.unbind(0) if bias is not None else [None] * B)
-        z = [F.conv2d(h[b], ws[b], bs[b], layer.stride, layer.padding) for b in range(B)]
-        if bn is not None:  # running statistics updated in place through the per-instance views
-            gs, be = gamma.unbind(0), beta.unbind(0)
-            z = [F.batch_norm(z[b], rm[b], rv[b], gs[b], be[b], self.training, self.momentum[bn], self.eps[bn])
-                 for b in range(B)]
+            z = F.batch_norm(z, self._t(f"{bn}.running_mean").view(-1), self._t(f"{bn}.running_var").view(-1),
+                             self._t(f"{bn}.weight").reshape(-1), self._t(f"{bn}.bias").reshape(-1), self.training,
+                             self.momentum[bn], self.eps[bn])
         return z
+
+    def _split_block(self, block, values, value) -> None:
+        """Per-instance convs (+ BatchNorm) and pools, instance by instance (see layout.plan_blocks)."""
+        B = self.B
+        inside = {layer.dst for layer in block}
+        outside = {v: value(v, "split") for layer in block for v in (layer.src, layer.residual)
+                   if v is not None and v not in inside}
+        out = {v: [None] * B for v in inside}
+        params = [self._instance_params(layer) if layer.kind == "conv" else None for layer in block]
+        for b in range(B):
+            for layer, prm in zip(block, params):
+                h = out[layer.src][b] if layer.src in inside else outside[layer.src][b]
+                if layer.kind == "conv":
+                    ws, bs, bn = prm
+                    z = F.conv2d(h, ws[b], bs[b], layer.stride, layer.padding)
+                    if bn is not None:  # running statistics updated in place through the per-instance views
+                        rm, rv, gs, be, name = bn
+                        z = F.batch_norm(z, rm[b], rv[b], gs[b], be[b], self.training, self.momentum[name],
+                                         self.eps[name])
+                else:
+                    z = F.avg_pool2d(h, layer.kernel, layer.stride)
+                if layer.residual is not None:
+                    z = z + (out[layer.residual][b] if layer.residual in inside else outside[layer.residual][b])
+                out[layer.dst][b] = _activation(z, layer.act)
+        values.update(out)
+
+    def _instance_params(self, layer):
+        """Per-instance views of a conv layer's weights, bias and BatchNorm tensors. unbind: ONE
+        backward node stacks the B gradients (indexing would add B full-size buffers)."""
+        B = self.B
+        w = self._t(f"{layer.name}.weight")
+        bias = self._t(f"{layer.name}.bias") if hasattr(self, _key(f"{layer.name}.bias")) else None
+        bn = None
+        if self.batchnorm and layer.bn is not None:
+            name = layer.bn
+            if self.training:
+                self._t(f"{name}.num_batches_tracked").add_(1)
+            bn = (self._t(f"{name}.running_mean"), self._t(f"{name}.running_var"),
+                  self._t(f"{name}.weight").unbind(0), self._t(f"{name}.bias").unbind(0), name)
+        return w.unbind(0), (bias.unbind(0) if bias is not None else [None] * B), bn
 
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         """One SpecNet state dict per instance (the BN form, as trained)."""
@@ -178,6 +200,15 @@ def crop_flip_draws(M: int, pad: int, gen: torch.Generator, flip: bool = True) -
     off = torch.randint(0, 2 * pad + 1, (M, 2), generator=gen)
     flips = (torch.rand(M, generator=gen) < 0.5) & flip
     return off, flips
+
+
+def _activation(z, act: str):
+    """The layer's activation, in place (nothing saved for backward reads its input)."""
+    if act == "leaky_relu":
+        return F.leaky_relu_(z, LEAKY_SLOPE)
+    if act == "sin":
+        return torch.sin(archs.SIREN_W0 * z)
+    return z
 
 
 class _StackedLinear(torch.autograd.Function):

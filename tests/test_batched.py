@@ -306,9 +306,9 @@ RULES = {
 @pytest.mark.parametrize("rule", list(RULES))
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
 def test_layouts_gradcheck_float64_tiny(monkeypatch, rule, shared):
-    from netspace_fast import grouped
+    from netspace_fast import layout
 
-    monkeypatch.setattr(grouped, "use_split", RULES[rule])
+    monkeypatch.setattr(layout, "use_split", RULES[rule])
     spec = tiny_spec()
     H, W = nf.prep_shape(spec.num_params, 8)
     torch.manual_seed(1)
@@ -323,11 +323,11 @@ def test_layouts_gradcheck_float64_tiny(monkeypatch, rule, shared):
 @pytest.mark.parametrize("rule", ["split", "split first", "grouped first"])
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
 def test_layouts_match_reference(monkeypatch, name, rule, shared):
-    from netspace_fast import grouped
+    from netspace_fast import layout
 
     # the tiny spec's 16-pixel threshold, scaled to these networks (100 pixels: ResNet8's 32x32 and
     # 16x16 layers and LeNetLike's conv1 on one side, ResNet8's 8x8 and LeNetLike's conv2 on the other)
-    monkeypatch.setattr(grouped, "use_split", lambda n, cout, hw, device="cpu": RULES[rule](n, cout, hw * 16 // 100))
+    monkeypatch.setattr(layout, "use_split", lambda n, cout, hw, device="cpu": RULES[rule](n, cout, hw * 16 // 100))
     spec = archs.spec(name, "cifar10")
     B, N = 3, 4
     preps = make_preps(spec, B, extra_rows=4).requires_grad_()
@@ -348,9 +348,9 @@ def test_layouts_match_reference(monkeypatch, name, rule, shared):
 def test_second_backward_recomputes(monkeypatch, name, rule):
     """The CPU path frees activations during its backward; a second backward (retain_graph=True)
     recomputes them and gives the same gradients again."""
-    from netspace_fast import grouped
+    from netspace_fast import layout
 
-    monkeypatch.setattr(grouped, "use_split", lambda n, cout, hw, device="cpu": RULES[rule](n, cout, hw * 16 // 100))
+    monkeypatch.setattr(layout, "use_split", lambda n, cout, hw, device="cpu": RULES[rule](n, cout, hw * 16 // 100))
     spec = archs.spec(name, "cifar10")
     preps = make_preps(spec, 2).requires_grad_()
     x = torch.randn(3, 3, 32, 32, requires_grad=True)
