@@ -215,7 +215,9 @@ def test_empty_batches_and_nan():
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
 def test_launches_do_not_grow_with_b(shared):
     """The native path makes the same operator calls for B = 2 and B = 5 (no per-network loop; B = 1
-    differs only in which tensors already happen to be channels-last contiguous)."""
+    differs only in which tensors already happen to be channels-last contiguous) while every conv is
+    grouped, as it is at these sizes. (Large per-network convs run per network instead, by the
+    measured rule of netspace_fast/layout.py: see test_per_network_regime_counts below.)"""
     spec = archs.spec("resnet8")
     counts = []
     for B in (2, 5):
@@ -359,3 +361,23 @@ def test_second_backward_recomputes(monkeypatch, name, rule):
     first = torch.autograd.grad(y, (preps, x), g, retain_graph=True)
     second = torch.autograd.grad(y, (preps, x), g)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+@native
+def test_per_network_regime_counts(monkeypatch):
+    """Where layout.py sends a conv per network (large convs on CPU: the issue's own CPU example,
+    per-network GEMMs), exactly one oneDNN convolution per network and layer runs each way; the
+    grouped layers keep one call per layer. Documents what grows with B, and by how much."""
+    from netspace_fast import layout
+
+    monkeypatch.setattr(layout, "use_split", lambda n, cout, hw, device="cpu": hw >= 16 * 16)  # ResNet8 stages 1-2
+    spec = archs.spec("resnet8")
+    split_convs = sum(1 for layer in spec.layers if layer.kind == "conv") - 3  # stage 3: 2 convs + shortcut
+    counts = {}
+    for B in (2, 5):
+        preps = make_preps(spec, B).requires_grad_()
+        with torch.profiler.profile() as prof:
+            batched_forward(spec, preps, make_x(spec, B, 2, True), backend="cpp").sum().backward()
+        counts[B] = {e.key: e.count for e in prof.key_averages()}
+    for op in ("aten::convolution", "aten::convolution_backward"):
+        assert counts[5][op] - counts[2][op] == 3 * split_convs, op
