@@ -3,10 +3,11 @@
 ``batched_forward(spec, preps, x)`` runs the BN-free network ``spec`` with each of the B PReps in
 ``preps`` on ``x`` (shared by all networks, or one batch per network) and is differentiable with
 respect to ``preps`` and ``x``. On the CPU and Triton backends the whole network is one autograd node:
-every layer is one call covering all B networks (calls and launches do not grow with B), weights
-are read straight out of the PRep batch, and backward writes every layer's weight gradient into
+on GPU every layer is one launch covering all B networks, on CPU one grouped call or (large
+convs) one oneDNN call per network, weights are read straight out of the PRep batch, and backward writes every layer's weight gradient into
 ONE (B, P) gradient buffer, so no per-parameter-view gradient buffers are ever materialized. CPU:
-all networks as one grouped channels-last network (:mod:`netspace_fast.grouped`); GPU: the
+each conv one grouped call or one call per network, as measured fastest per layer
+(:mod:`netspace_fast.grouped`, :mod:`netspace_fast.layout`); GPU: the
 batched Triton layer ops; elsewhere, or with backend='torch': the per-network reference loop.
 """
 
@@ -172,6 +173,6 @@ def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
     if preps2d.stride(1) != 1:
         preps2d = preps2d.contiguous()
     program = _program(spec, preps.shape[2])
-    if which == "cpp":  # CPU: all networks as one grouped channels-last network (netspace_fast.grouped)
+    if which == "cpp":  # CPU: grouped or per-network convs per layer (netspace_fast.grouped)
         return GroupedNet.apply(preps2d, x, program, shared, spec.num_params)
     return _BatchedNet.apply(preps2d, x, program, spec.num_params)

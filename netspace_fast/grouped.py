@@ -1,14 +1,15 @@
-"""The CPU whole-network path of batched_forward: B networks as ONE grouped, channels-last network.
+"""The CPU whole-network path of batched_forward: B networks, each conv grouped or per network.
 
-Measured on the 2-core development machines (one thread, forward + backward of one layer):
-per-network oneDNN convolutions (the loop's way) vs one grouped convolution with groups = B in
-channels-last layout: 16 ch 32x32 462 vs 230 ms, 32 ch 16x16 231 vs 161 ms, 64 ch 8x8 111 vs
-105 ms, LeNetLike conv2 (6 -> 16, 14x14, B=64) 1042 vs 122 ms. So between conv layers the
-activations of all networks live in one (N, B*C, H, W) channels-last tensor (network-major
-channels): every conv is ONE oneDNN call whatever B is, a shared input is ONE ordinary conv with
-the B networks' filters stacked (its output already has that layout), and no relayout happens
-until the features are flattened. Weight and bias gradients are written straight into the one
-(B, P) PRep gradient. Linear layers use the native batched_linear ops ((B, N, F) layout).
+Two layouts of the B networks' activations (:mod:`netspace_fast.layout`): ONE (N, B*C, H, W)
+channels-last tensor (network-major channels), where a conv is ONE grouped oneDNN call whatever B
+is and a shared input is ONE ordinary conv with the B networks' filters stacked; or B per-network
+(N, C, H, W) channels-last tensors, where a conv is one ordinary oneDNN call per network. Small
+per-network convs (few output channels or pixels: LeNetLike, small batches) are faster grouped,
+large ones (ResNet stages at N=128) per network (measurements in layout.py); the choice is made
+per layer, a run of per-network layers executes network by network (cache reuse), and the
+activations are converted once where the choice changes. Weight and bias gradients are written
+straight into the one (B, P) PRep gradient; linear layers use the native batched_linear ops
+((B, N, F) layout). The backward frees each activation once used.
 """
 
 from __future__ import annotations
