@@ -189,13 +189,8 @@ def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Ten
         want_x = src != 0 or need_x
         if kind == "conv":
             w_off, b_off, cout, cin, k, stride, padding = geom
-            g = to_grouped(g) if isinstance(g, list) else g
-            gz = act_grad(g, y, z, act)
-            if residual is not None:
-                acc(residual, gz)
-            gx, gw, gb = torch.ops.aten.convolution_backward(
-                gz, h, w, [B * cout], [stride, stride], [padding, padding], [1, 1], False, [0, 0], groups,
-                [want_x, True, True])
+            gx, gw, gb = _conv_backward(to_grouped(g) if isinstance(g, list) else g, h, w, y, z, geom, act, groups,
+                                        want_x, acc if residual is not None else None, residual)
             grad_preps[:, w_off:w_off + cout * cin * k * k].view(B, cout, cin, k, k).copy_(
                 gw.view(B, cout, cin, k, k))
             grad_preps[:, b_off:b_off + cout].copy_(gb.view(B, cout))
@@ -230,6 +225,17 @@ def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Ten
     return grad_preps, gx
 
 
+def _conv_backward(g, h, w, y, z, geom, act, groups, want_x, add_residual, residual):
+    """One conv layer's backward (all networks grouped, or one network): the activation's gradient
+    (also the residual branch's, handed to ``add_residual``), then (grad_x, grad_w, grad_b)."""
+    stride, padding = geom[5], geom[6]
+    gz = act_grad(g, y, z, act)
+    if add_residual is not None:
+        add_residual(residual, gz)
+    return torch.ops.aten.convolution_backward(gz, h, w, [w.shape[0]], [stride, stride], [padding, padding], [1, 1],
+                                               False, [0, 0], groups, [want_x, True, True])
+
+
 def _pool_back(g: torch.Tensor, h: torch.Tensor, geom: tuple) -> torch.Tensor:
     return torch.ops.aten.avg_pool2d_backward(g.contiguous(memory_format=CL), h, [geom[0]] * 2, [geom[1]] * 2,
                                               [0, 0], False, True, None)
@@ -261,12 +267,8 @@ def _split_block_backward(preps2d, program, saved, start, stop, grads, acc, shar
             want_x = src != 0 or need_x
             if kind == "conv":
                 w_off, b_off, cout, cin, k, stride, padding = geom
-                gz = act_grad(g, ys[b], pres[b] if pres is not None else None, act)
-                if residual is not None:
-                    add(residual, gz)
-                gx, gw, gb = torch.ops.aten.convolution_backward(
-                    gz, hs[b], ws[b], [cout], [stride, stride], [padding, padding], [1, 1], False, [0, 0], 1,
-                    [want_x, True, True])
+                gx, gw, gb = _conv_backward(g, hs[b], ws[b], ys[b], pres[b] if pres is not None else None, geom, act,
+                                            1, want_x, add if residual is not None else None, residual)
                 grad_preps[b, w_off:w_off + cout * cin * k * k].copy_(gw.reshape(-1))
                 grad_preps[b, b_off:b_off + cout].copy_(gb)
                 if want_x:

@@ -98,20 +98,6 @@ def tiny_spec() -> ArchSpec:
 
 
 @native
-@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
-def test_gradcheck_float64_tiny(shared):
-    spec = tiny_spec()
-    H, W = nf.prep_shape(spec.num_params, 8)
-    torch.manual_seed(0)
-    preps = (torch.randn(2, H, W, dtype=torch.float64) * 0.3).requires_grad_()
-    x = make_x(spec, 2, 2, shared, torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda p, xx: batched_forward(spec, p, xx, backend="cpp"), (preps, x))
-    y = batched_forward(spec, preps, x, backend="cpp")
-    # float64; sin(30 z) multiplies rounding differences by 30
-    assert rel(y, batched_forward_reference(spec, preps, x)) <= 1e-8
-
-
-@native
 @pytest.mark.parametrize("act", [0, 1, 2])
 @pytest.mark.parametrize("shared", [True, False])
 def test_layer_ops_gradcheck_float64(act, shared):
@@ -305,18 +291,22 @@ RULES = {
 
 
 @native
-@pytest.mark.parametrize("rule", list(RULES))
+@pytest.mark.parametrize("rule", ["default"] + list(RULES))
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
-def test_layouts_gradcheck_float64_tiny(monkeypatch, rule, shared):
+def test_gradcheck_float64_tiny(monkeypatch, rule, shared):
+    """gradcheck of the whole CPU path on a tiny graph with every layer kind, under the default
+    layout rule and with every conv grouped, per network, or mixed either way."""
     from netspace_fast import layout
 
-    monkeypatch.setattr(layout, "use_split", RULES[rule])
+    if rule != "default":
+        monkeypatch.setattr(layout, "use_split", RULES[rule])
     spec = tiny_spec()
     H, W = nf.prep_shape(spec.num_params, 8)
     torch.manual_seed(1)
     preps = (torch.randn(3, H, W, dtype=torch.float64) * 0.3).requires_grad_()
     x = make_x(spec, 3, 2, shared, torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda p, xx: batched_forward(spec, p, xx, backend="cpp"), (preps, x))
+    # float64; sin(30 z) multiplies rounding differences by 30
     assert rel(batched_forward(spec, preps, x, backend="cpp"), batched_forward_reference(spec, preps, x)) <= 1e-8
 
 
