@@ -140,3 +140,22 @@ def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
     assert "lenetlike (2 instances)" in text and "3/3" in text
     assert "epoch/s" in text or "s/epoch" in text
     assert "lenetlike: epoch 1/3" not in text  # the bar replaces the per-epoch lines
+
+
+def test_torchrun_killed_and_rerun_resumes(tmp_path):
+    """SIGKILL under torchrun (one rank dies after its epoch-2 checkpoint; torchrun then stops the
+    other), rerun the same command: every rank resumes from its own last checkpoint, and the zoo
+    equals a one-process run's."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "netspace_fast.cli", "zoo", "train", "--preset", "digits-tiny", "--out", str(tmp_path / "two")]
+    killed = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                            env=dict(env, NETSPACE_TEST_SIGKILL_AFTER_EPOCH="2"))
+    assert killed.returncode != 0
+    assert not Zoo.open(tmp_path / "two").instances()  # multi protocol: nothing final before the last epoch
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming after epoch" in rerun.stderr
+    train_zoo(tmp_path / "one", "digits-tiny", progress=False)
+    _same_zoo(Zoo.open(tmp_path / "one"), Zoo.open(tmp_path / "two"))
