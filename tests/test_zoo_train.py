@@ -71,6 +71,21 @@ def test_digits_multi_acceptance(tmp_path):
     assert len(accs) == 8 and {k: len(v) for k, v in zoo.splits.items()} == {"train": 4, "val": 2, "test": 2}
     assert min(accs) >= 0.95, accs
     assert zoo.verify() == []
+    # issues 2-4 end to end: the zoo's folded PReps, evaluated by batched_forward, reproduce the
+    # test accuracy recorded for each instance (BN-form models, eval mode)
+    import torch
+
+    from netspace_fast import archs, batched_forward, data
+
+    x, y = data.tensors("digits", "test")
+    for split in ("train", "val", "test"):
+        entries = zoo.instances(split, "lenetlike")
+        preps = zoo.preps(split, "lenetlike", width=1024)
+        with torch.no_grad():
+            logits = batched_forward(archs.spec("lenetlike", "digits"), preps, x)
+        acc = (logits.argmax(-1) == y).float().mean(1)
+        for e, a in zip(entries, acc.tolist()):
+            assert abs(a - e["test_acc"]) <= 1.5 / len(y), (e["id"], a, e["test_acc"])  # at most one flipped image
 
 
 def test_digits_single_acceptance(tmp_path):
