@@ -2,7 +2,7 @@
 // gather_grouped_ref): the minibatch gather of batched zoo training. Every instance b draws its
 // own sample index (and, with augmentation, its own crop offset and flip) per batch position j;
 // the result is the grouped channels-last input of the first convolution, out[j, b*C + c, y, x],
-// written in ONE pass straight from the dataset images (any strides), zero padding included.
+// written in ONE pass straight from the dataset images (any strides), padding (fill[c]) included.
 // It replaces an index gather, a (B, n) -> (n, B) transpose and a channels-last relayout (three
 // passes over the batch), and the per-instance crop/flip ops.
 #include <ATen/Dispatch.h>
@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <vector>
 
 namespace netspace_fast {
 
@@ -18,7 +19,7 @@ namespace {
 
 template <typename T>
 void gather_kernel(const T* img, const int64_t* s, const int64_t* idx, const int64_t* off, const bool* flip,
-                   int64_t pad, T* out, int64_t B, int64_t n, int64_t C, int64_t H, int64_t W) {
+                   int64_t pad, const T* fill, T* out, int64_t B, int64_t n, int64_t C, int64_t H, int64_t W) {
   const int64_t row = W * B * C;  // one output row (j, y): W pixels of B*C channels
   at::parallel_for(0, n * H, 16, [&](int64_t begin, int64_t end) {
     for (int64_t jy = begin; jy < end; ++jy) {
@@ -31,14 +32,14 @@ void gather_kernel(const T* img, const int64_t* s, const int64_t* idx, const int
         const int64_t sy = y + oy - pad;
         T* o = orow + b * C;
         if (sy < 0 || sy >= H) {
-          for (int64_t x = 0; x < W; ++x) std::memset(o + x * B * C, 0, sizeof(T) * C);
+          for (int64_t x = 0; x < W; ++x) std::memcpy(o + x * B * C, fill, sizeof(T) * C);
           continue;
         }
         const T* irow = img + idx[k] * s[0] + sy * s[2];
         for (int64_t x = 0; x < W; ++x, o += B * C) {
           const int64_t sx = (fl ? W - 1 - x : x) + ox - pad;
           if (sx < 0 || sx >= W) {
-            std::memset(o, 0, sizeof(T) * C);
+            std::memcpy(o, fill, sizeof(T) * C);
             continue;
           }
           const T* src = irow + sx * s[3];
@@ -50,7 +51,8 @@ void gather_kernel(const T* img, const int64_t* s, const int64_t* idx, const int
 }
 
 at::Tensor gather_grouped_cpu(const at::Tensor& images, const at::Tensor& index, const c10::optional<at::Tensor>& offsets,
-                              const c10::optional<at::Tensor>& flips, int64_t pad) {
+                              const c10::optional<at::Tensor>& flips, int64_t pad,
+                              c10::optional<at::ArrayRef<double>> fill) {
   constexpr const char* op = "gather_grouped";
   TORCH_CHECK_VALUE(images.dim() == 4, op, ": images: expected (M, C, H, W), got ", images.sizes());
   TORCH_CHECK_TYPE(images.scalar_type() == at::kFloat || images.scalar_type() == at::kDouble, op,
@@ -81,13 +83,19 @@ at::Tensor gather_grouped_cpu(const at::Tensor& images, const at::Tensor& index,
     TORCH_CHECK_VALUE(fl.dim() == 2 && fl.size(0) == B && fl.size(1) == n, op, ": flips: expected (B, n) = (", B,
                       ", ", n, "), got ", fl.sizes());
   }
+  if (fill.has_value())
+    TORCH_CHECK_VALUE(static_cast<int64_t>(fill->size()) == C, op, ": fill: expected one value per channel (", C,
+                      "), got ", fill->size());
   auto out = at::empty({n, B * C, H, W}, images.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
   const int64_t s[4] = {images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
   AT_DISPATCH_FLOATING_TYPES(images.scalar_type(), op, [&] {
+    std::vector<scalar_t> fv(C, scalar_t(0));
+    if (fill.has_value())
+      for (int64_t c = 0; c < C; ++c) fv[c] = static_cast<scalar_t>((*fill)[c]);
     gather_kernel<scalar_t>(images.const_data_ptr<scalar_t>(), s, ip, off.defined() ? off.const_data_ptr<int64_t>() : nullptr,
-                            fl.defined() ? fl.const_data_ptr<bool>() : nullptr, pad, out.data_ptr<scalar_t>(), B, n,
-                            C, H, W);
+                            fl.defined() ? fl.const_data_ptr<bool>() : nullptr, pad, fv.data(), out.data_ptr<scalar_t>(),
+                            B, n, C, H, W);
   });
   return out;
 }

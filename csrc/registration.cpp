@@ -24,7 +24,10 @@ TORCH_LIBRARY(netspace_fast, m) {
       "batched_linear_backward(Tensor grad_y, Tensor x, Tensor preps, Tensor y, Tensor z, int w_off, int b_off, "
       "int out_features, int in_features, int act, Tensor(a!) grad_preps, bool need_grad_x) -> (Tensor, Tensor)");
   // The minibatch gather of batched zoo training (semantics: netspace_fast/ops/gather.py):
-  // out[j, b*C + c, y, x] = images[index[b, j], c, y + oy - pad, x' + ox - pad] (zero outside),
-  // x' = W-1-x where flips[b, j], (oy, ox) = offsets[b, j] (pad, pad when absent); channels-last.
-  m.def("gather_grouped(Tensor images, Tensor index, Tensor? offsets, Tensor? flips, int pad) -> Tensor");
+  // out[j, b*C + c, y, x] = images[index[b, j], c, y + oy - pad, x' + ox - pad] (fill[c] outside,
+  // 0 without fill), x' = W-1-x where flips[b, j], (oy, ox) = offsets[b, j] (pad, pad when absent);
+  // channels-last.
+  m.def(
+      "gather_grouped(Tensor images, Tensor index, Tensor? offsets, Tensor? flips, int pad, float[]? fill=None) "
+      "-> Tensor");
 }

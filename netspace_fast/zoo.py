@@ -24,6 +24,7 @@ from torch import nn
 
 from . import archs
 from .archs import LEAKY_SLOPE, ArchSpec, SpecNet
+from .data import MEAN, STD
 from .layout import flatten, plan_blocks, to_grouped, to_split
 from .ops.gather import gather_grouped, gather_grouped_ref
 
@@ -195,6 +196,10 @@ class BatchedZooNet(nn.Module):
         return out
 
 
+#: the padding value of random crops of images normalized as in netspace_fast.data: black
+NORMALIZED_BLACK = tuple(-m / s for m, s in zip(MEAN, STD))
+
+
 def crop_flip_draws(M: int, pad: int, gen: torch.Generator, flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One instance's augmentation draws for M samples: crop offsets (M, 2) in [0, 2*pad] and flips (M,)."""
     off = torch.randint(0, 2 * pad + 1, (M, 2), generator=gen)
@@ -232,11 +237,12 @@ class _StackedLinear(torch.autograd.Function):
         return gh, gw, gb
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Random crop with zero padding ``pad`` and (if ``flip``) random horizontal flip, per sample of x (M, C, S, S)."""
+def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator, flip: bool = True, fill=None) -> torch.Tensor:
+    """Random crop with padding ``pad`` (value ``fill[c]``, default 0) and (if ``flip``) random horizontal
+    flip, per sample of x (M, C, S, S)."""
     M = x.shape[0]
     off, flips = crop_flip_draws(M, pad, gen, flip)
-    out = gather_grouped_ref(x, torch.arange(M)[None], off[None], flips[None], pad)  # (M, C, S, S), B = 1
+    out = gather_grouped_ref(x, torch.arange(M)[None], off[None], flips[None], pad, fill)  # (M, C, S, S), B = 1
     return out.contiguous()
 
 
@@ -252,8 +258,12 @@ class DataOrder:
 
 
 def train_epoch(net: BatchedZooNet, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                order: DataOrder, batch_size: int, augment_pad: int = 0, flip: bool = True) -> torch.Tensor:
-    """One epoch over (images, labels) for every instance, each in its own order; returns (B,) mean loss."""
+                order: DataOrder, batch_size: int, augment_pad: int = 0, flip: bool = True, fill=None) -> torch.Tensor:
+    """One epoch over (images, labels) for every instance, each in its own order; returns (B,) mean loss.
+
+    ``augment_pad``: random crops with that padding (value ``fill[c]`` per channel, default 0; for
+    normalized images the normalized black, :data:`NORMALIZED_BLACK`, pads like torchvision's
+    ``RandomCrop`` before normalization), and random horizontal flips if ``flip``."""
     net.train()
     B, M = net.B, images.shape[0]
     perms = [torch.randperm(M, generator=g) for g in order.gens]
@@ -268,7 +278,7 @@ def train_epoch(net: BatchedZooNet, optimizer: torch.optim.Optimizer, images: to
             off = torch.stack([d[0] for d in draws]).to(images.device)
             flips = torch.stack([d[1] for d in draws]).to(images.device)
         # one pass from the dataset to the grouped channels-last input, augmentation included
-        xb = gather_grouped(images, idx, off, flips, augment_pad)
+        xb = gather_grouped(images, idx, off, flips, augment_pad, fill)
         yb = labels[idx]
         out = net(xb, grouped=True)
         loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="none")
@@ -541,7 +551,7 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
             where[k] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
     bar = _progress_bar(progress, arch, start, p.epochs, B, world)
     for epoch in range(start + 1, p.epochs + 1):
-        loss = train_epoch(net, opt, xtr, ytr, order, p.batch_size, pad, p.flip)
+        loss = train_epoch(net, opt, xtr, ytr, order, p.batch_size, pad, p.flip, list(NORMALIZED_BLACK))
         if sched is not None:
             sched.step()
         if p.protocol == "single" and epoch in p.snapshots:

@@ -18,11 +18,13 @@ from netspace_fast.zoo import crop_flip_draws, random_crop_flip
 native = pytest.mark.skipif(not nf.backends()["cpu"]["compiled"], reason="native CPU kernels not built")
 
 
-def definition(images, index, offsets, flips, pad):
+def definition(images, index, offsets, flips, pad, fill=None):
     """out[j, b*C + c, y, x], element by element, straight from the docstring."""
     M, C, H, W = images.shape
     B, n = index.shape
     out = torch.zeros(n, B * C, H, W, dtype=images.dtype)
+    if fill is not None:
+        out[:] = torch.tensor(fill, dtype=images.dtype).repeat(B).view(1, B * C, 1, 1)
     for b in range(B):
         for j in range(n):
             oy, ox = (offsets[b, j].tolist() if offsets is not None else (pad, pad))
@@ -67,18 +69,31 @@ def test_native_equals_reference(aug, layout, dtype):
 
 
 @native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fill_pads_with_the_given_value(dtype):
+    images, index, offsets, flips, pad = case(dtype=dtype)
+    fill = [-2.1, 0.5, 7.0]
+    out = gather_grouped(images, index, offsets, flips, pad, fill, backend="cpp")
+    assert torch.equal(out, definition(images, index, offsets, flips, pad, fill))
+    assert torch.equal(out, gather_grouped_ref(images, index, offsets, flips, pad, fill))
+    assert torch.equal(gather_grouped(images, index, offsets, flips, pad, [0.0] * 3, backend="cpp"),
+                       gather_grouped(images, index, offsets, flips, pad, backend="cpp"))
+
+
+@native
 @settings(max_examples=60, deadline=None)
 @given(M=st.integers(1, 6), C=st.integers(1, 4), H=st.integers(1, 7), W=st.integers(1, 7), B=st.integers(0, 4),
        n=st.integers(0, 5), pad=st.integers(0, 9), aug=st.sampled_from(["none", "offsets", "flips", "both"]),
-       seed=st.integers(0, 2**16))
-def test_native_equals_reference_properties(M, C, H, W, B, n, pad, aug, seed):
+       seed=st.integers(0, 2**16), filled=st.booleans())
+def test_native_equals_reference_properties(M, C, H, W, B, n, pad, aug, seed, filled):
     """Any shape, padding wider than the image, empty batches: exact agreement (values are moved, never computed)."""
     images, index, offsets, flips, pad = case(M, C, H, W, B, n, pad, True, seed)
     offsets = offsets if aug in ("offsets", "both") else None
     flips = flips if aug in ("flips", "both") else None
-    out = gather_grouped(images, index, offsets, flips, pad, backend="cpp")
+    fill = [float(c) - 1.5 for c in range(C)] if filled else None
+    out = gather_grouped(images, index, offsets, flips, pad, fill, backend="cpp")
     assert out.shape == (n, B * C, H, W)
-    assert torch.equal(out, gather_grouped_ref(images, index, offsets, flips, pad))
+    assert torch.equal(out, gather_grouped_ref(images, index, offsets, flips, pad, fill))
 
 
 @native
@@ -86,6 +101,7 @@ def test_opcheck():
     images, index, offsets, flips, pad = case()
     opcheck(torch.ops.netspace_fast.gather_grouped, (images, index, offsets, flips, pad))
     opcheck(torch.ops.netspace_fast.gather_grouped, (images, index, None, None, 0))
+    opcheck(torch.ops.netspace_fast.gather_grouped, (images, index, offsets, flips, pad, [1.0, -1.0, 0.5]))
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=native)])
@@ -122,6 +138,10 @@ def test_bad_input_is_refused_before_any_kernel(backend):
         call(flips=flips.long())
     with pytest.raises(ValueError, match="pad: expected an int >= 0, got -1"):
         call(pad=-1, offsets=None)
+    with pytest.raises(ValueError, match=r"fill: expected one value per channel \(3\), got 2"):
+        call(fill=[0.0, 1.0])
+    with pytest.raises(TypeError, match="fill: expected a list of 3 numbers"):
+        call(fill=torch.zeros(3))
 
 
 @native
@@ -137,6 +157,8 @@ def test_native_op_checks_itself_when_called_directly():
         op(images, index, offsets[:1], None, pad)
     with pytest.raises(ValueError, match="pad: expected >= 0"):
         op(images, index, None, None, -1)
+    with pytest.raises(ValueError, match="fill: expected one value per channel"):
+        op(images, index, None, None, 0, [1.0])
 
 
 def test_random_crop_flip_is_the_gather_of_its_draws():

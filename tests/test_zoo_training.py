@@ -273,3 +273,24 @@ def test_preps_of_the_trained_instances(digits):
         loaded = load_prep(archs.build("resnet8", "digits", batchnorm=False), preps[b]).eval()
         with torch.no_grad():
             assert torch.allclose(loaded(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+def test_crops_pad_with_normalized_black_like_torchvision(digits):
+    """train_zoo's crops pad with the normalized black: the same image torchvision's RandomCrop
+    (padding before normalization) gives for the same offset."""
+    import torchvision.transforms.functional as TF
+
+    from netspace_fast.data import MEAN, STD
+    from netspace_fast.zoo import NORMALIZED_BLACK
+
+    raw = torch.rand(2, 3, 8, 8)
+    normalized = TF.normalize(raw, MEAN, STD)
+    off, flips = torch.tensor([[0, 3], [4, 1]]), torch.tensor([False, True])
+    from netspace_fast.ops.gather import gather_grouped_ref
+
+    got = gather_grouped_ref(normalized, torch.arange(2)[None], off[None], flips[None], 2, list(NORMALIZED_BLACK))
+    for i in range(2):
+        padded = TF.pad(raw[i], [2, 2, 2, 2], fill=0.0)
+        crop = padded[:, off[i, 0]:off[i, 0] + 8, off[i, 1]:off[i, 1] + 8]
+        want = TF.normalize(crop.flip(-1) if flips[i] else crop, MEAN, STD)
+        assert torch.allclose(got[i], want, atol=1e-6)

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <random>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -24,19 +25,23 @@ void expect(bool ok, const std::string& what) {
 }
 
 at::Tensor gather(const at::Tensor& images, const at::Tensor& index, const c10::optional<at::Tensor>& offsets,
-                  const c10::optional<at::Tensor>& flips, int64_t pad) {
+                  const c10::optional<at::Tensor>& flips, int64_t pad,
+                  c10::optional<at::ArrayRef<double>> fill = c10::nullopt) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("netspace_fast::gather_grouped", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
-                                         const c10::optional<at::Tensor>&, int64_t)>();
-  return op.call(images, index, offsets, flips, pad);
+                                         const c10::optional<at::Tensor>&, int64_t,
+                                         c10::optional<at::ArrayRef<double>>)>();
+  return op.call(images, index, offsets, flips, pad, fill);
 }
 
 // out[j, b*C + c, y, x] = images[index[b, j], c, y + oy - pad, x' + ox - pad], 0 outside
 at::Tensor definition(const at::Tensor& images, const at::Tensor& index, const at::Tensor& off, const at::Tensor& fl,
-                      int64_t pad, bool use_off, bool use_fl) {
+                      int64_t pad, bool use_off, bool use_fl, const std::vector<double>& fill) {
   const int64_t C = images.size(1), H = images.size(2), W = images.size(3), B = index.size(0), n = index.size(1);
   auto out = at::zeros({n, B * C, H, W}, images.options());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C && !fill.empty(); ++c) out.select(1, b * C + c).fill_(fill[c]);
   auto im = images.accessor<float, 4>();
   auto o = out.accessor<float, 4>();
   auto ix = index.accessor<int64_t, 2>();
@@ -66,10 +71,13 @@ void test_fuzz() {
     const at::Tensor index = at::randint(0, M, {B, n}, at::kLong);
     const at::Tensor off = at::randint(0, 2 * pad + 1, {B, n, 2}, at::kLong);
     const at::Tensor fl = at::rand({B, n}) < 0.5;
-    const bool use_off = r(0, 1), use_fl = r(0, 1);
+    const bool use_off = r(0, 1), use_fl = r(0, 1), use_fill = r(0, 1);
+    std::vector<double> fill;
+    for (int64_t c = 0; use_fill && c < C; ++c) fill.push_back(0.25 * static_cast<double>(r(-8, 8)));
     const at::Tensor got = gather(images, index, use_off ? c10::optional<at::Tensor>(off) : c10::nullopt,
-                                  use_fl ? c10::optional<at::Tensor>(fl) : c10::nullopt, pad);
-    const at::Tensor want = definition(images.contiguous(), index, off, fl, pad, use_off, use_fl);
+                                  use_fl ? c10::optional<at::Tensor>(fl) : c10::nullopt, pad,
+                                  use_fill ? c10::optional<at::ArrayRef<double>>(fill) : c10::nullopt);
+    const at::Tensor want = definition(images.contiguous(), index, off, fl, pad, use_off, use_fl, fill);
     expect(got.sizes() == want.sizes() && at::equal(got, want), "fuzz case " + std::to_string(t));
     expect(got.numel() == 0 || got.is_contiguous(at::MemoryFormat::ChannelsLast), "channels-last " + std::to_string(t));
   }
@@ -98,6 +106,8 @@ void test_bad_input() {
   expect_throws([&] { gather(images.to(at::kInt), index, c10::nullopt, c10::nullopt, 0); }, "int images");
   expect_throws([&] { gather(images, index.to(at::kInt), c10::nullopt, c10::nullopt, 0); }, "int32 index");
   expect_throws([&] { gather(images[0], index, c10::nullopt, c10::nullopt, 0); }, "3-D images");
+  const std::vector<double> two{0.0, 1.0};
+  expect_throws([&] { gather(images, index, c10::nullopt, c10::nullopt, 1, two); }, "fill size");
 }
 
 }  // namespace

@@ -5,10 +5,13 @@ Every instance ``b`` of a zoo job draws its own sample ``index[b, j]`` for batch
 (:mod:`netspace_fast.grouped`, :class:`netspace_fast.zoo.BatchedZooNet`) wants its input as ONE
 (n, B*C, H, W) channels-last tensor with instance ``b``'s channels at ``b*C .. b*C+C-1``::
 
-    out[j, b*C + c, y, x] = images[index[b, j], c, y + oy - pad, x' + ox - pad]   (0 outside the image)
+    out[j, b*C + c, y, x] = images[index[b, j], c, y + oy - pad, x' + ox - pad]   (fill[c] outside the image)
     x' = W-1-x if flips[b, j] else x;  (oy, ox) = offsets[b, j], or (pad, pad) when offsets is None
 
-i.e. a random crop of the image zero-padded by ``pad`` at offset (oy, ox), then mirrored. The C++
+i.e. a random crop of the image padded by ``pad`` at offset (oy, ox), then mirrored; ``fill``
+(one value per channel, default 0) is the padding value: for normalized images, pass the
+normalized black, ``-mean / std``, to pad as torchvision's ``RandomCrop(padding=...)`` does before
+normalization. The C++
 CPU kernel writes this in one pass over the batch; the pure-PyTorch reference
 (:func:`gather_grouped_ref`, also the path on other devices) does it with index + pad + gather +
 relayout. A data-loading op: not differentiable (images are data).
@@ -24,7 +27,7 @@ from .. import _native, backend as _backend
 __all__ = ["gather_grouped", "gather_grouped_ref", "check_gather_args"]
 
 
-def check_gather_args(images, index, offsets, flips, pad) -> None:
+def check_gather_args(images, index, offsets, flips, pad, fill=None) -> None:
     """ValueError/TypeError naming the argument, before any kernel runs."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -56,6 +59,12 @@ def check_gather_args(images, index, offsets, flips, pad) -> None:
         if offsets.numel() and (int(offsets.min()) < 0 or int(offsets.max()) > 2 * pad):
             raise ValueError(f"offsets: values must lie in [0, 2*pad] = [0, {2 * pad}], got min "
                              f"{int(offsets.min())}, max {int(offsets.max())}")
+    if fill is not None:
+        if not isinstance(fill, (list, tuple)) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in fill):
+            raise TypeError(f"fill: expected a list of {images.shape[1]} numbers (one per channel), got {fill!r}")
+        if len(fill) != images.shape[1]:
+            raise ValueError(f"fill: expected one value per channel ({images.shape[1]}), got {len(fill)}")
     if flips is not None:
         if flips.dtype != torch.bool:
             raise TypeError(f"flips: expected bool, got {flips.dtype}")
@@ -64,7 +73,7 @@ def check_gather_args(images, index, offsets, flips, pad) -> None:
 
 
 def gather_grouped_ref(images: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor | None = None,
-                       flips: torch.Tensor | None = None, pad: int = 0) -> torch.Tensor:
+                       flips: torch.Tensor | None = None, pad: int = 0, fill=None) -> torch.Tensor:
     """Pure-PyTorch reference (the oracle, and the path on devices without a kernel)."""
     M, C, H, W = images.shape
     B, n = index.shape
@@ -73,6 +82,11 @@ def gather_grouped_ref(images: torch.Tensor, index: torch.Tensor, offsets: torch
         off = (offsets.reshape(-1, 2) if offsets is not None
                else torch.full((B * n, 2), pad, dtype=torch.int64, device=images.device))
         xp = F.pad(x, (pad, pad, pad, pad))
+        if fill is not None and pad:
+            inside = torch.zeros(H + 2 * pad, W + 2 * pad, dtype=torch.bool, device=x.device)
+            inside[pad:pad + H, pad:pad + W] = True
+            fv = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, C, 1, 1)
+            xp = torch.where(inside, xp, fv)
         rows = (off[:, 0:1] + torch.arange(H, device=x.device))[:, None, :, None].expand(B * n, C, H, W + 2 * pad)
         x = xp.gather(2, rows)
         cols = off[:, 1:2] + torch.arange(W, device=x.device)
@@ -83,7 +97,7 @@ def gather_grouped_ref(images: torch.Tensor, index: torch.Tensor, offsets: torch
             .contiguous(memory_format=torch.channels_last))
 
 
-def _fake(images, index, offsets, flips, pad):
+def _fake(images, index, offsets, flips, pad, fill=None):
     B, n = index.shape
     M, C, H, W = images.shape
     return images.new_empty((n, B * C, H, W)).contiguous(memory_format=torch.channels_last)
@@ -94,10 +108,12 @@ if _native.has_kernel("gather_grouped", "CPU"):
 
 
 def gather_grouped(images: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor | None = None,
-                   flips: torch.Tensor | None = None, pad: int = 0, *, backend: str | None = None) -> torch.Tensor:
+                   flips: torch.Tensor | None = None, pad: int = 0, fill=None, *,
+                   backend: str | None = None) -> torch.Tensor:
     """(n, B*C, H, W) channels-last: instance b's sample index[b, j] at batch position j (see module doc)."""
-    check_gather_args(images, index, offsets, flips, pad)
+    check_gather_args(images, index, offsets, flips, pad, fill)
+    fill = None if fill is None else [float(v) for v in fill]
     which = _backend.select("gather_grouped", images.device, backend)
     if which == "cpp":
-        return torch.ops.netspace_fast.gather_grouped(images, index, offsets, flips, pad)
-    return gather_grouped_ref(images, index, offsets, flips, pad)
+        return torch.ops.netspace_fast.gather_grouped(images, index, offsets, flips, pad, fill)
+    return gather_grouped_ref(images, index, offsets, flips, pad, fill)
