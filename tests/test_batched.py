@@ -371,3 +371,15 @@ def test_per_network_regime_counts(monkeypatch):
         counts[B] = {e.key: e.count for e in prof.key_averages()}
     for op in ("aten::convolution", "aten::convolution_backward"):
         assert counts[5][op] - counts[2][op] == 3 * split_convs, op
+
+
+@native
+def test_callers_gradient_is_not_modified():
+    """The conv backward works in place on gradients it owns, never on the one the caller passed."""
+    spec = archs.spec("resnet8")
+    preps = make_preps(spec, 2).requires_grad_()
+    y = batched_forward(spec, preps, torch.randn(3, 3, 32, 32), backend="cpp")
+    g = torch.randn_like(y)
+    keep = g.clone()
+    y.backward(g)
+    assert torch.equal(g, keep)
