@@ -118,17 +118,24 @@ class BatchedZooNet(nn.Module):
             values[layer.dst] = _activation(z, layer.act)
         return values[layers[-1].dst]
 
+    def _bias(self, layer) -> torch.Tensor | None:
+        return self._t(f"{layer.name}.bias") if hasattr(self, _key(f"{layer.name}.bias")) else None
+
+    def _bn(self, layer) -> str | None:
+        """The layer's BatchNorm (None without); counts the step like nn.BatchNorm2d in training."""
+        if not (self.batchnorm and layer.bn is not None):
+            return None
+        if self.training:
+            self._t(f"{layer.bn}.num_batches_tracked").add_(1)
+        return layer.bn
+
     def _conv(self, layer, h):
         """conv (+ per-instance BatchNorm) of all instances as ONE grouped call."""
-        B = self.B
-        w = self._t(f"{layer.name}.weight")
-        bias = self._t(f"{layer.name}.bias") if hasattr(self, _key(f"{layer.name}.bias")) else None
+        w, bias = self._t(f"{layer.name}.weight"), self._bias(layer)
         z = F.conv2d(h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1) if bias is not None else None,
-                     layer.stride, layer.padding, 1, B)
-        if self.batchnorm and layer.bn is not None:
-            bn = layer.bn
-            if self.training:
-                self._t(f"{bn}.num_batches_tracked").add_(1)
+                     layer.stride, layer.padding, 1, self.B)
+        bn = self._bn(layer)
+        if bn is not None:
             z = F.batch_norm(z, self._t(f"{bn}.running_mean").view(-1), self._t(f"{bn}.running_var").view(-1),
                              self._t(f"{bn}.weight").reshape(-1), self._t(f"{bn}.bias").reshape(-1), self.training,
                              self.momentum[bn], self.eps[bn])
@@ -162,17 +169,10 @@ class BatchedZooNet(nn.Module):
     def _instance_params(self, layer):
         """Per-instance views of a conv layer's weights, bias and BatchNorm tensors. unbind: ONE
         backward node stacks the B gradients (indexing would add B full-size buffers)."""
-        B = self.B
-        w = self._t(f"{layer.name}.weight")
-        bias = self._t(f"{layer.name}.bias") if hasattr(self, _key(f"{layer.name}.bias")) else None
-        bn = None
-        if self.batchnorm and layer.bn is not None:
-            name = layer.bn
-            if self.training:
-                self._t(f"{name}.num_batches_tracked").add_(1)
-            bn = (self._t(f"{name}.running_mean"), self._t(f"{name}.running_var"),
-                  self._t(f"{name}.weight").unbind(0), self._t(f"{name}.bias").unbind(0), name)
-        return w.unbind(0), (bias.unbind(0) if bias is not None else [None] * B), bn
+        w, bias, name = self._t(f"{layer.name}.weight"), self._bias(layer), self._bn(layer)
+        bn = None if name is None else (self._t(f"{name}.running_mean"), self._t(f"{name}.running_var"),
+                                        self._t(f"{name}.weight").unbind(0), self._t(f"{name}.bias").unbind(0), name)
+        return w.unbind(0), (bias.unbind(0) if bias is not None else [None] * self.B), bn
 
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         """One SpecNet state dict per instance (the BN form, as trained)."""
