@@ -158,3 +158,29 @@ def fold_fuse_eval_models(models: list[nn.Module]) -> list[nn.Module]:
 def fused_conv_names(model: nn.Module) -> list[str]:
     """Paths of the convs that a BatchNorm follows, in the order (c1) returns their fused modules."""
     return [layer.name for layer in model.spec.layers if layer.bn]
+
+
+# ---------------------------------------------------------------------------------------------
+# the measuring body shared by the pack benchmarks (test_bench_pack.py, test_bench_foldpack.py)
+
+FLOOR = "floor: torch.zeros(B, H, W)"
+
+
+def bench_pack_provider(measure, models, expected, provider, peers, rounds, compare) -> None:
+    """Time ``peers[provider]`` (or the zeros floor) on ``models`` and check its output: ours
+    against the pure-PyTorch oracle (so it is checked independently), the peers against
+    ``expected`` (pack_preps' output), with ``compare(out, expected)``."""
+    if provider == FLOOR:
+        shape = expected.shape
+        out = measure(lambda: torch.zeros(shape), rounds=rounds, provider=provider, role="bound")
+        assert out.shape == shape
+        return
+    fn, goal = peers[provider]
+    out = measure(lambda: fn(models), rounds=rounds, provider=provider, goal=goal)
+    if provider == "ours":
+        import netspace_fast
+
+        with torch.no_grad():
+            expected = netspace_fast.pack_preps(models, width=WIDTH, backend="torch")
+    assert out.shape == expected.shape
+    compare(out, expected)

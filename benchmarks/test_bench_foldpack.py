@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import netspace_fast
-from pack_peers import WIDTH, foldpack_fuse_weights
+from pack_peers import FLOOR, WIDTH, bench_pack_provider, foldpack_fuse_weights
 
 ROUNDS = 5
-FLOOR = "floor: torch.zeros(B, H, W)"
 
 PEERS = {
     "ours": (lambda ms: netspace_fast.pack_preps(ms, width=WIDTH), None),
@@ -30,16 +29,6 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 @pytest.mark.benchmark(group="fold+pack resnet56 B=64")
 @pytest.mark.parametrize("provider", [*PEERS, FLOOR])
 def test_foldpack_resnet56_b64(measure, resnet56_bn_64, packed, provider):
-    expected = packed(resnet56_bn_64)
-    if provider == FLOOR:
-        shape = expected.shape
-        out = measure(lambda: torch.zeros(shape), rounds=ROUNDS, provider=provider, role="bound")
-        assert out.shape == shape
-        return
-    fn, goal = PEERS[provider]
-    out = measure(lambda: fn(resnet56_bn_64), rounds=ROUNDS, provider=provider, goal=goal)
-    if provider == "ours":  # against the pure-PyTorch oracle
-        with torch.no_grad():
-            expected = netspace_fast.pack_preps(resnet56_bn_64, width=WIDTH, backend="torch")
-    assert out.shape == expected.shape
-    torch.testing.assert_close(out, expected, **TOL)
+    bench_pack_provider(measure, resnet56_bn_64, packed(resnet56_bn_64), provider, PEERS, ROUNDS,
+                        lambda out, expected: torch.testing.assert_close(out, expected, **TOL))
+

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import netspace_fast
-from pack_peers import WIDTH, pack_cat_pad, pack_original
+from pack_peers import FLOOR, WIDTH, bench_pack_provider, pack_cat_pad, pack_original
 
 ROUNDS = 7
-FLOOR = "floor: torch.zeros(B, H, W)"
 
 PEERS = {
     "ours": (lambda ms: netspace_fast.pack_preps(ms, width=WIDTH), None),
@@ -24,20 +23,12 @@ PEERS = {
 }
 
 
+def _equal(out, expected):
+    assert torch.equal(out, expected), "output differs from pack_preps'"
+
+
 def _bench(measure, models, packed, provider):
-    expected = packed(models)
-    if provider == FLOOR:
-        shape = expected.shape
-        out = measure(lambda: torch.zeros(shape), rounds=ROUNDS, provider=provider, role="bound")
-        assert out.shape == shape
-        return
-    fn, goal = PEERS[provider]
-    out = measure(lambda: fn(models), rounds=ROUNDS, provider=provider, goal=goal)
-    if provider == "ours":  # against the pure-PyTorch oracle, so ours is checked independently too
-        with torch.no_grad():
-            expected = netspace_fast.pack_preps(models, width=WIDTH, backend="torch")
-    assert out.shape == expected.shape
-    assert torch.equal(out, expected), f"{provider}: output differs from pack_preps'"
+    bench_pack_provider(measure, models, packed(models), provider, PEERS, ROUNDS, _equal)
 
 
 @pytest.mark.benchmark(group="pack resnet32 B=64")

@@ -21,12 +21,10 @@ from .archs import ArchSpec, spec_forward
 from .backprop import ValueGrads, prep_grad_buffer
 from .grouped import GroupedNet
 from .ops.batched import layer_backward, layer_forward
-from .ops.batched_ref import ACT_LEAKY, ACT_NONE, ACT_SIN
+from .ops.batched_ref import ACT_CODES
 from .prep import PRepLayout, prep_shape, unpack_prep
 
 __all__ = ["batched_forward", "batched_forward_reference"]
-
-_ACTS = {"none": ACT_NONE, "leaky_relu": ACT_LEAKY, "sin": ACT_SIN}
 
 
 def _check_inputs(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor) -> tuple[bool, int, int]:
@@ -89,7 +87,7 @@ def _program(spec: ArchSpec, width: int) -> list[tuple]:
                     layer.in_features)
         else:
             geom = (layer.kernel, layer.stride)
-        prog.append((layer.kind, layer.src, layer.dst, layer.residual, _ACTS[layer.act], geom))
+        prog.append((layer.kind, layer.src, layer.dst, layer.residual, ACT_CODES[layer.act], geom))
     return prog
 
 

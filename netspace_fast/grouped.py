@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .backprop import ValueGrads, prep_grad_buffer
 from .layout import plan_blocks, to_grouped, to_split
-from .ops.batched_ref import ACT_LEAKY, ACT_SIN, LEAKY_SLOPE, SIN_W0, act_grad
+from .ops.batched_ref import ACT_LEAKY, ACT_SIN, LEAKY_SLOPE, act_grad, apply_act
 
 CL = torch.channels_last
 
@@ -30,14 +30,6 @@ def _conv_weights(preps2d: torch.Tensor, geom: tuple) -> tuple[torch.Tensor, tor
     w = preps2d[:, w_off:w_off + cout * cin * k * k].reshape(B * cout, cin, k, k)
     b = preps2d[:, b_off:b_off + cout].reshape(B * cout)
     return w.contiguous(memory_format=CL), b
-
-
-def _act_(z: torch.Tensor, act: int) -> torch.Tensor:
-    if act == ACT_LEAKY:
-        return F.leaky_relu_(z, LEAKY_SLOPE)
-    if act == ACT_SIN:
-        return torch.sin(SIN_W0 * z)
-    return z
 
 
 def _split_weights(preps2d: torch.Tensor, geom: tuple) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -102,7 +94,7 @@ def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program: list, share
             if residual is not None:
                 z.add_(value(residual, "grouped"))
             pre = z.clone() if act == ACT_SIN else None
-            y = _act_(z, act)
+            y = apply_act(z, act, inplace=True)
             saved[start] = (hin, w, y, pre, 1 if first_shared else B)
         elif kind == "linear":
             res = values[residual] if residual is not None else None
@@ -149,7 +141,7 @@ def _split_block_forward(preps2d, program, start, stop, values, value, saved, B)
                     z.add_(out[residual][b] if residual in inside else outside[residual][b])
                 if pres is not None:
                     pres[b] = z.clone()
-                ys[b] = y = _act_(z, act)
+                ys[b] = y = apply_act(z, act, inplace=True)
             else:
                 y = F.avg_pool2d(h, geom[0], geom[1])
             out[dst][b] = y

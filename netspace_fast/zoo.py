@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import archs
-from .archs import LEAKY_SLOPE, ArchSpec, SpecNet
+from .archs import ArchSpec, SpecNet
 from .data import MEAN, STD
 from .layout import flatten, plan_blocks, to_grouped, to_split
+from .ops.batched_ref import ACT_CODES, apply_act
 from .ops.gather import gather_grouped, gather_grouped_ref
 
 CL = torch.channels_last
@@ -209,11 +210,7 @@ def crop_flip_draws(M: int, pad: int, gen: torch.Generator, flip: bool = True) -
 
 def _activation(z, act: str):
     """The layer's activation, in place (nothing saved for backward reads its input)."""
-    if act == "leaky_relu":
-        return F.leaky_relu_(z, LEAKY_SLOPE)
-    if act == "sin":
-        return torch.sin(archs.SIREN_W0 * z)
-    return z
+    return apply_act(z, ACT_CODES[act], inplace=True)
 
 
 class _StackedLinear(torch.autograd.Function):

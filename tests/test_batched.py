@@ -43,25 +43,33 @@ def make_x(spec: ArchSpec, B: int, N: int, shared: bool, dtype=torch.float32):
     return torch.randn(shape, dtype=dtype)
 
 
+def assert_matches_reference(y, y_ref, inputs, tol: float = 1e-4) -> tuple:
+    """y and the gradients of every input (for one random output gradient) against the reference's,
+    relative error <= tol; returns ours' gradients."""
+    assert rel(y, y_ref) <= tol
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, inputs, g)
+    for a, b in zip(grads, torch.autograd.grad(y_ref, inputs, g)):
+        assert rel(a, b) <= tol
+    return grads
+
+
+def check_network(spec: ArchSpec, B: int, N: int, shared: bool) -> None:
+    """batched_forward (native) against the per-network loop; the PRep padding gets exactly zero gradient."""
+    preps = make_preps(spec, B, extra_rows=4).requires_grad_()  # taller than needed, as multi-arch PReps
+    x = make_x(spec, B, N, shared).requires_grad_()
+    y = batched_forward(spec, preps, x, backend="cpp")
+    assert y.shape == (B, N, spec.num_outputs)
+    gp, _ = assert_matches_reference(y, batched_forward_reference(spec, preps, x), (preps, x))
+    assert torch.all(gp.reshape(B, -1)[:, spec.num_params:] == 0)
+
+
 @native
 @pytest.mark.parametrize("name,dataset", ARCHS)
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
 def test_outputs_and_gradients_match_reference(name, dataset, shared):
-    spec = archs.spec(name, dataset)
     B, N = (2, 2) if name in ("resnet32", "resnet56") else (3, 4)
-    preps = make_preps(spec, B, extra_rows=4).requires_grad_()  # taller than needed, as multi-arch PReps
-    x = make_x(spec, B, N, shared).requires_grad_()
-    y = batched_forward(spec, preps, x, backend="cpp")
-    y_ref = batched_forward_reference(spec, preps, x)
-    assert y.shape == (B, N, spec.num_outputs)
-    assert rel(y, y_ref) <= 1e-4
-    g = torch.randn_like(y)
-    gp, gx = torch.autograd.grad(y, (preps, x), g)
-    gp_ref, gx_ref = torch.autograd.grad(y_ref, (preps, x), g)
-    assert rel(gp, gp_ref) <= 1e-4
-    assert rel(gx, gx_ref) <= 1e-4
-    # padding of the PRep gets exactly zero gradient
-    assert torch.all(gp.reshape(B, -1)[:, spec.num_params:] == 0)
+    check_network(archs.spec(name, dataset), B, N, shared)
 
 
 @native
@@ -158,11 +166,7 @@ def test_property_conv_matches_reference(B, N, cin, cout, k, stride, padding, si
     w_off, b_off = 2, 3 + w_numel  # a gap between weight and bias: offsets are honoured, not assumed
     y = batched_conv2d(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, res, backend="cpp")
     y_ref = batched_conv2d_ref(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, res)
-    assert rel(y, y_ref) <= 1e-4
-    inputs = (preps, x) + ((res,) if residual else ())
-    g = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(y_ref, inputs, g)):
-        assert rel(a, b) <= 1e-4
+    assert_matches_reference(y, y_ref, (preps, x) + ((res,) if residual else ()))
 
 
 @native
@@ -177,11 +181,7 @@ def test_property_linear_matches_reference(B, N, fin, fout, shared, act, residua
     res = torch.randn(B, N, fout, requires_grad=True) if residual else None
     y = batched_linear(x, preps, 1, 1 + fin * fout, fout, fin, act, res, backend="cpp")
     y_ref = batched_linear_ref(x, preps, 1, 1 + fin * fout, fout, fin, act, res)
-    assert rel(y, y_ref) <= 1e-4
-    inputs = (preps, x) + ((res,) if residual else ())
-    g = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(y_ref, inputs, g)):
-        assert rel(a, b) <= 1e-4
+    assert_matches_reference(y, y_ref, (preps, x) + ((res,) if residual else ()))
 
 
 @native
@@ -320,18 +320,7 @@ def test_layouts_match_reference(monkeypatch, name, rule, shared):
     # the tiny spec's 16-pixel threshold, scaled to these networks (100 pixels: ResNet8's 32x32 and
     # 16x16 layers and LeNetLike's conv1 on one side, ResNet8's 8x8 and LeNetLike's conv2 on the other)
     monkeypatch.setattr(layout, "use_split", lambda n, cout, hw, device="cpu": RULES[rule](n, cout, hw * 16 // 100))
-    spec = archs.spec(name, "cifar10")
-    B, N = 3, 4
-    preps = make_preps(spec, B, extra_rows=4).requires_grad_()
-    x = make_x(spec, B, N, shared).requires_grad_()
-    y = batched_forward(spec, preps, x, backend="cpp")
-    y_ref = batched_forward_reference(spec, preps, x)
-    assert rel(y, y_ref) <= 1e-4
-    g = torch.randn_like(y)
-    gp, gx = torch.autograd.grad(y, (preps, x), g)
-    gp_ref, gx_ref = torch.autograd.grad(y_ref, (preps, x), g)
-    assert rel(gp, gp_ref) <= 1e-4 and rel(gx, gx_ref) <= 1e-4
-    assert torch.all(gp.reshape(B, -1)[:, spec.num_params:] == 0)
+    check_network(archs.spec(name, "cifar10"), 3, 4, shared)
 
 
 @native

@@ -27,13 +27,15 @@ import torch
 import torch.nn.functional as F
 
 ACT_NONE, ACT_LEAKY, ACT_SIN = 0, 1, 2
+ACT_CODES = {"none": ACT_NONE, "leaky_relu": ACT_LEAKY, "sin": ACT_SIN}  # LayerSpec.act -> code
 LEAKY_SLOPE = 0.01
 SIN_W0 = 30.0
 
 
-def apply_act(z: torch.Tensor, act: int) -> torch.Tensor:
+def apply_act(z: torch.Tensor, act: int, inplace: bool = False) -> torch.Tensor:
+    """The activation ``act``; LeakyReLU in place with ``inplace`` (when nothing saved needs z)."""
     if act == ACT_LEAKY:
-        return F.leaky_relu(z, LEAKY_SLOPE)
+        return F.leaky_relu_(z, LEAKY_SLOPE) if inplace else F.leaky_relu(z, LEAKY_SLOPE)
     if act == ACT_SIN:
         return torch.sin(SIN_W0 * z)
     return z
