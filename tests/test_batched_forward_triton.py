@@ -16,6 +16,7 @@ pytestmark = pytest.mark.triton
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
     pytest.skip("Triton tests need TRITON_INTERPRET=1 (CPU interpreter) or a CUDA device", allow_module_level=True)
 
+from conftest import rel_norm  # noqa: E402
 from test_batched import rel, tiny_spec  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,24 +40,43 @@ def test_batched_forward_triton_matches_reference(which, shared):
         assert rel(a, b) <= TOL
 
 
+_GPU_ARCHS = [("lenetlike", "cifar10"), ("vanillacnn", "cifar10"), ("resnet8", "cifar10"), ("resnet8", "tinyimagenet"),
+              ("resnet32", "cifar10"), ("siren", "cifar10")]
+# TF32 on three of them: each (architecture, precision) compiles its own kernels, and the GPU check
+# has a time budget (scripts/device_check.sh)
+_GPU_CASES = [(n, d, False) for n, d in _GPU_ARCHS] + [(n, d, True) for n, d in _GPU_ARCHS
+                                                       if (n, d) in {("lenetlike", "cifar10"), ("resnet8", "cifar10"),
+                                                                     ("siren", "cifar10")}]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
-@pytest.mark.parametrize("name,dataset", [("lenetlike", "cifar10"), ("vanillacnn", "cifar10"), ("resnet8", "cifar10"),
-                                          ("resnet8", "tinyimagenet"), ("resnet32", "cifar10"), ("siren", "cifar10")])
-def test_batched_forward_triton_gpu_all_archs(name, dataset, shared):
-    """On the GPU (TF32): every architecture, both modes, outputs and gradients vs the loop."""
+@pytest.mark.parametrize("name,dataset,tf32", _GPU_CASES,
+                         ids=[f"{n}-{d}-{'tf32' if t else 'ieee'}" for n, d, t in _GPU_CASES])
+def test_batched_forward_triton_gpu_all_archs(monkeypatch, name, dataset, shared, tf32):
+    """On the GPU: every architecture, both modes, outputs and gradients vs the loop (cuDNN in IEEE
+    float32, conftest.py), by ||a - b|| / ||b||.
+
+    IEEE products (``ALLOW_TF32`` off): outputs and gradients within 1e-3 (float32 rounding; a rare
+    LeakyReLU pre-activation that rounds to the other side of 0 moves a gradient by ~1/sqrt(numel)).
+    TF32 products (the default): outputs within 1e-2; gradients only within 1e-1, because every
+    LeakyReLU pre-activation within TF32 rounding of 0 takes its branch at random against the
+    float32 loop (measured on an H200, 2026-11-27: 1.2-4.8% on the gradients, all outputs < 1e-2);
+    the TF32 kernels' exact arithmetic is checked layer by layer in test_batched_triton.py."""
+    from netspace_fast import pack_preps
+    from netspace_fast.ops import batched_triton as bt
+
+    monkeypatch.setattr(bt, "ALLOW_TF32", tf32)
     spec = archs.spec(name, dataset)
     torch.manual_seed(0)
     B, N = 4, 8
     models = [archs.build(name, dataset, batchnorm=False) for _ in range(B)]
-    from netspace_fast import pack_preps
-
     preps = pack_preps(models, 10_000).detach().to("cuda").requires_grad_()
     shape = (N, *spec.input_shape) if shared else (B, N, *spec.input_shape)
     x = torch.randn(shape, device="cuda", requires_grad=True)
     y = batched_forward(spec, preps, x)  # the dispatcher picks Triton (or CUDA) for CUDA tensors
     y_ref = batched_forward_reference(spec, preps, x)
-    assert rel(y, y_ref) <= 2e-2
+    assert rel_norm(y, y_ref) <= (1e-2 if tf32 else 1e-3)
     g = torch.randn_like(y)
     for a, b in zip(torch.autograd.grad(y, (preps, x), g), torch.autograd.grad(y_ref, (preps, x), g)):
-        assert rel(a, b) <= 2e-2
+        assert rel_norm(a, b) <= (1e-1 if tf32 else 1e-3)

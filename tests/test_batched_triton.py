@@ -9,7 +9,12 @@ is present; skipped otherwise. Under the interpreter the kernels use their small
 (16 x 16 x 16), so the tiny shapes here cross tile boundaries in every GEMM dimension.
 
 Tolerance: ``rel_err`` (max|a - b| / max|b|, conftest.py) <= 1e-4 for float32 (interpreter, and
-CUDA with tf32=False); <= 2e-2 on CUDA with the default TF32 products (10-bit mantissa). Weights
+CUDA with tf32=False); on CUDA with the default TF32 products (10-bit mantissa) ``rel_norm``
+(||a - b|| / ||b||, conftest.py) <= 1e-2, and the LeakyReLU gradients are checked against the
+exact gradient of the branch the kernel took (``reference(c, y_pattern=...)``): under TF32
+rounding a pre-activation within ~1e-3 of 0 can take the other sign than in the float64 oracle,
+and those elements' gradients differ by 0.99 * grad_y (seen on an H200, 2026-11-27: grad_x off by
+0.08-0.20 max-norm and 1.6-1.7% 2-norm against the float64 branch, while y agreed). Weights
 are scaled like a trained network's (1/sqrt(fan_in); a further 1/10 for sin, where 30 z is
 O(1) as in SIREN) so that TF32 errors are not amplified 30x by sin(30 z).
 """
@@ -33,10 +38,10 @@ from torch.library import opcheck  # noqa: E402
 from netspace_fast.ops import batched_triton as bt  # noqa: E402
 from netspace_fast.ops.batched_ref import apply_act, batched_conv2d_ref, batched_linear_ref  # noqa: E402
 
-from conftest import rel_err  # noqa: E402
+from conftest import rel_err, rel_norm  # noqa: E402
 
 DEVICE = torch.device("cpu") if INTERPRET else torch.device("cuda")
-TOL = 1e-4 if DEVICE.type == "cpu" else 2e-2  # float32 / TF32 (see the module docstring)
+TOL = 1e-4 if DEVICE.type == "cpu" else 1e-2  # float32 (rel_err) / TF32 (rel_norm): module docstring
 TOL_FP32 = 1e-4
 
 
@@ -79,8 +84,12 @@ def make_case(B, N, cin, cout, act, shared, residual, *, spatial=True, H=1, W=1,
                 padding=padding, act=act, spatial=spatial, shared=shared)
 
 
-def reference(c):
-    """float64 forward and gradients through the batched_ref references (autograd)."""
+def reference(c, y_pattern=None):
+    """float64 forward and gradients through the batched_ref references (autograd).
+
+    ``y_pattern`` (LeakyReLU only): take the activation's derivative from the signs of this output
+    (the kernel's own) instead of the float64 pre-activation, so that a TF32 result is checked
+    against the exact gradient of the branch the kernel took."""
     x = c["x"].clone().requires_grad_()
     preps = c["preps"].clone().requires_grad_()
     res = c["res"].clone().requires_grad_() if c["res"] is not None else None
@@ -93,14 +102,34 @@ def reference(c):
             return batched_linear_ref(x, preps, c["w_off"], c["b_off"], c["cout"], c["cin"], act, res)
     y = f(c["act"])
     inputs = (x, preps) + ((res,) if res is not None else ())
-    grads = torch.autograd.grad(y, inputs, c["gy"])
     # the gradient of the pre-activation: through apply_act of the act-free reference
     z = f(0).detach().requires_grad_()
-    (gz,) = torch.autograd.grad(apply_act(z, c["act"]), (z,), c["gy"])
+    if y_pattern is not None and c["act"] == 1:
+        one = torch.ones((), dtype=c["gy"].dtype)
+        gz = c["gy"] * torch.where(y_pattern.cpu() > 0, one, 0.01 * one)
+        grads = torch.autograd.grad(f(0), inputs, gz)
+    else:
+        grads = torch.autograd.grad(y, inputs, c["gy"])
+        (gz,) = torch.autograd.grad(apply_act(z, c["act"]), (z,), c["gy"])
     out = dict(y=y.detach(), z=z.detach(), gx=grads[0], gp=grads[1], gz=gz)
     if res is not None:
         out["gres"] = grads[2]
     return out
+
+
+def test_reference_branch_pattern():
+    """reference(c, y_pattern=its own y) is the plain reference (the TF32 checks' oracle path), and a
+    flipped sign in the pattern changes exactly that element's gradient of the pre-activation."""
+    c = make_case(2, 3, 2, 4, 1, False, True, H=5, W=5, k=3, stride=1, padding=1, seed=21)
+    plain = reference(c)
+    same = reference(c, y_pattern=plain["y"])
+    for k in ("gx", "gp", "gz"):
+        torch.testing.assert_close(same[k], plain[k], rtol=1e-12, atol=1e-12)
+    y = plain["y"].clone()
+    y.view(-1)[0] = -y.view(-1)[0]
+    flipped = reference(c, y_pattern=y)
+    d = (flipped["gz"] - plain["gz"]).view(-1)
+    assert d[0].abs() > 0 and not d[1:].any()
 
 
 def _f32(t):
@@ -127,29 +156,31 @@ def run_triton(c, *, tf32=None, split=None, sentinel=True):
 
 
 def check(c, tol=TOL, **kw):
-    ref = reference(c)
+    tf32 = DEVICE.type == "cuda" and kw.get("tf32", bt.ALLOW_TF32) is not False
+    err = rel_norm if tf32 else rel_err
     out = run_triton(c, **kw)
+    ref = reference(c, y_pattern=out["y"] if tf32 else None)
     y = out["y"]
     assert y.dtype == torch.float32 and y.is_contiguous() and y.device.type == DEVICE.type
     assert y.shape == ref["y"].shape
-    assert rel_err(y.cpu(), ref["y"]) <= tol, ("y", rel_err(y.cpu(), ref["y"]))
+    assert err(y.cpu(), ref["y"]) <= tol, ("y", err(y.cpu(), ref["y"]))
     if c["act"] == 2:
         assert out["z"] is not None and out["z"].shape == y.shape
-        assert rel_err(out["z"].cpu(), ref["z"]) <= tol, "z"
+        assert err(out["z"].cpu(), ref["z"]) <= tol, "z"
     else:
         assert out["z"] is None
     assert out["gx"].shape == c["x"].shape
-    assert rel_err(out["gx"].cpu(), ref["gx"]) <= tol, ("grad_x", rel_err(out["gx"].cpu(), ref["gx"]))
+    assert err(out["gx"].cpu(), ref["gx"]) <= tol, ("grad_x", err(out["gx"].cpu(), ref["gx"]))
     assert out["gz"].shape == y.shape
-    assert rel_err(out["gz"].cpu(), ref["gz"]) <= tol, "grad_z"
+    assert err(out["gz"].cpu(), ref["gz"]) <= tol, "grad_z"
     if c["res"] is not None:
-        assert rel_err(out["gz"].cpu(), ref["gres"]) <= tol, "grad_residual"
+        assert err(out["gz"].cpu(), ref["gres"]) <= tol, "grad_residual"
     numel = c["cout"] * c["cin"] * c["k"] ** 2
     w = slice(c["w_off"], c["w_off"] + numel)
     b = slice(c["b_off"], c["b_off"] + c["cout"])
     gp, gp0 = out["gp"].cpu(), out["gp0"].cpu()
-    assert rel_err(gp[:, w], ref["gp"][:, w]) <= tol, ("grad_weight", rel_err(gp[:, w], ref["gp"][:, w]))
-    assert rel_err(gp[:, b], ref["gp"][:, b]) <= tol, ("grad_bias", rel_err(gp[:, b], ref["gp"][:, b]))
+    assert err(gp[:, w], ref["gp"][:, w]) <= tol, ("grad_weight", err(gp[:, w], ref["gp"][:, w]))
+    assert err(gp[:, b], ref["gp"][:, b]) <= tol, ("grad_bias", err(gp[:, b], ref["gp"][:, b]))
     untouched = torch.ones(gp.shape[1], dtype=torch.bool)
     untouched[w] = False
     untouched[b] = False
@@ -493,7 +524,7 @@ def test_bad_linear_args():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tf32,tol", [(True, 2e-2), (False, TOL_FP32)], ids=["tf32", "ieee"])
+@pytest.mark.parametrize("tf32,tol", [(True, 1e-2), (False, TOL_FP32)], ids=["tf32", "ieee"])
 @pytest.mark.parametrize("shared", [False, True], ids=["pernet", "shared"])
 @pytest.mark.parametrize("act", [1, 2], ids=["leaky", "sin"])
 def test_gpu_conv_resnet_sizes(act, shared, tf32, tol):
@@ -504,7 +535,7 @@ def test_gpu_conv_resnet_sizes(act, shared, tf32, tol):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tf32,tol", [(True, 2e-2), (False, TOL_FP32)], ids=["tf32", "ieee"])
+@pytest.mark.parametrize("tf32,tol", [(True, 1e-2), (False, TOL_FP32)], ids=["tf32", "ieee"])
 @pytest.mark.parametrize("shared", [False, True], ids=["pernet", "shared"])
 def test_gpu_linear_siren_sizes(shared, tf32, tol):
     c = make_case(16, 256, 256, 256, 2, shared, True, spatial=False, seed=13)
@@ -533,8 +564,10 @@ def test_gpu_split_heuristic_matches_direct():
     c = make_case(2, 32, 8, 16, 1, False, False, H=32, W=32, k=3, stride=1, padding=1, seed=15)
     auto = check(c, tol=TOL_FP32, tf32=False)
     direct = run_triton(c, tf32=False, split=1)
+    # the two reduction orders over N*Ho*Wo = 32768 terms agree to float32 accumulation, relative to
+    # the gradient's scale (element-wise rtol fails on the elements that cancel to ~0)
     for sl in (slice(c["w_off"], c["w_off"] + 16 * 8 * 9), slice(c["b_off"], c["b_off"] + 16)):
-        torch.testing.assert_close(auto["gp"][:, sl], direct["gp"][:, sl], rtol=1e-4, atol=1e-5)
+        assert rel_err(auto["gp"][:, sl], direct["gp"][:, sl]) <= TOL_FP32
 
 
 # ------------------------------------------------------------------------------------------------
@@ -553,8 +586,9 @@ from netspace_fast.ops import batched_triton as bt
 
 PTRS = {"x_ptr", "p_ptr", "res_ptr", "y_ptr", "z_ptr", "gy_ptr", "gz_ptr", "out_ptr", "gx_ptr", "ws_ptr", "g_ptr"}
 
-def comp(fn, consts):
-    sig = {n: ("constexpr" if n in consts else "*fp32" if n in PTRS else "i32") for n in fn.arg_names}
+def comp(fn, consts, types=None):
+    sig = {n: ("constexpr" if n in consts else (types or {}).get(n) or ("*fp32" if n in PTRS else "i32"))
+           for n in fn.arg_names}
     try:
         src = ASTSource(fn=fn, signature=sig, constexprs=consts)
     except Exception as e:
@@ -579,6 +613,11 @@ comp(bt._batched_conv_forward_kernel, dict(KSIZE=1, STRIDE=1, PAD=0, ACT=1, HAS_
 for act in (1, 2):
     comp(bt._act_backward_kernel, dict(ACT=act, BLOCK=1024))
 comp(bt._grad_reduce_kernel, dict(BLOCK=1024))
+# pack_preps' Triton kernel (its GPU compile once failed on a module-level constant: H200, 2026-11-27)
+from netspace_fast.ops import pack_triton as pt
+comp(pt._pack_preps_kernel, dict(SEG_INTS=pt.SEG_INTS, BLOCK=pt.BLOCK),
+     dict(ptrs="*i64", segs="*i64", chunks="*i64", eps_ptr="*fp32", out="*fp32", per_net="i64", total="i64",
+          bad_ptr="*i32"))
 print("OK")
 """
 

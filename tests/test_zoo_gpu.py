@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import rel_norm
 from netspace_fast import archs, data
 from netspace_fast.ops.gather import gather_grouped
 from netspace_fast.zoo import BatchedZooNet, DataOrder, make_optimizer, train_epoch
@@ -43,8 +44,11 @@ def test_epoch_on_cuda_matches_cpu(monkeypatch, name, layout):
         opt = make_optimizer(net, "multi", 0.01)
         train_epoch(net, opt, x.to(device), y.to(device), DataOrder.from_seeds([1, 2, 3]), 64, augment_pad=2)
         states.append({k: v.detach().cpu() for k, v in net.state_dict().items()})
+    # ||a - b|| / ||b|| per tensor: cuDNN and oneDNN sum in other orders (and may pick Winograd),
+    # and four steps through BatchNorm and LeakyReLU grow that; element-wise and max-norm checks
+    # failed on an H200 (2026-11-27: resnet8 conv1 weight 1.1e-4 on a 0.016 element, max-norm 1.85e-3)
     for k in states[0]:
-        assert torch.allclose(states[0][k].float(), states[1][k].float(), rtol=1e-3, atol=1e-4), k
+        assert rel_norm(states[1][k], states[0][k]) <= 1e-3, (k, rel_norm(states[1][k], states[0][k]))
 
 
 def test_train_zoo_on_cuda(tmp_path):

@@ -210,6 +210,10 @@ def pack_op(tensors: Sequence[torch.Tensor], plan: Sequence[int], eps: Sequence[
     if num_nets == 0:  # no tensor argument: the dispatcher could not pick a kernel; nothing to launch
         return pack_preps_reference(tensors, plan, eps, num_nets, rows, width, check_finite)
     device = tensors[0].device if len(tensors) else torch.device("cpu")
+    # before any dispatch: the dispatcher would route a CPU/CUDA mix to the CUDA kernel
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"tensors: expected every parameter on one device, got {sorted(map(str, devices))}")
     which = _backend.select("pack_preps", device, backend)
     if which in ("cpp", "cuda"):
         return torch.ops.netspace_fast.pack_preps(list(tensors), list(plan), [float(e) for e in eps], num_nets,

@@ -20,7 +20,7 @@ SEG_INTS = 9  # kind, numel, offset, channels, src[5]
 
 @triton.jit
 def _pack_preps_kernel(ptrs, segs, chunks, eps_ptr, out, T, nseg, per_net, total, check,
-                       bad_ptr, BLOCK: tl.constexpr):
+                       bad_ptr, SEG_INTS: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     b = tl.load(chunks + 3 * pid)
     s = tl.load(chunks + 3 * pid + 1)
@@ -96,7 +96,7 @@ def pack_preps_forward(tensors, plan, eps, num_nets, rows, width, check_finite):
     bad = torch.zeros(1, dtype=torch.int32, device=device)
     _pack_preps_kernel[(len(chunk_map) // 3,)](
         ptrs.to(device), segs_t, chunks_t, eps_t, out, T, len(segs), per_net, total, int(check_finite), bad,
-        BLOCK=BLOCK)
+        SEG_INTS=SEG_INTS, BLOCK=BLOCK)
     if check_finite and int(bad.item()):
         raise ValueError("non-finite value (NaN or Inf) in a parameter being packed")
     return out
