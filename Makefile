@@ -17,7 +17,7 @@ $(VENV)/.torch:
 	$(PIP) install -q $(TORCH_PINS)
 	touch $@
 
-# --no-build-isolation: an isolated build would resolve torch again (BUILD-NOTES.md)
+# --no-build-isolation: an isolated build would resolve torch again (docs/BUILD-NOTES.md)
 $(VENV)/.installed: $(VENV)/.torch $(NATIVE_SOURCES)
 	$(PIP) install -q --no-build-isolation -e '.[test]'
 	touch $@

@@ -1,16 +1,18 @@
 """netspace_fast: NetSpace (Learning the Space of Deep Models, ICPR 2022) as a fast PyTorch extension.
 
-Public API of the PRep core: architectures (:mod:`netspace_fast.archs`), BatchNorm folding
-(:func:`fold_bn`), PReps (:func:`prep_shape`, :class:`PRepLayout`, :func:`pack_preps`,
-:func:`unpack_prep`, :func:`load_prep`) and :func:`backends` (what was compiled and is usable).
+Layers, bottom up (one subpackage each; README "Layout"):
+:mod:`netspace_fast.ops` (the ops: C++/CUDA/Triton kernels behind one contract), :mod:`netspace_fast.archs`
+(the zoo architectures), :mod:`netspace_fast.prep` (PReps: layouts, packing, BatchNorm folding),
+:mod:`netspace_fast.engine` (B networks evaluated as one computation), :mod:`netspace_fast.zoo` (model
+zoos), :mod:`netspace_fast.cli` (the ``netspace`` command); :mod:`netspace_fast.settings` reads every
+runtime setting, :mod:`netspace_fast.storage` writes files atomically.
 """
 
 from . import archs
-from .backend import backends
-from .batched import batched_forward
-from .cpu_memory import tune_malloc
-from .fold import fold_bn
-from .prep import LayoutEntry, PRepLayout, load_prep, pack_preps, prep_shape, unpack_prep
+from .engine import batched_forward
+from .ops.backend import backends
+from .prep import LayoutEntry, PRepLayout, fold_bn, load_prep, pack_preps, prep_shape, unpack_prep
+from .settings import tune_malloc
 
 __version__ = "0.1.0"
 

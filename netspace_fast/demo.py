@@ -15,7 +15,7 @@ import time
 import torch
 
 from . import archs, backends, batched_forward, fold_bn, pack_preps, unpack_prep, PRepLayout
-from .visualize import save_prep_png
+from .prep.image import save_prep_png
 
 TABLE_I = {"lenetlike": 62_006, "vanillacnn": 68_818, "resnet8": 78_042, "resnet32": 466_906, "resnet56": 855_770}
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Configure, build and run the native C++ tests (CMakeLists.txt: the CPU kernels + test_pack).
+# Configure, build and run the native C++ tests (CMakeLists.txt: the CPU kernels + test_pack_preps).
 #
 #   bash scripts/cmake_test.sh            # Release build in build/cmake
 #   bash scripts/cmake_test.sh sanitize   # Debug build with ASan + UBSan in build/sanitize

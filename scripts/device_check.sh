@@ -45,7 +45,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "${NETSPACE_DEVICE_TESTS:-1}" != 0 ]; then
   echo "== GPU tests"
-  files=${NETSPACE_DEVICE_TEST_FILES-$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')}
+  files=${NETSPACE_DEVICE_TEST_FILES-$(grep -l "mark.gpu" tests/test_*.py tests/*/test_*.py | tr '\n' ' ')}
   : >"$OUT_DIR/tests.log"
   for f in $files; do
     t0=$(date +%s)
@@ -60,8 +60,10 @@ fi
 
 echo "== GPU benchmarks"
 benches=${NETSPACE_DEVICE_BENCHES-pack batched zoo}
+declare -A bench_file=([pack]=benchmarks/ops/gpu_bench_pack_preps.py [batched]=benchmarks/engine/gpu_bench_batched_forward.py
+                       [zoo]=benchmarks/zoo/gpu_bench_zoo_train.py)
 for name in $benches; do
-  bench=benchmarks/gpu_bench_${name}.py
+  bench=${bench_file[$name]}
   t0=$(date +%s)
   timeout 150 "$PY" "$bench" >"$OUT_DIR/bench_${name}.tmp" 2>&1
   rc=$?

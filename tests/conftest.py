@@ -26,7 +26,7 @@ import torch
 from hypothesis import HealthCheck, settings, strategies as st
 
 from netspace_fast import archs
-from netspace_fast.ops.pack import COPY, FOLD_B, FOLD_W
+from netspace_fast.ops.pack_preps_ref import COPY, FOLD_B, FOLD_W
 
 settings.register_profile(
     "netspace",
@@ -289,7 +289,7 @@ def plans(draw, min_nets=1):
 
 def pack_float64(tensors, plan, eps, num_nets, rows, width):
     """The op's math in float64 (differentiable): the per-segment values of the reference, cat, pad."""
-    from netspace_fast.ops.pack import _segment_values, _segments
+    from netspace_fast.ops.pack_preps_ref import segment_values as _segment_values, segments as _segments
 
     T = len(tensors) // num_nets
     out = []

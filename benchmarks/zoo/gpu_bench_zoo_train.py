@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""GPU benchmark of batched zoo training (issue 4): instance-epochs per hour, batched vs one at a time.
+
+    python benchmarks/zoo/gpu_bench_zoo_train.py [--epochs 3] [--device cuda] [--quick]
+
+The scenarios of benchmarks/test_bench_zoo.py (the CPU benchmark): (a) 32 LeNetLike on digits
+(1,079 training images, batch 64), (b) 8 ResNet8 on 512 cifar10-sized images (batch 128); plus
+(c) 64 ResNet8, batch 128, the scale a GPU zoo job really has. One timing = ``--epochs`` training
+epochs of every instance, synchronized, median of 3 after one warm-up epoch.
+Providers, same run:
+  ours            one ``BatchedZooNet`` job (``train_epoch``: fused gather, per-instance BN,
+                  ``make_optimizer``); the conv layout the library picks (``auto``);
+  ours [grouped]  / ours [split]: the same with NETSPACE_CONV_LAYOUT forced, to decide the GPU rule
+                  of netspace_fast/layout.py (measured on CPUs only so far);
+  one at a time   each instance alone: a plain ``nn.Module`` from ``archs.build`` and
+                  ``torch.optim.SGD``, the same data and batch size (the original code's way).
+TF32 allowed for every provider. Ratio = peer time / ours = ratio of instance-epochs per hour.
+Goal (issue 4, GPU): >= 10x for (a) and (b); reported, never asserted. Rows are markdown lines
+starting with '| ', printed as soon as measured. Without a GPU it prints 'skipped: no CUDA' and
+exits 0; ``--device cpu --quick`` runs the same code on CPU at a tiny size (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+GOAL = 10.0
+
+
+def scenarios(quick: bool):
+    if quick:
+        return [("(a) lenetlike digits", "lenetlike", 2, 16, 40), ("(b) resnet8 cifar-size", "resnet8", 2, 16, 40)]
+    return [("(a) 32 lenetlike digits", "lenetlike", 32, 64, None), ("(b) 8 resnet8 cifar-size", "resnet8", 8, 128, 512),
+            ("(c) 64 resnet8 cifar-size", "resnet8", 64, 128, 512)]
+
+
+def data_for(name: str, n_images, device):
+    from netspace_fast import data
+
+    if name == "lenetlike":
+        x, y = data.tensors("digits", "train")
+        if n_images is not None:
+            x, y = x[:n_images], y[:n_images]
+    else:
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(n_images, 3, 32, 32, generator=g), torch.randint(0, 10, (n_images,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("skipped: no CUDA")
+        return 0
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+    from netspace_fast import archs
+    from netspace_fast.zoo import BatchedZooNet, DataOrder, make_optimizer, train_epoch
+    from test_bench_zoo_train import one_at_a_time as peer  # the CPU benchmark's peer, the same code
+
+    dataset = {"lenetlike": "digits", "resnet8": "cifar10"}
+    name_dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name_dev}, torch {torch.__version__}, {args.epochs} epochs per timing")
+    print("| scenario | provider | ms per timing | instance-epochs / hour | ratio vs one at a time | goal | result |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    t_start = time.perf_counter()
+
+    for scen, arch, B, bs, n_images in scenarios(args.quick):
+        x, y = data_for(arch, n_images, device)
+        models = []
+        for s in range(B):
+            torch.manual_seed(s)
+            models.append(archs.build(arch, dataset[arch]))
+
+        def ours():
+            net = BatchedZooNet(models).to(device)
+            opt = make_optimizer(net, "multi", 0.01)
+            order = DataOrder.from_seeds(list(range(B)))
+            for _ in range(args.epochs):
+                train_epoch(net, opt, x, y, order, bs)
+
+        def one_at_a_time():
+            peer(models, x, y, bs, args.epochs)
+
+        def timed(fn, layout=None):
+            old = os.environ.get("NETSPACE_CONV_LAYOUT")
+            if layout is not None:
+                os.environ["NETSPACE_CONV_LAYOUT"] = layout
+            try:
+                fn()  # warm-up (cuDNN autotuning, allocator)
+                sync(device)
+                ts = []
+                for _ in range(1 if args.quick else 3):
+                    t0 = time.perf_counter()
+                    fn()
+                    sync(device)
+                    ts.append(time.perf_counter() - t0)
+                return statistics.median(ts) * 1e3
+            finally:
+                if layout is not None:
+                    if old is None:
+                        os.environ.pop("NETSPACE_CONV_LAYOUT", None)
+                    else:
+                        os.environ["NETSPACE_CONV_LAYOUT"] = old
+
+        inst_epochs = B * args.epochs
+        peer_ms = None
+        if not scen.startswith("(c)"):
+            peer_ms = timed(one_at_a_time)
+        rows = [("ours", timed(ours))]
+        if arch == "resnet8":
+            rows += [("ours [grouped]", timed(ours, "grouped")), ("ours [split]", timed(ours, "split"))]
+        if peer_ms is not None:
+            print(f"| {scen} | one at a time | {peer_ms:.1f} | {inst_epochs / (peer_ms / 3.6e6):,.0f} | 1.00x | | |",
+                  flush=True)
+        for prov, ms in rows:
+            ratio = peer_ms / ms if peer_ms is not None else None
+            res = "" if ratio is None or prov != "ours" else ("pass" if ratio >= GOAL else "fail")
+            goal = f">= {GOAL:g}x" if (prov == "ours" and ratio is not None and not scen.startswith("(c)")) else ""
+            rtxt = f"{ratio:.2f}x" if ratio is not None else "-"
+            print(f"| {scen} | {prov} | {ms:.1f} | {inst_epochs / (ms / 3.6e6):,.0f} | {rtxt} | {goal} | {res} |",
+                  flush=True)
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

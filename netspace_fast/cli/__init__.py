@@ -1,0 +1,30 @@
+"""The ``netspace`` command line (click).
+
+::
+
+    netspace zoo info DIR [--json]      summary of a zoo: schema, config, counts, accuracy ranges
+    netspace zoo verify DIR             check every file against the manifest; exit 0 clean, 1 problems
+    netspace zoo train --preset NAME --out DIR [--root PATH] [--seed INT] [--device cpu|cuda] [--no-progress]
+                       [--tensorboard LOGDIR]
+    torchrun --nproc_per_node=K -m netspace_fast.cli zoo train ...   the same, instances sharded over K ranks
+
+Also runnable as ``python -m netspace_fast.cli``. A user mistake (missing folder, no manifest,
+unknown preset, a ValueError / OSError raised by the library) is reported as one ``error: ...``
+line on stderr with a non-zero exit status, never a traceback: exit 1 for a failed operation,
+exit 2 for a bad argument (click's convention). Library modules are imported inside the commands,
+so ``netspace --help`` stays cheap and a broken optional module only affects its own command.
+One module per command group: :mod:`.zoo` (next: ``space``, ``sdf``, ``explore``).
+"""
+
+from __future__ import annotations
+
+from . import zoo as _zoo_commands  # noqa: F401  (registers ``netspace zoo ...``)
+from .base import CliError, cli
+
+__all__ = ["CliError", "cli", "main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``netspace = "netspace_fast.cli:main"``)."""
+    cli.main(args=argv, prog_name="netspace")
+

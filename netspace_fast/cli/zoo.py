@@ -1,0 +1,165 @@
+"""``netspace zoo ...``: create, inspect, check and import model zoos."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .base import CliError, cli, user_errors
+
+__all__ = ["zoo"]
+
+
+def _open_zoo(path: Path):
+    from ..zoo.format import Zoo
+
+    with user_errors():
+        return Zoo.open(path)
+
+
+@cli.group()
+def zoo() -> None:
+    """Create, inspect and check model zoos."""
+
+
+def _acc_stats(values: list[float]) -> dict[str, float] | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None
+    return {"min": min(vals), "mean": sum(vals) / len(vals), "max": max(vals), "n": len(vals)}
+
+
+def _summary(z) -> dict:
+    from ..zoo.format import SPLITS
+
+    entries = z.instances()
+    per_split = {s: len(z.manifest["splits"][s]) for s in SPLITS}
+    archs: dict[str, dict] = {}
+    for e in entries:
+        a = archs.setdefault(e["architecture"], {"instances": 0, "datasets": set(),
+                                                 "splits": {s: 0 for s in SPLITS}, "test_acc": []})
+        a["instances"] += 1
+        a["datasets"].add(e["dataset"])
+        a["splits"][e["split"]] += 1
+        a["test_acc"].append(e["test_acc"])
+    return {
+        "path": str(z.path),
+        "schema_version": z.manifest["schema_version"],
+        "config": z.config,
+        "instances": len(entries),
+        "splits": per_split,
+        "architectures": {
+            name: {"instances": a["instances"], "datasets": sorted(a["datasets"]), "splits": a["splits"],
+                   "test_acc": _acc_stats(a["test_acc"])}
+            for name, a in sorted(archs.items())
+        },
+    }
+
+
+@zoo.command("info")
+@click.argument("zoo_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def zoo_info(zoo_dir: Path, as_json: bool) -> None:
+    """Summarize the zoo in DIR: schema, config, instances per split and architecture, test accuracy."""
+    s = _summary(_open_zoo(zoo_dir))
+    if as_json:
+        click.echo(json.dumps(s, indent=1, sort_keys=True))
+        return
+    click.echo(f"zoo: {s['path']}")
+    click.echo(f"schema version: {s['schema_version']}")
+    click.echo(f"config: {json.dumps(s['config'], sort_keys=True)}")
+    click.echo(f"instances: {s['instances']} ("
+               + ", ".join(f"{k} {v}" for k, v in s["splits"].items()) + ")")
+    if not s["architectures"]:
+        click.echo("architectures: none")
+    for name, a in s["architectures"].items():
+        click.echo(f"  {name} [{', '.join(a['datasets'])}]: {a['instances']} instances ("
+                   + ", ".join(f"{k} {v}" for k, v in a["splits"].items()) + ")")
+        acc = a["test_acc"]
+        if acc is None:
+            click.echo("    test_acc: none recorded")
+        else:
+            click.echo(f"    test_acc: min {acc['min']:.4f}  mean {acc['mean']:.4f}  max {acc['max']:.4f}"
+                       f"  ({acc['n']} of {a['instances']} recorded)")
+
+
+@zoo.command("verify")
+@click.argument("zoo_dir", metavar="DIR", type=click.Path(path_type=Path))
+def zoo_verify(zoo_dir: Path) -> None:
+    """Check every instance file of the zoo in DIR (existence, sha256, tensors); exit 1 on any problem."""
+    z = _open_zoo(zoo_dir)
+    with user_errors():
+        problems = z.verify()
+    if problems:
+        for p in problems:
+            click.echo(p)
+        click.echo(f"error: {len(problems)} problem{'s' if len(problems) != 1 else ''} in zoo {str(z.path)!r}",
+                   err=True)
+        sys.exit(1)
+    click.echo(f"ok: {len(z)} instances verified")
+
+
+def _load_trainer() -> tuple[Callable[..., Any], dict[str, Any] | None]:
+    """``netspace_fast.zoo.train_zoo`` and its ``PRESETS`` (None if the module has no such table)."""
+    try:
+        from .. import zoo as zoo_mod
+    except ImportError as e:
+        raise CliError(f"zoo training is unavailable: {e}") from e
+    train_zoo = getattr(zoo_mod, "train_zoo", None)
+    if not callable(train_zoo):
+        raise CliError("zoo training is unavailable: netspace_fast.zoo has no train_zoo()")
+    presets = getattr(zoo_mod, "PRESETS", None)
+    return train_zoo, (dict(presets) if presets is not None else None)
+
+
+@zoo.command("train")
+@click.option("--preset", required=True, metavar="NAME", help="Training preset (an unknown name lists the valid ones).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Zoo directory to create, or to resume into with the same configuration.")
+@click.option("--root", type=click.Path(path_type=Path), default=None, help="Dataset root folder.")
+@click.option("--seed", type=int, default=None, help="Base seed (default: the preset's).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Training device (default: the trainer's choice).")
+@click.option("--no-progress", is_flag=True, help="Do not show progress.")
+@click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
+              help="Also write per-epoch scalars for TensorBoard to LOGDIR (needs the tensorboard package).")
+def zoo_train(preset: str, out_dir: Path, root: Path | None, seed: int | None, device: str | None,
+              no_progress: bool, tensorboard: Path | None) -> None:
+    """Train a zoo of networks from a preset into --out (resumable: completed instances are kept).
+
+    Under ``torchrun --nproc_per_node=K`` the instances are sharded over the K ranks (gloo on CPU,
+    NCCL on CUDA) and written into one zoo."""
+    train_zoo, presets = _load_trainer()
+    if presets is not None and preset not in presets:
+        valid = ", ".join(sorted(presets)) or "(none)"
+        raise CliError(f"unknown preset {preset!r}; valid presets: {valid}", exit_code=2)
+    kwargs: dict[str, Any] = {"progress": not no_progress}
+    # options left out are not passed, so the trainer's own defaults apply
+    if root is not None:
+        kwargs["root"] = root
+    if seed is not None:
+        kwargs["seed"] = seed
+    if device is not None:
+        kwargs["device"] = device
+    if tensorboard is not None:
+        kwargs["tensorboard"] = tensorboard
+    # a training command: keep freed activation memory for reuse (see netspace_fast.settings; NETSPACE_TUNE_MALLOC=0 turns it off)
+    from .. import settings
+
+    if settings.tune_malloc_in_cli():
+        settings.tune_malloc()
+    try:
+        with user_errors():
+            train_zoo(out_dir, preset, **kwargs)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; instances completed so far are kept in {str(out_dir)!r}", err=True)
+        sys.exit(130)
+    if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun rank
+        click.echo(f"done: zoo written to {str(out_dir)!r}")

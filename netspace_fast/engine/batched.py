@@ -1,0 +1,177 @@
+"""Batched functional evaluation: B networks of one architecture, forward and backward, in one call.
+
+``batched_forward(spec, preps, x)`` runs the BN-free network ``spec`` with each of the B PReps in
+``preps`` on ``x`` (shared by all networks, or one batch per network) and is differentiable with
+respect to ``preps`` and ``x``. On the CPU and Triton backends the whole network is one autograd node:
+on GPU every layer is one launch covering all B networks, on CPU one grouped call or (large
+convs) one oneDNN call per network, weights are read straight out of the PRep batch, and backward writes every layer's weight gradient into
+ONE (B, P) gradient buffer, so no per-parameter-view gradient buffers are ever materialized. CPU:
+each conv one grouped call or one call per network, as measured fastest per layer
+(:mod:`netspace_fast.engine.cpu`, :mod:`netspace_fast.engine.layout`); GPU: the
+batched Triton layer ops; elsewhere, or with backend='torch': the per-network reference loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..archs import ArchSpec, spec_forward
+from ..ops import backend as _backend
+from ..ops.batched_layers import cuda_layer_backward, cuda_layer_forward
+from ..ops.batched_layers_ref import ACT_CODES
+from ..prep.layout import PRepLayout, prep_shape, unpack_prep
+from .cpu import GroupedNet
+from .grads import ValueGrads, prep_grad_buffer
+
+__all__ = ["batched_forward", "batched_forward_reference"]
+
+
+def _check_inputs(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor) -> tuple[bool, int, int]:
+    """Validates everything before any kernel runs; returns (x_shared, B, N)."""
+    if not isinstance(spec, ArchSpec):
+        raise TypeError(f"spec: expected an ArchSpec (netspace_fast.archs.spec), got {type(spec).__name__}")
+    if not isinstance(preps, torch.Tensor):
+        raise TypeError(f"preps: expected a Tensor (B, H, W), got {type(preps).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
+    if preps.dim() != 3:
+        raise ValueError(f"preps: expected a PRep batch (B, H, W), got shape {tuple(preps.shape)}")
+    B, H, W = preps.shape
+    if W < 8 or W % 8:
+        raise ValueError(f"preps: expected a width that is a positive multiple of 8, got {W}")
+    min_h, _ = prep_shape(spec.num_params, W)
+    if H < min_h:
+        raise ValueError(f"preps: {spec.name} has {spec.num_params} parameters and needs at least {min_h} rows at "
+                         f"width {W}, got shape {tuple(preps.shape)}")
+    if preps.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"preps: expected float32 (float64 is accepted for gradcheck), got {preps.dtype}")
+    if x.dtype != preps.dtype:
+        raise TypeError(f"x: expected the dtype of preps ({preps.dtype}), got {x.dtype}")
+    if x.device != preps.device:
+        raise ValueError(f"x: expected the device of preps ({preps.device}), got {x.device}")
+    feat = tuple(spec.input_shape)
+    nd = len(feat)
+    expect = f"(N, {', '.join(map(str, feat))}) or (B={B}, N, {', '.join(map(str, feat))})"
+    if x.dim() == nd + 1 and tuple(x.shape[1:]) == feat:
+        return True, B, x.shape[0]
+    if x.dim() == nd + 2 and tuple(x.shape[2:]) == feat:
+        if x.shape[0] != B:
+            raise ValueError(f"x: per-network input has leading dim {x.shape[0]}, expected B = {B} (the number of "
+                             f"PReps)")
+        return False, B, x.shape[1]
+    raise ValueError(f"x: expected {expect} for {spec.name}"
+                     f"{'/' + spec.dataset if spec.dataset else ''}, got shape {tuple(x.shape)}")
+
+
+def batched_forward_reference(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The per-network loop (the original code's way): unpack views, run each network, stack."""
+    shared, B, N = _check_inputs(spec, preps, x)
+    layout = PRepLayout.for_spec(spec, preps.shape[2], preps.shape[1])
+    views = unpack_prep(preps, layout)
+    outs = [spec_forward(spec, {n: v[b] for n, v in views.items()}, x if shared else x[b]) for b in range(B)]
+    if not outs:
+        return preps.new_empty((0, N, spec.num_outputs))
+    return torch.stack(outs)
+
+
+def _program(spec: ArchSpec, width: int) -> list[tuple]:
+    offsets = {e.name: e.offset for e in PRepLayout.for_spec(spec, width).entries}
+    prog = []
+    for layer in spec.layers:
+        if layer.kind == "conv":
+            geom = (offsets[f"{layer.name}.weight"], offsets[f"{layer.name}.bias"], layer.out_features,
+                    layer.in_features, layer.kernel, layer.stride, layer.padding)
+        elif layer.kind == "linear":
+            geom = (offsets[f"{layer.name}.weight"], offsets[f"{layer.name}.bias"], layer.out_features,
+                    layer.in_features)
+        else:
+            geom = (layer.kernel, layer.stride)
+        prog.append((layer.kind, layer.src, layer.dst, layer.residual, ACT_CODES[layer.act], geom))
+    return prog
+
+
+def _lead(v: torch.Tensor, feat_dims: int) -> tuple[int, ...]:
+    return tuple(v.shape[:v.dim() - feat_dims])
+
+
+class _BatchedNet(torch.autograd.Function):
+    """The GPU whole-network path: one batched Triton layer op per layer, one PRep gradient."""
+
+    @staticmethod
+    def forward(ctx, preps2d, x, program, num_params):
+        values = {0: x}
+        saved = []
+        for kind, src, dst, residual, act, geom in program:
+            h = values[src]
+            if kind in ("conv", "linear"):
+                res = values[residual] if residual is not None else None
+                y, z = cuda_layer_forward(kind, h, preps2d, geom, act, res)
+                saved.append((h, y, z))
+            elif kind == "avgpool":
+                lead = _lead(h, 3)
+                y = F.avg_pool2d(h.reshape(-1, *h.shape[-3:]), geom[0], geom[1])
+                y = y.reshape(*lead, *y.shape[1:])
+                saved.append((h, None, None))
+            else:  # flatten the per-sample features
+                lead = _lead(h, 3 if h.dim() >= 4 else 1)
+                y = h.reshape(*lead, -1)
+                saved.append((h, None, None))
+            values[dst] = y
+        ctx.program, ctx.saved, ctx.num_params = program, saved, num_params
+        ctx.save_for_backward(preps2d)
+        return values[program[-1][2]]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (preps2d,) = ctx.saved_tensors
+        program, saved = ctx.program, ctx.saved
+        grad_preps = prep_grad_buffer(preps2d, ctx.num_params)
+        need_x = ctx.needs_input_grad[1]
+        grads = ValueGrads(program[-1][2], grad_out)
+        acc = grads.add
+
+        for (kind, src, dst, residual, act, geom), (h, y, z) in zip(reversed(program), reversed(saved)):
+            g = grads.pop(dst, None)
+            if g is None:
+                continue
+            if kind in ("conv", "linear"):
+                gx, gz = cuda_layer_backward(kind, g, h, preps2d, y, z, geom, act, grad_preps, src != 0 or need_x)
+                if src != 0 or need_x:
+                    acc(src, gx)
+                if residual is not None:
+                    acc(residual, gz)
+            elif kind == "avgpool":
+                lead = _lead(h, 3)
+                h4 = h.reshape(-1, *h.shape[-3:])
+                gi = torch.ops.aten.avg_pool2d_backward(g.reshape(-1, *g.shape[-3:]), h4, [geom[0]] * 2,
+                                                        [geom[1]] * 2, [0, 0], False, True, None)
+                acc(src, gi.reshape(*lead, *gi.shape[1:]))
+            else:
+                acc(src, g.reshape(h.shape))
+        gx = grads.get(0) if need_x else None
+        return grad_preps, gx, None, None
+
+
+def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
+                    backend: str | None = None) -> torch.Tensor:
+    """Outputs (B, N, out) of the B networks in ``preps`` (B, H, W) on ``x``.
+
+    ``x`` is (N, ...) shared by every network (NetSpace training) or (B, N, ...) one batch per
+    network (zoo training). ``preps`` may be taller than the layout needs (multi-architecture PReps
+    share one height). Result ``[b]`` equals the BN-free module loaded with ``preps[b]`` applied to
+    ``x`` (or ``x[b]``); differentiable with respect to ``preps`` and ``x``.
+    """
+    shared, B, N = _check_inputs(spec, preps, x)
+    which = _backend.select("batched_conv2d", preps.device, backend)
+    if which == "torch" or B == 0 or N == 0:
+        return batched_forward_reference(spec, preps, x)
+    preps2d = preps.reshape(B, -1)
+    if preps2d.stride(1) != 1:
+        preps2d = preps2d.contiguous()
+    program = _program(spec, preps.shape[2])
+    if which == "cpp":  # CPU: grouped or per-network convs per layer (netspace_fast.engine.cpu)
+        return GroupedNet.apply(preps2d, x, program, shared, spec.num_params)
+    # "triton": the layer ops' CUDA kernels (or, on CPU tensors, under TRITON_INTERPRET=1)
+    return _BatchedNet.apply(preps2d, x, program, spec.num_params)

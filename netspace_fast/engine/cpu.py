@@ -1,0 +1,318 @@
+"""The CPU whole-network path of batched_forward: B networks, each conv grouped or per network.
+
+Two layouts of the B networks' activations (:mod:`netspace_fast.engine.layout`): ONE (N, B*C, H, W)
+channels-last tensor (network-major channels), where a conv is ONE grouped oneDNN call whatever B
+is and a shared input is ONE ordinary conv with the B networks' filters stacked; or B per-network
+(N, C, H, W) channels-last tensors, where a conv is one ordinary oneDNN call per network. Small
+per-network convs (few output channels or pixels: LeNetLike, small batches) are faster grouped,
+large ones (ResNet stages at N=128) per network (measurements in layout.py); the choice is made
+per layer, a run of per-network layers executes network by network (cache reuse), and the
+activations are converted once where the choice changes. Weight and bias gradients are written
+straight into the one (B, P) PRep gradient; linear layers use the native batched_linear ops
+((B, N, F) layout). The backward frees each activation once used.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.batched_layers_ref import ACT_LEAKY, ACT_SIN, LEAKY_SLOPE, act_grad, apply_act
+from .grads import ValueGrads, prep_grad_buffer
+from .layout import plan_blocks, to_grouped, to_split
+
+CL = torch.channels_last
+
+
+def _conv_weights(preps2d: torch.Tensor, geom: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    w_off, b_off, cout, cin, k, _, _ = geom
+    B = preps2d.shape[0]
+    w = preps2d[:, w_off:w_off + cout * cin * k * k].reshape(B * cout, cin, k, k)
+    b = preps2d[:, b_off:b_off + cout].reshape(B * cout)
+    return w.contiguous(memory_format=CL), b
+
+
+def _split_weights(preps2d: torch.Tensor, geom: tuple) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-network (cout, cin, k, k) weight and (cout,) bias views of the PRep batch (no copies)."""
+    w_off, b_off, cout, cin, k, _, _ = geom
+    n = cout * cin * k * k
+    return ([preps2d[b, w_off:w_off + n].view(cout, cin, k, k) for b in range(preps2d.shape[0])],
+            [preps2d[b, b_off:b_off + cout] for b in range(preps2d.shape[0])])
+
+
+def plan(program: list, x: torch.Tensor, shared: bool, device) -> list[tuple[int, int, bool]]:
+    """The program cut into blocks (see :func:`netspace_fast.engine.layout.plan_blocks`)."""
+    if x.dim() < 4:  # no image input, no convolutions
+        return [(i, i + 1, False) for i in range(len(program))]
+    geoms = [(kind, src, dst, geom[2], geom[4], geom[5], geom[6]) if kind == "conv" else
+             (kind, src, dst, None, geom[0], geom[1], 0) if kind == "avgpool" else (kind, src, dst, None, 0, 1, 0)
+             for kind, src, dst, residual, act, geom in program]
+    return plan_blocks(geoms, x.shape[0] if shared else x.shape[1], tuple(x.shape[-2:]), device)
+
+
+def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program: list, shared: bool):
+    """Runs the program; returns (output (B, N, out), saved state for grouped_backward).
+
+    Each conv runs either as ONE grouped call over the (N, B*C, H, W) activations, or per network
+    over B (N, C, H, W) channels-last activations, as :func:`netspace_fast.engine.layout.use_split` chooses
+    from the work per network. A run of per-network layers goes network by network (each network's
+    activations flow from layer to layer while still in cache: measured 98 vs 126 ms for ResNet8's
+    forward, B=8, N=128, against layer by layer); activations are converted (once each) where the
+    choice changes."""
+    B = preps2d.shape[0]
+    values: dict[int, object] = {0: x}
+    cache: dict[tuple[int, str], object] = {}
+    saved: list = [None] * len(program)
+    blocks = plan(program, x, shared, preps2d.device)
+
+    def value(v: int, form: str):
+        """Activation v in ``form`` ("grouped" or "split"), converted once. The shared input is one
+        tensor in both forms (every network reads it)."""
+        if v == 0 and shared:
+            xs = cache.setdefault((0, "cl"), x.contiguous(memory_format=CL))
+            return [xs] * B if form == "split" else xs
+        if (v, form) not in cache:
+            h = values[v]
+            if v == 0 and x.dim() == 5:  # per-network input (B, N, C, H, W)
+                Bx, N, C, H, W = x.shape
+                h = ([x[b].contiguous(memory_format=CL) for b in range(B)] if form == "split" else
+                     x.permute(1, 0, 2, 3, 4).reshape(N, B * C, H, W).contiguous(memory_format=CL))
+            cache[(v, form)] = to_split(h, B) if form == "split" else to_grouped(h)
+        return cache[(v, form)]
+
+    for start, stop, split in blocks:
+        if split:
+            _split_block_forward(preps2d, program, start, stop, values, value, saved, B)
+            continue
+        kind, src, dst, residual, act, geom = program[start]
+        h = values[src]
+        if kind == "conv":
+            first_shared = src == 0 and shared
+            w, b = _conv_weights(preps2d, geom)
+            hin = value(src, "grouped")
+            z = F.conv2d(hin, w, b, geom[5], geom[6], 1, 1 if first_shared else B)
+            if residual is not None:
+                z.add_(value(residual, "grouped"))
+            pre = z.clone() if act == ACT_SIN else None
+            y = apply_act(z, act, inplace=True)
+            saved[start] = (hin, w, y, pre, 1 if first_shared else B)
+        elif kind == "linear":
+            res = values[residual] if residual is not None else None
+            y, z = torch.ops.netspace_fast.batched_linear(h, preps2d, *geom, act, res)
+            saved[start] = (h, None, y, z, None)
+        elif kind == "avgpool":
+            y = F.avg_pool2d(value(src, "grouped"), geom[0], geom[1])
+            saved[start] = (value(src, "grouped"), None, None, None, None)
+        else:  # flatten: -> (B, N, C*H*W) in each network's own (c, h, w) order
+            if isinstance(h, list):
+                y = torch.stack([t.reshape(t.shape[0], -1) for t in h])
+            elif h.dim() == 4:
+                N, BC, H, W = h.shape
+                # splitting the channel dim is a view in any layout: one copy in all
+                y = h.unflatten(1, (B, BC // B)).permute(1, 0, 2, 3, 4).reshape(B, N, -1)
+            else:
+                y = h
+            saved[start] = (h, None, None, None, None)
+        values[dst] = y
+    out = values[program[-1][2]]
+    return out, (saved, blocks)
+
+
+def _split_block_forward(preps2d, program, start, stop, values, value, saved, B) -> None:
+    """Entries start..stop-1 (per-network convs and pools), network by network."""
+    entries = program[start:stop]
+    inside = {e[2] for e in entries}
+    outside = {v: value(v, "split") for e in entries for v in (e[1], e[3]) if v is not None and v not in inside}
+    out = {e[2]: [None] * B for e in entries}
+    recs = []
+    for kind, src, dst, residual, act, geom in entries:
+        if kind == "conv":
+            ws, bs = _split_weights(preps2d, geom)
+            recs.append(([None] * B, ws, bs, [None] * B, [None] * B if act == ACT_SIN else None))
+        else:
+            recs.append(([None] * B, None, None, None, None))
+    for b in range(B):
+        for (kind, src, dst, residual, act, geom), (hs, ws, bs, ys, pres) in zip(entries, recs):
+            h = out[src][b] if src in inside else outside[src][b]
+            hs[b] = h
+            if kind == "conv":
+                z = F.conv2d(h, ws[b], bs[b], geom[5], geom[6])
+                if residual is not None:
+                    z.add_(out[residual][b] if residual in inside else outside[residual][b])
+                if pres is not None:
+                    pres[b] = z.clone()
+                ys[b] = y = apply_act(z, act, inplace=True)
+            else:
+                y = F.avg_pool2d(h, geom[0], geom[1])
+            out[dst][b] = y
+    for i, (e, (hs, ws, bs, ys, pres)) in enumerate(zip(entries, recs)):
+        saved[start + i] = (hs, ws, ys, pres, "split")
+    values.update(out)
+
+
+def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Tensor, program: list, state,
+                     shared: bool, need_x: bool, num_params: int):
+    saved, blocks = state
+    B = preps2d.shape[0]
+    grad_preps = prep_grad_buffer(preps2d, num_params)
+    if program[-1][0] == "conv":  # conv backward works in place on its gradient: never on the caller's
+        grad_out = grad_out.clone()
+    grads = ValueGrads(program[-1][2], grad_out)
+
+    def acc(v: int, g) -> None:
+        """Accumulate a gradient (tensor or per-network list) in the form already stored for v."""
+        if v not in grads:
+            grads[v] = g
+            return
+        cur = grads[v]
+        if isinstance(cur, list):
+            for c, gi in zip(cur, to_split(g, B)):
+                c.add_(gi)
+        else:
+            cur.add_(to_grouped(g) if isinstance(g, list) else g)
+
+    for start, stop, split in reversed(blocks):
+        if split:
+            _split_block_backward(preps2d, program, saved, start, stop, grads, acc, shared, need_x, grad_preps, B)
+            continue
+        kind, src, dst, residual, act, geom = program[start]
+        h, w, y, z, groups = saved[start]
+        g = grads.pop(dst, None)
+        if g is None:
+            continue
+        want_x = src != 0 or need_x
+        if kind == "conv":
+            w_off, b_off, cout, cin, k, stride, padding = geom
+            gx, gw, gb = _conv_backward(to_grouped(g) if isinstance(g, list) else g, h, w, y, z, geom, act, groups,
+                                        want_x, acc if residual is not None else None, residual)
+            grad_preps[:, w_off:w_off + cout * cin * k * k].view(B, cout, cin, k, k).copy_(
+                gw.view(B, cout, cin, k, k))
+            grad_preps[:, b_off:b_off + cout].copy_(gb.view(B, cout))
+            if want_x:
+                acc(src, gx)
+        elif kind == "linear":
+            gx, gz = torch.ops.netspace_fast.batched_linear_backward(g.contiguous(), h, preps2d, y, z, *geom, act,
+                                                                     grad_preps, want_x)
+            if residual is not None:
+                acc(residual, gz)
+            if want_x:
+                acc(src, gx)
+        elif kind == "avgpool":
+            acc(src, _pool_back(to_grouped(g) if isinstance(g, list) else g, h, geom))
+        else:
+            if isinstance(h, list):
+                acc(src, [g[b].reshape(h[b].shape).contiguous(memory_format=CL) for b in range(B)])
+            elif h.dim() == 4:
+                N, BC, H, W = h.shape
+                gi = torch.empty((N, BC, H, W), dtype=g.dtype, device=g.device, memory_format=CL)
+                gi.unflatten(1, (B, BC // B)).copy_(g.reshape(B, N, BC // B, H, W).permute(1, 0, 2, 3, 4))
+                acc(src, gi)
+            else:
+                acc(src, g)
+    gx = grads.get(0) if need_x else None
+    if gx is not None and not shared and x.dim() == 5:
+        if isinstance(gx, list):
+            gx = torch.stack(gx).contiguous()
+        else:
+            Bx, N, C, H, W = x.shape
+            gx = gx.reshape(N, B, C, H, W).permute(1, 0, 2, 3, 4).contiguous()
+    return grad_preps, gx
+
+
+def _conv_backward(g, h, w, y, z, geom, act, groups, want_x, add_residual, residual):
+    """One conv layer's backward (all networks grouped, or one network): the activation's gradient
+    (also the residual branch's, handed to ``add_residual``), then (grad_x, grad_w, grad_b)."""
+    stride, padding = geom[5], geom[6]
+    if act == ACT_LEAKY:  # in place: g is ours (see grouped_backward); a fresh 10-40 MB buffer per
+        # layer costs its page faults with glibc's default malloc (LeNetLike conv1, B=64: 11.5 vs 4 ms)
+        gz = torch.ops.aten.leaky_relu_backward.grad_input(g, y, LEAKY_SLOPE, True, grad_input=g)
+    else:
+        gz = act_grad(g, y, z, act)
+    if add_residual is not None:
+        add_residual(residual, gz)
+    return torch.ops.aten.convolution_backward(gz, h, w, [w.shape[0]], [stride, stride], [padding, padding], [1, 1],
+                                               False, [0, 0], groups, [want_x, True, True])
+
+
+def _pool_back(g: torch.Tensor, h: torch.Tensor, geom: tuple) -> torch.Tensor:
+    return torch.ops.aten.avg_pool2d_backward(g.contiguous(memory_format=CL), h, [geom[0]] * 2, [geom[1]] * 2,
+                                              [0, 0], False, True, None)
+
+
+def _split_block_backward(preps2d, program, saved, start, stop, grads, acc, shared, need_x, grad_preps, B) -> None:
+    """Backward of a per-network block, network by network; weight gradients straight into grad_preps."""
+    entries = program[start:stop]
+    inside = {e[2] for e in entries}
+    # gradients that reached the block's values from later layers, one tensor per network
+    incoming = {v: [t.contiguous(memory_format=CL) for t in to_split(grads.pop(v), B)]
+                for v in inside if v in grads}
+    ext: dict[int, list] = {}  # gradients for values made before the block
+    for b in range(B):
+        local: dict[int, torch.Tensor] = {v: gs[b] for v, gs in incoming.items()}
+
+        def add(v: int, g: torch.Tensor) -> None:  # the first gradient stored is our own (see ValueGrads)
+            if v in local:
+                local[v].add_(g)
+            else:
+                local[v] = g
+
+        for i in range(stop - 1, start - 1, -1):
+            kind, src, dst, residual, act, geom = program[i]
+            hs, ws, ys, pres, _ = saved[i]
+            g = local.pop(dst, None)
+            if g is None:
+                continue
+            want_x = src != 0 or need_x
+            if kind == "conv":
+                w_off, b_off, cout, cin, k, stride, padding = geom
+                gx, gw, gb = _conv_backward(g, hs[b], ws[b], ys[b], pres[b] if pres is not None else None, geom, act,
+                                            1, want_x, add if residual is not None else None, residual)
+                grad_preps[b, w_off:w_off + cout * cin * k * k].copy_(gw.reshape(-1))
+                grad_preps[b, b_off:b_off + cout].copy_(gb)
+                if want_x:
+                    add(src, gx)
+            else:
+                add(src, _pool_back(g, hs[b], geom))
+            hs[b] = None  # freed as soon as used: memory is reused for the gradients that follow
+            if ys is not None:
+                ys[b] = None
+            if pres is not None:
+                pres[b] = None
+        for v, g in local.items():  # what is left are the block's inputs
+            ext.setdefault(v, [None] * B)[b] = g
+    for v, gs in ext.items():
+        if v == 0 and shared:  # every network read the same input: the gradients add up
+            acc(0, torch.stack(gs).sum(0))
+        else:
+            acc(v, gs)
+
+
+class GroupedNet(torch.autograd.Function):
+    """The CPU whole-network path as one autograd node. Its backward frees every activation as soon
+    as it has been used (peak memory about halves, and freed memory is reused for the gradients
+    instead of growing the heap: with glibc's default malloc, 460 -> 355 ms per ResNet8 step, B=8,
+    N=128). A second backward through the same forward (retain_graph=True: gradcheck, Jacobians)
+    recomputes the activations from the saved inputs first."""
+
+    @staticmethod
+    def forward(ctx, preps2d, x, program, shared, num_params):
+        out, saved = grouped_forward(preps2d, x, program, shared)
+        ctx.program, ctx.saved, ctx.shared, ctx.num_params = program, saved, shared, num_params
+        ctx.x_shape = x.shape
+        ctx.save_for_backward(preps2d, x)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        preps2d, x = ctx.saved_tensors
+        state, ctx.saved = ctx.saved, None
+        if state is None:  # the first backward freed the activations: recompute them
+            with torch.no_grad():
+                state = grouped_forward(preps2d, x, ctx.program, ctx.shared)[1]
+        grad_preps, gx = grouped_backward(grad_out, preps2d, x, ctx.program, state, ctx.shared,
+                                          ctx.needs_input_grad[1], ctx.num_params)
+        return grad_preps, gx, None, None, None
+
+
+__all__ = ["GroupedNet", "grouped_backward", "grouped_forward"]

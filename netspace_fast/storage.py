@@ -1,0 +1,79 @@
+"""Files that survive a crash: the one atomic-write helper of the zoo format, the zoo checkpoints
+and (next) NetSpace runs.
+
+:func:`atomic_write_bytes` writes a temporary file in the target's directory, flushes and fsyncs
+it, moves it over the target with :func:`os.replace` and fsyncs the directory: a crash at any
+point leaves either the previous or the new version of the file, never a partial one.
+:func:`locked` serializes read-modify-write updates of one directory's files between processes
+(an advisory ``flock`` on the directory). Temporary files start with :data:`TMP_PREFIX`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+__all__ = ["TMP_PREFIX", "atomic_write_bytes", "fsync_dir", "locked", "sha256_bytes", "sha256_file"]
+
+
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some filesystems refuse fsync on a directory; the data is still replaced
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, replace, fsync dir)."""
+    path = Path(path)
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def locked(directory: Path):
+    """An exclusive advisory lock on ``directory`` for a read-modify-write of its files."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,34 @@
+"""Zoo training under torchrun: the process group and the sharding of a job's instances over ranks."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["setup_distributed", "shard"]
+
+
+def setup_distributed(device: str):
+    """(rank, world, device, dist, owned) under torchrun (WORLD_SIZE > 1), else (0, 1, device, None, False).
+
+    The process group is gloo on CPU and NCCL on CUDA (``owned``: created here, so destroyed by the
+    caller); each rank trains on its LOCAL_RANK GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device, None, False
+    import torch.distributed as dist
+
+    if device.startswith("cuda") and ":" not in device:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, dist, owned
+
+
+def shard(n: int, rank: int, world: int) -> range:
+    """The contiguous block of ``range(n)`` that rank ``rank`` of ``world`` trains (sizes differ by <= 1)."""
+    return range(n * rank // world, n * (rank + 1) // world)
+

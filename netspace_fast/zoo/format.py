@@ -1,0 +1,412 @@
+"""The on-disk model zoo format (issue 4, "Zoo format" and "Never lose work").
+
+A zoo is a directory holding
+
+- ``manifest.json``: the schema version, the ``config`` the producing job was given (the resume
+  guard), one entry per instance (id, architecture, dataset, class_id, protocol, seed, epoch,
+  train/val/test accuracy, parameter count, file, sha256, split) and the train/val/test split as
+  lists of instance ids;
+- one ``<id>.safetensors`` file per instance: the state dict of the network *as trained* (the
+  BatchNorm form, buffers such as running statistics and ``num_batches_tracked`` included). The
+  folded (BN-free) form is derived on load (:meth:`Zoo.model` with ``folded=True``).
+
+Every file is written atomically: a temporary file in the same directory is written, flushed and
+fsynced, moved over the target with :func:`os.replace`, and the directory is fsynced. A crash at
+any point leaves either the previous or the new version of each file, never a partial one.
+Manifest updates are read-modify-write under an advisory lock (``flock`` on the zoo directory), so
+concurrent writers on one machine do not lose each other's entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load, save as st_save
+from torch import nn
+
+from .. import archs
+from ..prep import fold_bn, pack_preps
+from ..storage import TMP_PREFIX, atomic_write_bytes, locked, sha256_bytes, sha256_file
+
+__all__ = [
+    "MANIFEST_NAME",
+    "SCHEMA_VERSION",
+    "SPLITS",
+    "Zoo",
+    "init_zoo",
+    "write_instance",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val", "test")
+_SUFFIX = ".safetensors"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_ENTRY_KEYS = ("id", "architecture", "dataset", "class_id", "protocol", "seed", "epoch", "train_acc", "val_acc",
+               "test_acc", "num_params", "file", "sha256", "split")
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest reading / validation
+
+
+def _normalize_json(value: Any, name: str) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, ...); TypeError if not representable."""
+    try:
+        return json.loads(json.dumps(value, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}: must be JSON-serializable (finite numbers, str keys): {e}") from None
+
+
+def _empty_manifest(config: Any) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "config": config, "instances": [],
+            "splits": {s: [] for s in SPLITS}}
+
+
+def _manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
+
+
+def _validate_manifest(manifest: Any, path: Path) -> dict:
+    def bad(msg: str) -> ValueError:
+        return ValueError(f"{path}: malformed zoo manifest: {msg}")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"expected a JSON object, got {type(manifest).__name__}")
+    if "schema_version" not in manifest:
+        raise bad("no 'schema_version' field")
+    version = manifest["schema_version"]
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise ValueError(f"{path}: unknown zoo schema version {version!r}; this netspace_fast reads version "
+                         f"{SCHEMA_VERSION}")
+    for key in ("config", "instances", "splits"):
+        if key not in manifest:
+            raise bad(f"no {key!r} field")
+    instances = manifest["instances"]
+    if not isinstance(instances, list):
+        raise bad("'instances' must be a list")
+    ids: set[str] = set()
+    for i, entry in enumerate(instances):
+        if not isinstance(entry, dict):
+            raise bad(f"instances[{i}] is not an object")
+        missing = [k for k in _ENTRY_KEYS if k not in entry]
+        if missing:
+            raise bad(f"instances[{i}] lacks {', '.join(missing)}")
+        if not isinstance(entry["id"], str) or not _ID_RE.match(entry["id"]):
+            raise bad(f"instances[{i}] has an invalid id {entry['id']!r}")
+        if entry["id"] in ids:
+            raise bad(f"duplicate instance id {entry['id']!r}")
+        if entry["file"] != entry["id"] + _SUFFIX:
+            raise bad(f"instance {entry['id']!r}: file {entry['file']!r} is not {entry['id'] + _SUFFIX!r}")
+        if entry["split"] not in SPLITS:
+            raise bad(f"instance {entry['id']!r}: split {entry['split']!r} is not one of {SPLITS}")
+        ids.add(entry["id"])
+    splits = manifest["splits"]
+    if not isinstance(splits, dict) or set(splits) != set(SPLITS):
+        raise bad(f"'splits' must be an object with exactly the keys {SPLITS}")
+    seen: set[str] = set()
+    for s in SPLITS:
+        if not isinstance(splits[s], list) or not all(isinstance(x, str) for x in splits[s]):
+            raise bad(f"splits[{s!r}] must be a list of instance ids")
+        for x in splits[s]:
+            if x not in ids:
+                raise bad(f"splits[{s!r}] names {x!r}, which is not an instance")
+            if x in seen:
+                raise bad(f"instance {x!r} appears in more than one split (or twice)")
+            seen.add(x)
+    by_id = {e["id"]: e for e in instances}
+    for s in SPLITS:
+        for x in splits[s]:
+            if by_id[x]["split"] != s:
+                raise bad(f"instance {x!r} is listed in split {s!r} but its entry says {by_id[x]['split']!r}")
+    if seen != ids:
+        raise bad(f"instances missing from 'splits': {sorted(ids - seen)}")
+    return manifest
+
+
+def _read_manifest(zoo_dir: Path) -> dict:
+    if not zoo_dir.exists():
+        raise FileNotFoundError(f"zoo directory {str(zoo_dir)!r} does not exist")
+    if not zoo_dir.is_dir():
+        raise NotADirectoryError(f"zoo path {str(zoo_dir)!r} is not a directory")
+    path = zoo_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"zoo directory {str(zoo_dir)!r} has no {MANIFEST_NAME} (expected {str(path)!r}); "
+                                f"not a zoo, or one whose first instance was never written")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: malformed zoo manifest: not valid JSON ({e})") from None
+    return _validate_manifest(manifest, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def init_zoo(zoo_dir: str | os.PathLike, config: Mapping[str, Any] | None = None) -> dict:
+    """Create the zoo at ``zoo_dir`` for a job given ``config``, or resume the existing one.
+
+    Creates the directory and an empty manifest recording ``config`` if there is no manifest. If
+    there is one, its config must equal ``config`` (compared as JSON): then the existing manifest is
+    returned (resume). A different config raises ValueError showing both: rerunning a job with a
+    different configuration into the same directory would mix incompatible instances.
+    """
+    zoo = Path(zoo_dir)
+    config = _normalize_json(config, "config")
+    zoo.mkdir(parents=True, exist_ok=True)
+    with locked(zoo):
+        if (zoo / MANIFEST_NAME).exists():
+            manifest = _read_manifest(zoo)
+            if manifest["config"] != config:
+                raise ValueError(
+                    f"zoo {str(zoo)!r} was created with a different configuration; refusing to resume into it.\n"
+                    f"  existing config: {json.dumps(manifest['config'], sort_keys=True)}\n"
+                    f"  given config:    {json.dumps(config, sort_keys=True)}\n"
+                    f"Use a new directory, or rerun with the original configuration to resume.")
+            return manifest
+        manifest = _empty_manifest(config)
+        atomic_write_bytes(zoo / MANIFEST_NAME, _manifest_bytes(manifest))
+        return manifest
+
+
+def _check_finite_number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {value!r}")
+    return value
+
+
+def _expected_shapes(arch: str, dataset: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    ref = archs.build(arch, dataset)
+    return {k: (tuple(v.shape), v.dtype) for k, v in ref.state_dict().items()}
+
+
+def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arch: str, dataset: str,
+                   protocol: str, seed: int, epoch: int, acc: Mapping[str, float], split: str) -> dict:
+    """Write one trained instance into the zoo and record it in the manifest; returns its entry.
+
+    The state dict (BN form, buffers included) is stored as ``<id>.safetensors``, atomically; then
+    the manifest is updated atomically. The zoo directory and manifest are created (config None)
+    if absent. An id already in the manifest is refused with ValueError unless the new entry is
+    identical (same file sha256 and metadata): then nothing changes and the entry is returned.
+    """
+    zoo = Path(zoo_dir)
+    if not isinstance(id, str) or not _ID_RE.match(id):
+        raise ValueError(f"id: {id!r} is not a valid instance id (letters, digits, '.', '_', '-'; starting with a "
+                         f"letter or digit; at most 200 characters)")
+    if split not in SPLITS:
+        raise ValueError(f"split: {split!r} is not one of {SPLITS}")
+    spec = archs.spec(arch, dataset)
+    arch, dataset = spec.name, spec.dataset
+    if not isinstance(protocol, str):
+        raise TypeError(f"protocol: expected a str, got {type(protocol).__name__}")
+    seed = _check_int(seed, "seed")
+    epoch = _check_int(epoch, "epoch")
+    if not isinstance(acc, Mapping):
+        raise TypeError(f"acc: expected a mapping with keys among {SPLITS}, got {type(acc).__name__}")
+    unknown = set(acc) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"acc: unknown keys {sorted(map(str, unknown))}; expected keys among {SPLITS}")
+    accs = {s: (_check_finite_number(acc[s], f"acc[{s!r}]") if acc.get(s) is not None else None) for s in SPLITS}
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if isinstance(model, archs.SpecNet) and (model.spec.name, model.spec.dataset) != (arch, dataset):
+        raise ValueError(f"model: is a {model.spec.name}/{model.spec.dataset} network, not {arch}/{dataset}")
+
+    state = model.state_dict()
+    expected = _expected_shapes(arch, dataset)
+    got = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+    if got != expected:
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+        raise ValueError(f"model: state dict does not match archs.build({arch!r}, {dataset!r}) (BN form): "
+                         f"missing {missing}, unexpected {extra}, wrong shape/dtype {wrong}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    # one metadata key only: safetensors writes a multi-key metadata map in hash order, which would
+    # make the bytes (and the sha256) of identical re-writes differ
+    meta = json.dumps({"id": id, "architecture": arch, "dataset": dataset, "schema_version": SCHEMA_VERSION},
+                      sort_keys=True)
+    data = st_save(tensors, metadata={"netspace_zoo": meta})
+    sha = sha256_bytes(data)
+    num_params = sum(p.numel() for p in model.parameters())
+    entry = {
+        "id": id, "architecture": arch, "dataset": dataset, "class_id": archs.CLASS_IDS.get(arch),
+        "protocol": protocol, "seed": seed, "epoch": epoch,
+        "train_acc": accs["train"], "val_acc": accs["val"], "test_acc": accs["test"],
+        "num_params": num_params, "file": id + _SUFFIX, "sha256": sha, "split": split,
+    }
+    entry = _normalize_json(entry, "entry")
+
+    zoo.mkdir(parents=True, exist_ok=True)
+    with locked(zoo):
+        if (zoo / MANIFEST_NAME).exists():
+            manifest = _read_manifest(zoo)
+        else:
+            manifest = _empty_manifest(None)
+        existing = next((e for e in manifest["instances"] if e["id"] == id), None)
+        if existing is not None:
+            if existing["sha256"] != sha:
+                raise ValueError(f"instance {id!r} is already in zoo {str(zoo)!r} with different weights "
+                                 f"(sha256 {existing['sha256']} != {sha}); refusing to overwrite it")
+            if existing != entry:
+                diff = sorted(k for k in entry if existing.get(k) != entry[k])
+                raise ValueError(f"instance {id!r} is already in zoo {str(zoo)!r} with the same weights but "
+                                 f"different metadata ({', '.join(diff)}); refusing to overwrite it")
+            path = zoo / entry["file"]
+            if not path.is_file() or sha256_file(path) != sha:  # repair a lost/damaged file
+                atomic_write_bytes(path, data)
+            return dict(existing)
+        # the weights first: a crash before the manifest update leaves an orphan file, never an
+        # entry without its file
+        atomic_write_bytes(zoo / entry["file"], data)
+        manifest["instances"].append(entry)
+        manifest["splits"][split].append(id)
+        atomic_write_bytes(zoo / MANIFEST_NAME, _manifest_bytes(manifest))
+    return dict(entry)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+class Zoo:
+    """A zoo on disk, opened read-only: :meth:`open` it, then list, load and check instances."""
+
+    def __init__(self, zoo_dir: Path, manifest: dict) -> None:
+        self.path = Path(zoo_dir)
+        self.manifest = manifest
+        self._by_id = {e["id"]: e for e in manifest["instances"]}
+
+    @classmethod
+    def open(cls, zoo_dir: str | os.PathLike) -> "Zoo":
+        zoo = Path(zoo_dir)
+        return cls(zoo, _read_manifest(zoo))
+
+    @property
+    def config(self) -> Any:
+        return self.manifest["config"]
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        return {s: list(v) for s, v in self.manifest["splits"].items()}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._by_id
+
+    def entry(self, id: str) -> dict:
+        try:
+            return dict(self._by_id[id])
+        except (KeyError, TypeError):
+            raise KeyError(f"zoo {str(self.path)!r} has no instance {id!r}") from None
+
+    def instances(self, split: str | None = None, arch: str | None = None) -> list[dict]:
+        """Entries (copies), in the split's order (or manifest order), filtered by split and architecture."""
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split: {split!r} is not one of {SPLITS}")
+        if arch is not None:
+            if not isinstance(arch, str):
+                raise TypeError(f"arch: expected a str, got {type(arch).__name__}")
+            arch = arch.lower()
+        ids = self.manifest["splits"][split] if split is not None else [e["id"] for e in self.manifest["instances"]]
+        return [dict(self._by_id[i]) for i in ids if arch is None or self._by_id[i]["architecture"] == arch]
+
+    def state_dict(self, id: str) -> dict[str, torch.Tensor]:
+        entry = self.entry(id)
+        path = self.path / entry["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"instance {id!r}: file {str(path)!r} is missing")
+        try:
+            return st_load(path.read_bytes())
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            raise ValueError(f"instance {id!r}: {entry['file']} is not a readable safetensors file: {e}") from None
+
+    def model(self, id: str, *, folded: bool = False) -> nn.Module:
+        """The instance as an eval-mode network (BN form), or its folded BN-free form."""
+        entry = self.entry(id)
+        model = archs.build(entry["architecture"], entry["dataset"])
+        model.load_state_dict(self.state_dict(id), strict=True)
+        model.eval()
+        return fold_bn(model) if folded else model
+
+    def models(self, split: str, arch: str | None = None, folded: bool = False) -> list[nn.Module]:
+        ids = [e["id"] for e in self.instances(split, arch)]
+        models = [self.model(i) for i in ids]
+        if folded and models:
+            return fold_bn(models)  # one native call per architecture
+        return models
+
+    def preps(self, split: str, arch: str, width: int = 10_000, height: int | None = None) -> torch.Tensor:
+        """The (B, H, W) PReps of the split's instances of ``arch`` (BN folded while packing)."""
+        if arch is None:
+            raise ValueError("arch: PReps are packed per architecture; name one")
+        models = self.models(split, arch)
+        if not models:
+            raise ValueError(f"zoo {str(self.path)!r} has no {arch!r} instances in split {split!r}")
+        return pack_preps(models, width, height)
+
+    def verify(self) -> list[str]:
+        """Problems found on disk, one message each naming the file; empty when all is well.
+
+        Checks every manifest entry's file exists, matches its sha256, parses as safetensors and has
+        the tensors of its architecture; also reports safetensors files the manifest does not name
+        (orphans, e.g. from a crash between writing a file and recording it) and leftover temp files.
+        """
+        problems: list[str] = []
+        shapes_cache: dict[tuple[str, str], dict] = {}
+        for entry in self.manifest["instances"]:
+            name = entry["file"]
+            path = self.path / name
+            if not path.is_file():
+                problems.append(f"{name}: missing (instance {entry['id']!r} is in the manifest)")
+                continue
+            sha = sha256_file(path)
+            if sha != entry["sha256"]:
+                problems.append(f"{name}: sha256 mismatch (manifest {entry['sha256']}, file {sha})")
+            try:
+                tensors = st_load(path.read_bytes())
+            except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
+                problems.append(f"{name}: corrupt or truncated safetensors file ({type(e).__name__}: {e})")
+                continue
+            key = (entry["architecture"], entry["dataset"])
+            try:
+                if key not in shapes_cache:
+                    shapes_cache[key] = _expected_shapes(*key)
+            except (TypeError, ValueError) as e:
+                problems.append(f"{name}: unknown architecture/dataset {key} ({e})")
+                continue
+            got = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
+            if got != shapes_cache[key]:
+                problems.append(f"{name}: tensors do not match architecture {key[0]}/{key[1]}")
+        named = {e["file"] for e in self.manifest["instances"]}
+        for p in sorted(self.path.iterdir()):
+            if p.name.startswith(TMP_PREFIX):
+                problems.append(f"{p.name}: leftover temporary file (an interrupted write)")
+            elif p.name.endswith(_SUFFIX) and p.name not in named:
+                problems.append(f"{p.name}: not in the manifest (orphan)")
+        return problems
+
+    def __repr__(self) -> str:
+        return f"Zoo({str(self.path)!r}, {len(self)} instances)"

@@ -1,0 +1,227 @@
+"""The resumable zoo job: ``train_zoo(out_dir, preset)`` trains every architecture of a preset as
+one batched job, checkpoints atomically after every epoch, writes finished instances into the zoo
+(never twice) and resumes after a kill from the last completed epoch."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import archs, data
+from ..storage import atomic_write_bytes
+from . import format as zoo_format
+from .augment import NORMALIZED_BLACK
+from .distributed import setup_distributed, shard
+from .loop import DataOrder, evaluate, make_optimizer, train_epoch
+from .model import BatchedZooNet
+from .presets import PRESETS, Preset
+
+__all__ = ["train_zoo"]
+
+
+def _save_checkpoint(state: dict, path) -> None:
+    """The job state after an epoch, written atomically (netspace_fast.storage)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _maybe_die(epoch: int) -> None:
+    """Test hook: NETSPACE_TEST_SIGKILL_AFTER_EPOCH=k kills this process right after epoch k's
+    checkpoint, the moment a real kill is most likely to lose work (tests/test_zoo_train.py)."""
+    if os.environ.get("NETSPACE_TEST_SIGKILL_AFTER_EPOCH") == str(epoch):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "cpu", progress: bool = True,
+              tensorboard=None):
+    """Train the zoo of ``preset`` into ``out_dir``; resumable after a kill, refuses another config.
+
+    Each architecture is one batched job (all its instances trained together). The job state is
+    checkpointed atomically after every epoch (``out_dir/.checkpoints``); finished instances go to
+    the zoo as they are final (multi: best on validation, at the end; single: each snapshot at its
+    epoch) and are never written twice: a rerun of the same command resumes from the last
+    completed epoch and skips instances already in the manifest.
+
+    Under ``torchrun --nproc_per_node=K`` (WORLD_SIZE > 1) every job's instances are sharded over
+    the K ranks (contiguous blocks; gloo on CPU, NCCL on CUDA): each rank trains its block as one
+    batched job and writes its instances into the same manifest (manifest updates are serialized
+    by a file lock), so the result is one zoo with the same instances as a one-process run (every
+    instance has its own seed and data order). Resuming needs the same K (checkpoints are per
+    block); instances already in the manifest are never retrained, whatever K.
+    ``tensorboard``: a log directory for per-epoch scalars (needs the ``tensorboard`` package).
+    """
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset: unknown {preset!r}; valid presets: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    writer = _tensorboard_writer(tensorboard)  # a missing package is reported before any work
+    rank, world, device, dist, owned = setup_distributed(device)
+    out = Path(out_dir)
+    config = {"preset": preset, "seed": int(seed), "dataset": p.dataset, "protocol": p.protocol,
+              "archs": [list(a) for a in p.archs], "epochs": p.epochs, "lr": p.lr, "runs": p.runs,
+              "snapshots": list(p.snapshots), "milestones": list(p.milestones), "batch_size": p.batch_size,
+              "crop_pad": p.crop_pad, "flip": p.flip}
+    zoo_format.init_zoo(out, config)
+    splits = {s: data.tensors(p.dataset, s, root=root, seed=seed) for s in ("train", "val", "test")}
+    splits = {s: (x.to(device), y.to(device)) for s, (x, y) in splits.items()}
+    (out / ".checkpoints").mkdir(exist_ok=True)
+    pad = archs.DATASETS[p.dataset][1] // 8 if p.crop_pad < 0 else p.crop_pad
+    show = progress and rank == 0
+    try:
+        for job, (arch, n_train, n_val, n_test) in enumerate(p.archs):
+            B = p.runs if p.protocol == "single" else n_train + n_val + n_test
+            seeds = [int(seed) * 100_000 + job * 1_000 + i for i in range(B)]
+            mine = shard(B, rank, world)
+            done = {e["id"] for e in zoo_format.Zoo.open(out).instances()}
+            ids = [i for k in mine for i in _instance_ids(p, arch, k)]
+            if all(i in done for i in ids):  # (a rank with an empty block has nothing to do)
+                _log(show, f"{arch}: all {len(ids)} instances{' of rank 0' if world > 1 else ''} already in the zoo")
+                continue
+            _train_job(out, p, arch, (n_train, n_val, n_test), seeds, mine, splits, pad, done, device, show, job,
+                       writer, world)
+    finally:
+        if writer is not None:
+            writer.close()
+    if dist is not None:
+        dist.barrier()  # every rank's instances are in the manifest before anyone reports success
+        if owned:
+            dist.destroy_process_group()
+    return out
+
+
+def _instance_ids(p: Preset, arch: str, k: int) -> list[str]:
+    """The zoo ids that job member ``k`` yields (multi: one instance; single: one per snapshot)."""
+    return [f"{arch}-r{k}-e{e:03d}" for e in p.snapshots] if p.protocol == "single" else [f"{arch}-{k:03d}"]
+
+
+def _tensorboard_writer(logdir):
+    if logdir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ValueError(f"tensorboard: logging scalars to {str(logdir)!r} needs the 'tensorboard' package, which "
+                         f"is not installed (pip install tensorboard): {e}") from None
+    return SummaryWriter(str(logdir))
+
+
+def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits, pad, done, device, progress, job,
+               writer=None, world: int = 1) -> None:
+    seeds = seeds_all[mine.start:mine.stop]
+    B = len(seeds)
+    models = []
+    for s in seeds:
+        torch.manual_seed(s)
+        models.append(archs.build(arch, p.dataset))
+    net = BatchedZooNet(models).to(device)
+    opt = make_optimizer(net, p.protocol, p.lr)
+    sched = None if p.protocol == "single" else torch.optim.lr_scheduler.MultiStepLR(opt, list(p.milestones), 0.1)
+    order = DataOrder.from_seeds(seeds)
+    best_acc = torch.full((B,), -1.0)
+    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    start = 0
+    block = "" if len(mine) == len(seeds_all) else f"-{mine.start}-{mine.stop}"
+    ckpt = out / ".checkpoints" / f"{job}-{arch}{block}.pt"
+    if ckpt.exists():  # resume from the last completed epoch
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        if sched is not None:
+            sched.load_state_dict(state["sched"])
+        for g, s in zip(order.gens, state["gens"]):
+            g.set_state(s)
+        best_acc, best_state, start = state["best_acc"].cpu(), state["best_state"], state["epoch"]
+        _log(progress, f"{arch}: resuming after epoch {start}")
+    xtr, ytr = splits["train"]
+    # single protocol: which split each (run, snapshot) instance goes to, 100:16:16, from the seed
+    if p.protocol == "single":
+        n = len(seeds_all) * len(p.snapshots)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seeds_all[0]))
+        n_val = n_test = max(1, round(n * 16 / 132))
+        where = {}
+        for rank, k in enumerate(perm.tolist()):
+            where[k] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    bar = _progress_bar(progress, arch, start, p.epochs, B, world)
+    for epoch in range(start + 1, p.epochs + 1):
+        loss = train_epoch(net, opt, xtr, ytr, order, p.batch_size, pad, p.flip, list(NORMALIZED_BLACK))
+        if sched is not None:
+            sched.step()
+        if p.protocol == "single" and epoch in p.snapshots:
+            accs = {s: evaluate(net, *splits[s]) for s in ("train", "val", "test")}
+            for r, m in zip(mine, net.instances()):
+                k = r * len(p.snapshots) + p.snapshots.index(epoch)
+                iid = f"{arch}-r{r}-e{epoch:03d}"
+                if iid not in done:
+                    zoo_format.write_instance(out, m, id=iid, arch=arch, dataset=p.dataset, protocol=p.protocol,
+                                              seed=seeds_all[r], epoch=epoch,
+                                              acc={s: float(a[r - mine.start]) for s, a in accs.items()},
+                                              split=where[k])
+        elif p.protocol != "single":
+            val = evaluate(net, *splits["val"])
+            better = val > best_acc
+            if bool(better.any()):
+                for k, v in net.state_dict().items():
+                    mask = better.to(v.device)
+                    best_state[k][mask] = v.detach()[mask]
+                best_acc = torch.where(better, val, best_acc)
+        _save_checkpoint({"net": net.state_dict(), "opt": opt.state_dict(),
+                          "sched": sched.state_dict() if sched is not None else None,
+                          "gens": [g.get_state() for g in order.gens], "best_acc": best_acc,
+                          "best_state": best_state, "epoch": epoch}, ckpt)
+        scalars = {"loss": float(loss.mean())}
+        if p.protocol != "single":
+            scalars["best_val_acc"] = float(best_acc.mean())
+        if writer is not None:
+            for name, v in scalars.items():
+                writer.add_scalar(f"{arch}/{name}", v, epoch)
+            writer.add_histogram(f"{arch}/instance_loss", loss, epoch)
+            writer.flush()
+        if bar is not None:
+            bar.set_postfix({k: round(v, 4) for k, v in scalars.items()}, refresh=False)
+            bar.update(1)
+        else:
+            _log(progress, f"{arch}: epoch {epoch}/{p.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+        _maybe_die(epoch)
+    if bar is not None:
+        bar.close()
+    if p.protocol != "single":  # the best-on-validation instances are final now
+        net.load_state_dict(best_state)
+        accs = {s: evaluate(net, *splits[s]) for s in ("train", "val", "test")}
+        n_train, n_val, _ = counts
+        for i, m in zip(mine, net.instances()):
+            iid = f"{arch}-{i:03d}"
+            if iid in done:
+                continue
+            split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            zoo_format.write_instance(out, m, id=iid, arch=arch, dataset=p.dataset, protocol=p.protocol,
+                                      seed=seeds_all[i], epoch=p.epochs,
+                                      acc={s: float(a[i - mine.start]) for s, a in accs.items()}, split=split)
+        _log(progress, f"{arch}: {len(mine)} instances written (best val acc mean {float(best_acc.mean()):.4f})")
+
+
+def _progress_bar(progress: bool, arch: str, start: int, epochs: int, B: int, world: int):
+    """A tqdm bar over epochs on stderr (rank 0 only under torchrun). None without progress; also
+    when stderr is not a terminal (a log file gets one line per epoch, not carriage-return
+    redraws) or tqdm is missing (a bare environment such as the GPU machine)."""
+    if not progress or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+
+    who = f"{B} instances" + (f", rank 0 of {world}" if world > 1 else "")
+    return tqdm(total=epochs, initial=start, desc=f"{arch} ({who})", unit="epoch", dynamic_ncols=True,
+                file=sys.stderr)
+

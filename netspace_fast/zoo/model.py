@@ -1,0 +1,216 @@
+"""Batched zoo training's model (issue 4): B instances of one architecture as one module.
+
+The B instances live in one module with every parameter stacked along a leading B dimension. The
+activations of a convolution are either ONE grouped channels-last tensor (the layout of
+:mod:`netspace_fast.engine.cpu`): the conv is one grouped convolution over all instances, and
+BatchNorm over the B*C network-major channels IS per-instance BatchNorm (statistics per instance,
+running statistics per instance); or B per-instance channels-last tensors, each conv and BatchNorm
+run per instance. :mod:`netspace_fast.engine.layout` picks per layer from the work per instance. Adam and SGD
+(momentum, weight decay) act elementwise, so one optimizer over the stacked parameters keeps
+per-instance optimizer state. Each instance has its own initialization seed and its own data
+order and augmentation draws, so training B instances together gives the instances each would
+get alone (tested).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import archs
+from ..archs import ArchSpec, SpecNet
+from ..engine.layout import flatten, plan_blocks, to_grouped, to_split
+from ..ops.batched_layers_ref import ACT_CODES, apply_act
+
+CL = torch.channels_last
+
+__all__ = ["BatchedZooNet", "StackedLinear"]
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class BatchedZooNet(nn.Module):
+    """B instances (BN form) of one architecture, parameters stacked: forward (B, N, ...) -> (B, N, out)."""
+
+    def __init__(self, models: list[SpecNet]) -> None:
+        super().__init__()
+        if not models:
+            raise ValueError("models: expected at least one network")
+        spec = models[0].spec
+        for i, m in enumerate(models):
+            if not isinstance(m, SpecNet) or m.spec != spec or m.batchnorm != models[0].batchnorm:
+                raise ValueError(f"models: model {i} is not a {spec.name}/{spec.dataset} like model 0")
+        self.spec: ArchSpec = spec
+        self.B = len(models)
+        self.batchnorm = models[0].batchnorm
+        self.eps: dict[str, float] = {}
+        self.momentum: dict[str, float] = {}
+        states = [m.state_dict() for m in models]
+        for name in states[0]:
+            stacked = torch.stack([s[name].detach().clone() for s in states])
+            if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                self.register_buffer(_key(name), stacked)
+            else:
+                self.register_parameter(_key(name), nn.Parameter(stacked))
+        for layer in spec.layers:
+            if self.batchnorm and layer.bn is not None:
+                bn = models[0].get_submodule(layer.bn)
+                self.eps[layer.bn], self.momentum[layer.bn] = bn.eps, bn.momentum
+
+    def _t(self, name: str) -> torch.Tensor:
+        return getattr(self, _key(name))
+
+    def forward(self, x: torch.Tensor, *, grouped: bool = False) -> torch.Tensor:
+        """x: (B, N, C, H, W), one batch per instance; or, with ``grouped=True``, the grouped input
+        (N, B*C, H, W) itself, instance b's channels at b*C.. (what :func:`gather_grouped` writes
+        straight from the dataset: no relayout here)."""
+        B, (C, *rest) = self.B, self.spec.input_shape
+        dims = ", ".join(map(str, rest))
+        if grouped:
+            if x.dim() != 2 + len(rest) or tuple(x.shape[1:]) != (B * C, *rest):
+                raise ValueError(f"x: expected (N, B*C={B * C}, {dims}) with grouped=True, got {tuple(x.shape)}")
+            values = {0: x.contiguous(memory_format=CL)}
+        else:
+            if x.dim() != 3 + len(rest) or x.shape[0] != B:
+                raise ValueError(f"x: expected (B={B}, N, {C}, {dims}), got {tuple(x.shape)}")
+            N = x.shape[1]
+            values = {0: x.transpose(0, 1).reshape(N, B * C, *rest).contiguous(memory_format=CL)}
+        cache: dict[tuple[int, str], object] = {}
+
+        def value(v: int, form: str):  # an activation in the form a layer wants, converted once
+            if (v, form) not in cache:
+                cache[(v, form)] = to_split(values[v], B) if form == "split" else to_grouped(values[v])
+            return cache[(v, form)]
+
+        layers = self.spec.layers
+        x0 = values[0]
+        if x0.dim() == 4:
+            blocks = plan_blocks([(lay.kind, lay.src, lay.dst, lay.out_features, lay.kernel, lay.stride, lay.padding)
+                                  for lay in layers], x0.shape[0], tuple(x0.shape[-2:]), x0.device)
+        else:
+            blocks = [(i, i + 1, False) for i in range(len(layers))]
+        for start, stop, split in blocks:
+            if split:
+                self._split_block(layers[start:stop], values, value)
+                continue
+            layer = layers[start]
+            h = values[layer.src]
+            if layer.kind == "conv":
+                z = self._conv(layer, value(layer.src, "grouped"))
+            elif layer.kind == "linear":
+                z = StackedLinear.apply(h, self._t(f"{layer.name}.weight"), self._t(f"{layer.name}.bias"))
+            elif layer.kind == "avgpool":
+                z = F.avg_pool2d(value(layer.src, "grouped"), layer.kernel, layer.stride)
+            else:  # (B, N, C*H*W), each instance's own (c, h, w) order
+                z = flatten(h, B)
+            if layer.residual is not None:
+                z = z + (value(layer.residual, "grouped") if layer.kind in ("conv", "avgpool")
+                         else values[layer.residual])
+            values[layer.dst] = _activation(z, layer.act)
+        return values[layers[-1].dst]
+
+    def _bias(self, layer) -> torch.Tensor | None:
+        return self._t(f"{layer.name}.bias") if hasattr(self, _key(f"{layer.name}.bias")) else None
+
+    def _bn(self, layer) -> str | None:
+        """The layer's BatchNorm (None without); counts the step like nn.BatchNorm2d in training."""
+        if not (self.batchnorm and layer.bn is not None):
+            return None
+        if self.training:
+            self._t(f"{layer.bn}.num_batches_tracked").add_(1)
+        return layer.bn
+
+    def _conv(self, layer, h):
+        """conv (+ per-instance BatchNorm) of all instances as ONE grouped call."""
+        w, bias = self._t(f"{layer.name}.weight"), self._bias(layer)
+        z = F.conv2d(h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1) if bias is not None else None,
+                     layer.stride, layer.padding, 1, self.B)
+        bn = self._bn(layer)
+        if bn is not None:
+            z = F.batch_norm(z, self._t(f"{bn}.running_mean").view(-1), self._t(f"{bn}.running_var").view(-1),
+                             self._t(f"{bn}.weight").reshape(-1), self._t(f"{bn}.bias").reshape(-1), self.training,
+                             self.momentum[bn], self.eps[bn])
+        return z
+
+    def _split_block(self, block, values, value) -> None:
+        """Per-instance convs (+ BatchNorm) and pools, instance by instance (see layout.plan_blocks)."""
+        B = self.B
+        inside = {layer.dst for layer in block}
+        outside = {v: value(v, "split") for layer in block for v in (layer.src, layer.residual)
+                   if v is not None and v not in inside}
+        out = {v: [None] * B for v in inside}
+        params = [self._instance_params(layer) if layer.kind == "conv" else None for layer in block]
+        for b in range(B):
+            for layer, prm in zip(block, params):
+                h = out[layer.src][b] if layer.src in inside else outside[layer.src][b]
+                if layer.kind == "conv":
+                    ws, bs, bn = prm
+                    z = F.conv2d(h, ws[b], bs[b], layer.stride, layer.padding)
+                    if bn is not None:  # running statistics updated in place through the per-instance views
+                        rm, rv, gs, be, name = bn
+                        z = F.batch_norm(z, rm[b], rv[b], gs[b], be[b], self.training, self.momentum[name],
+                                         self.eps[name])
+                else:
+                    z = F.avg_pool2d(h, layer.kernel, layer.stride)
+                if layer.residual is not None:
+                    z = z + (out[layer.residual][b] if layer.residual in inside else outside[layer.residual][b])
+                out[layer.dst][b] = _activation(z, layer.act)
+        values.update(out)
+
+    def _instance_params(self, layer):
+        """Per-instance views of a conv layer's weights, bias and BatchNorm tensors. unbind: ONE
+        backward node stacks the B gradients (indexing would add B full-size buffers)."""
+        w, bias, name = self._t(f"{layer.name}.weight"), self._bias(layer), self._bn(layer)
+        bn = None if name is None else (self._t(f"{name}.running_mean"), self._t(f"{name}.running_var"),
+                                        self._t(f"{name}.weight").unbind(0), self._t(f"{name}.bias").unbind(0), name)
+        return w.unbind(0), (bias.unbind(0) if bias is not None else [None] * self.B), bn
+
+    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
+        """One SpecNet state dict per instance (the BN form, as trained)."""
+        names = [k.replace("__", ".") for k in self.state_dict()]
+        full = self.state_dict()
+        return [{n: full[_key(n)][b].detach().clone() for n in names} for b in range(self.B)]
+
+    def preps(self, width: int = 10_000, height: int | None = None) -> torch.Tensor:
+        """(B, H, W) PReps of the trained instances, BatchNorm folded by the fused pack kernel."""
+        from ..prep import pack_preps
+
+        with torch.no_grad():
+            return pack_preps(self.instances(), width, height)
+
+    def instances(self) -> list[SpecNet]:
+        out = []
+        for sd in self.state_dicts():
+            m = archs.build(self.spec.name, self.spec.dataset, batchnorm=self.batchnorm)
+            m.load_state_dict(sd)
+            out.append(m.eval())
+        return out
+
+
+def _activation(z, act: str):
+    """The layer's activation, in place (nothing saved for backward reads its input)."""
+    return apply_act(z, ACT_CODES[act], inplace=True)
+
+
+class StackedLinear(torch.autograd.Function):
+    """(B, N, in) @ (B, out, in)^T + (B, out): B linear layers, one GEMM each way.
+
+    Autograd through ``baddbmm(bias, h, w.transpose(1, 2))`` computes the weight gradient as
+    ``(h^T g)^T``, a transposed view that the gradient accumulation then copies into the
+    parameter's layout; here it is computed as ``g^T h``, already (B, out, in)."""
+
+    @staticmethod
+    def forward(ctx, h, w, b):
+        ctx.save_for_backward(h, w)
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g):
+        h, w = ctx.saved_tensors
+        gh = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(g.transpose(1, 2), h) if ctx.needs_input_grad[1] else None
+        gb = g.sum(1) if ctx.needs_input_grad[2] else None
+        return gh, gw, gb
+

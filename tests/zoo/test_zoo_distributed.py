@@ -1,0 +1,161 @@
+"""Issue 4, beyond one machine: sharding a zoo job over torchrun ranks, one manifest; progress and
+TensorBoard scalars of the trainer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netspace_fast.zoo import job as zoo_job
+from netspace_fast.zoo import PRESETS, Preset, shard, train_zoo
+from netspace_fast.zoo.format import Zoo
+
+TINY_SINGLE = Preset("test: single protocol, 3 runs, 2 snapshots", "digits", "single", (("lenetlike", 0, 0, 0),),
+                     epochs=3, batch_size=64, lr=1e-4, runs=3, snapshots=(1, 3), crop_pad=0, flip=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 17))
+def test_shard_blocks_partition_the_instances(n, world):
+    blocks = [shard(n, r, world) for r in range(world)]
+    assert [i for b in blocks for i in b] == list(range(n))  # every instance once, in order
+    sizes = [len(b) for b in blocks]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def _same_zoo(a: Zoo, b: Zoo) -> None:
+    """Same ids, splits, metadata; weights equal to float32 rounding (grouped vs smaller-group convs)."""
+    ea = {e["id"]: e for e in a.instances()}
+    eb = {e["id"]: e for e in b.instances()}
+    assert sorted(ea) == sorted(eb)
+    assert {s: sorted(v) for s, v in a.splits.items()} == {s: sorted(v) for s, v in b.splits.items()}
+    for i in ea:
+        for key in ("architecture", "dataset", "protocol", "seed", "epoch", "split", "num_params"):
+            assert ea[i][key] == eb[i][key], (i, key)
+        for key in ("train_acc", "val_acc", "test_acc"):
+            assert abs(ea[i][key] - eb[i][key]) <= 0.02, (i, key, ea[i][key], eb[i][key])
+        sa, sb = a.state_dict(i), b.state_dict(i)
+        for k in sa:
+            assert torch.allclose(sa[k].float(), sb[k].float(), rtol=1e-3, atol=1e-4), (i, k)
+    assert a.verify() == [] and b.verify() == []
+
+
+@pytest.mark.parametrize("preset", ["digits-tiny", "tiny-single"])
+def test_ranks_shard_the_job_into_one_manifest(tmp_path, monkeypatch, preset):
+    """The rank bookkeeping (blocks, ids, seeds, splits, checkpoints), ranks run one after the other."""
+    monkeypatch.setitem(PRESETS, "tiny-single", TINY_SINGLE)
+    train_zoo(tmp_path / "one", preset, progress=False)
+    for rank in range(2):
+        monkeypatch.setattr(zoo_job, "setup_distributed", lambda device, r=rank: (r, 2, device, None, False))
+        train_zoo(tmp_path / "two", preset, progress=False)
+    _same_zoo(Zoo.open(tmp_path / "one"), Zoo.open(tmp_path / "two"))
+    ckpts = sorted(p.name for p in (tmp_path / "two" / ".checkpoints").iterdir())
+    B = TINY_SINGLE.runs if preset == "tiny-single" else 2
+    assert ckpts == sorted([f"0-lenetlike-0-{B // 2}.pt", f"0-lenetlike-{B // 2}-{B}.pt"])
+
+
+def test_torchrun_two_ranks_gloo(tmp_path):
+    """The real thing: torchrun --nproc_per_node=2 on the CLI command, gloo on CPU, one zoo."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "netspace_fast.cli", "zoo", "train", "--preset", "digits-tiny", "--out", str(tmp_path / "two")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("done: zoo written") == 1  # reported once, not once per rank
+    ckpts = sorted(p.name for p in (tmp_path / "two" / ".checkpoints").iterdir())
+    assert ckpts == ["0-lenetlike-0-1.pt", "0-lenetlike-1-2.pt"]  # each rank trained its own instance
+    train_zoo(tmp_path / "one", "digits-tiny", progress=False)
+    _same_zoo(Zoo.open(tmp_path / "one"), Zoo.open(tmp_path / "two"))
+
+
+class _FakeWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter (the tensorboard package is optional)."""
+
+    made: list["_FakeWriter"] = []
+
+    def __init__(self, logdir):
+        self.logdir, self.scalars, self.hists, self.closed = logdir, [], [], False
+        _FakeWriter.made.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def add_histogram(self, tag, values, step):
+        self.hists.append((tag, tuple(values.shape), step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_tensorboard_scalars_per_epoch(tmp_path, monkeypatch):
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = _FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    _FakeWriter.made.clear()
+    train_zoo(tmp_path / "z", "digits-tiny", progress=False, tensorboard=tmp_path / "tb")
+    (w,) = _FakeWriter.made
+    assert w.logdir == str(tmp_path / "tb") and w.closed
+    assert [s for t, _, s in w.scalars if t == "lenetlike/loss"] == [1, 2, 3]
+    assert [s for t, _, s in w.scalars if t == "lenetlike/best_val_acc"] == [1, 2, 3]
+    assert all(0.0 <= v <= 1.0 for t, v, _ in w.scalars if t.endswith("acc"))
+    assert w.hists == [("lenetlike/instance_loss", (2,), e) for e in (1, 2, 3)]
+
+
+def test_tensorboard_missing_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ValueError, match="tensorboard.*needs the 'tensorboard' package"):
+        train_zoo(tmp_path / "z", "digits-tiny", progress=False, tensorboard=tmp_path / "tb")
+    assert not (tmp_path / "z").exists()  # refused before any work
+
+
+def test_progress_lines_when_not_a_terminal(tmp_path, capsys):
+    train_zoo(tmp_path / "z", "digits-tiny", progress=True)
+    err = capsys.readouterr().err
+    assert "lenetlike: epoch 1/3 loss" in err and "lenetlike: epoch 3/3 loss" in err
+    assert "2 instances written" in err
+
+
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    train_zoo(tmp_path / "z", "digits-tiny", progress=True)
+    text = err.getvalue()
+    assert "lenetlike (2 instances)" in text and "3/3" in text
+    assert "epoch/s" in text or "s/epoch" in text
+    assert "lenetlike: epoch 1/3" not in text  # the bar replaces the per-epoch lines
+
+
+def test_torchrun_killed_and_rerun_resumes(tmp_path):
+    """SIGKILL under torchrun (one rank dies after its epoch-2 checkpoint; torchrun then stops the
+    other), rerun the same command: every rank resumes from its own last checkpoint, and the zoo
+    equals a one-process run's."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "netspace_fast.cli", "zoo", "train", "--preset", "digits-tiny", "--out", str(tmp_path / "two")]
+    killed = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                            env=dict(env, NETSPACE_TEST_SIGKILL_AFTER_EPOCH="2"))
+    assert killed.returncode != 0
+    assert not Zoo.open(tmp_path / "two").instances()  # multi protocol: nothing final before the last epoch
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming after epoch" in rerun.stderr
+    train_zoo(tmp_path / "one", "digits-tiny", progress=False)
+    _same_zoo(Zoo.open(tmp_path / "one"), Zoo.open(tmp_path / "two"))

@@ -1,0 +1,98 @@
+"""train_zoo (issue 4): presets, resume after SIGKILL, config guard, acceptance on digits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from netspace_fast.zoo import PRESETS, train_zoo
+from netspace_fast.zoo.format import Zoo
+
+RUN = ("import sys; from netspace_fast.zoo import train_zoo; "
+       "train_zoo(sys.argv[1], sys.argv[2], progress=True)")
+
+
+def run_job(out, preset, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-c", RUN, str(out), preset], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def test_resume_after_sigkill(tmp_path):
+    out = tmp_path / "zoo"
+    first = run_job(out, "digits-tiny", {"NETSPACE_TEST_SIGKILL_AFTER_EPOCH": "2"})
+    assert first.returncode == -9  # killed, mid-job
+    assert not Zoo.open(out).instances()  # multi protocol: nothing final yet
+    second = run_job(out, "digits-tiny")
+    assert second.returncode == 0, second.stderr
+    assert "resuming after epoch 2" in second.stderr
+    assert "epoch 1/" not in second.stderr and "epoch 3/3" in second.stderr  # only the missing epoch ran
+    zoo = Zoo.open(out)
+    ids = [e["id"] for e in zoo.instances()]
+    assert sorted(ids) == ["lenetlike-000", "lenetlike-001"] and len(set(ids)) == len(ids)
+    assert zoo.verify() == []
+    # a third run finds everything done and changes nothing
+    before = (out / "manifest.json").read_bytes()
+    third = run_job(out, "digits-tiny")
+    assert third.returncode == 0 and "already in the zoo" in third.stderr
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_other_config_into_same_dir_is_refused(tmp_path):
+    train_zoo(tmp_path / "z", "digits-tiny", progress=False)
+    with pytest.raises(ValueError, match="config"):
+        train_zoo(tmp_path / "z", "digits-tiny", seed=1, progress=False)
+
+
+def test_unknown_preset(tmp_path):
+    with pytest.raises(ValueError, match="preset: unknown 'nope'"):
+        train_zoo(tmp_path, "nope")
+
+
+def test_paper_presets_follow_the_method():
+    multi = PRESETS["cifar10-multi"]
+    assert multi.epochs == 300 and multi.milestones == (150, 180, 210) and multi.lr == 0.05
+    assert [(a, n) for a, n, _, _ in multi.archs] == [("lenetlike", 60), ("vanillacnn", 50), ("resnet8", 60),
+                                                      ("resnet32", 100)]
+    assert [(a, n) for a, n, _, _ in PRESETS["cifar10-unseen"].archs] == [("lenetlike", 40), ("resnet32", 80)]
+    single = PRESETS["cifar10-single"]
+    assert single.lr == 1e-4 and single.snapshots[:3] == (1, 2, 3) and single.snapshots[-1] == 600
+    assert 100 in single.snapshots and 102 in single.snapshots and 550 in single.snapshots
+
+
+def test_digits_multi_acceptance(tmp_path):
+    """Issue 4: digits multi LeNetLike instances reach >= 95% test accuracy."""
+    train_zoo(tmp_path / "m", "digits-multi", progress=False)
+    zoo = Zoo.open(tmp_path / "m")
+    accs = [e["test_acc"] for e in zoo.instances()]
+    assert len(accs) == 8 and {k: len(v) for k, v in zoo.splits.items()} == {"train": 4, "val": 2, "test": 2}
+    assert min(accs) >= 0.95, accs
+    assert zoo.verify() == []
+    # issues 2-4 end to end: the zoo's folded PReps, evaluated by batched_forward, reproduce the
+    # test accuracy recorded for each instance (BN-form models, eval mode)
+    import torch
+
+    from netspace_fast import archs, batched_forward, data
+
+    x, y = data.tensors("digits", "test")
+    for split in ("train", "val", "test"):
+        entries = zoo.instances(split, "lenetlike")
+        preps = zoo.preps(split, "lenetlike", width=1024)
+        with torch.no_grad():
+            logits = batched_forward(archs.spec("lenetlike", "digits"), preps, x)
+        acc = (logits.argmax(-1) == y).float().mean(1)
+        for e, a in zip(entries, acc.tolist()):
+            assert abs(a - e["test_acc"]) <= 1.5 / len(y), (e["id"], a, e["test_acc"])  # at most one flipped image
+
+
+def test_digits_single_acceptance(tmp_path):
+    """Issue 4: the single zoo's instances span from below 50% to above 90% test accuracy."""
+    train_zoo(tmp_path / "s", "digits-single", progress=False)
+    zoo = Zoo.open(tmp_path / "s")
+    accs = [e["test_acc"] for e in zoo.instances()]
+    assert len(accs) == 4 * len(PRESETS["digits-single"].snapshots)
+    assert min(accs) < 0.5 and max(accs) > 0.9, (min(accs), max(accs))
+    assert all(len(v) > 0 for v in zoo.splits.values())
