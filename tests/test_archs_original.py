@@ -216,3 +216,74 @@ def test_pack_order_must_be_a_permutation():
     lenet = archs.spec("lenetlike")
     assert archs.ArchSpec(lenet.name, lenet.dataset, lenet.input_shape, lenet.num_outputs, lenet.layers,
                           lenet.class_id, lenet.pack_order) == lenet
+
+
+# ---------------------------------------------------------------------------------------------
+# zoos written with the old names (schema version 1) stay readable
+
+
+def _old_name(arch: str, key: str) -> str:
+    """The schema-1 name of today's key (written independently of zoo_format's mapping)."""
+    if arch.startswith("resnet"):
+        return key.replace(".downsample.", ".shortcut.")
+    if arch == "vanillacnn":
+        i, rest = int(key.split(".")[1]), key.split(".", 2)[2]
+        return f"conv{i + 1}.{rest}" if i < 5 else f"fc.{rest}"
+    return key
+
+
+def _write_schema1_zoo(path):
+    """A zoo as netspace_fast wrote it before the renaming: old keys in the files, schema_version 1."""
+    import hashlib
+    import json
+
+    from safetensors.torch import save_file
+
+    from netspace_fast.zoo_format import init_zoo, write_instance
+
+    init_zoo(path, {"job": "schema1"})
+    models = {}
+    for k, (arch, split) in enumerate([("resnet8", "train"), ("vanillacnn", "val"), ("lenetlike", "test")]):
+        m = randomize_bn(archs.build(arch, "cifar10")).eval()
+        models[f"{arch}-0"] = m
+        write_instance(path, m, id=f"{arch}-0", arch=arch, dataset="cifar10", protocol="multi", seed=k, epoch=1,
+                       acc={"test": 0.5}, split=split)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    for entry in manifest["instances"]:
+        arch = entry["architecture"]
+        state = {_old_name(arch, k): v.contiguous() for k, v in models[entry["id"]].state_dict().items()}
+        save_file(state, path / entry["file"])
+        entry["sha256"] = hashlib.sha256((path / entry["file"]).read_bytes()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return models
+
+
+def test_schema1_zoo_is_read_with_todays_names(tmp_path):
+    from safetensors.torch import load_file
+
+    from netspace_fast.zoo_format import SCHEMA_VERSION, Zoo, init_zoo, write_instance
+
+    z = tmp_path / "old"
+    models = _write_schema1_zoo(z)
+    # the files really hold the old names
+    assert "layer2.0.shortcut.0.weight" in load_file(z / "resnet8-0.safetensors")
+    assert "conv5.weight" in load_file(z / "vanillacnn-0.safetensors")
+    zoo = Zoo.open(z)
+    assert zoo.schema_version == 1 and SCHEMA_VERSION == 2
+    assert zoo.verify() == []
+    for id, m in models.items():
+        sd = zoo.state_dict(id)
+        assert set(sd) == set(m.state_dict())
+        for k, v in m.state_dict().items():
+            assert torch.equal(sd[k], v), (id, k)
+        loaded = zoo.model(id)
+        assert torch.equal(nf.pack_preps(loaded, WIDTH), nf.pack_preps(m, WIDTH))
+    assert torch.equal(zoo.preps("train", "resnet8", WIDTH), nf.pack_preps(models["resnet8-0"], WIDTH))
+    # writing would mix the two namings: refused, naming the version
+    with pytest.raises(ValueError, match="schema version 1"):
+        write_instance(z, archs.build("lenetlike"), id="new", arch="lenetlike", dataset="cifar10", protocol="p",
+                       seed=0, epoch=0, acc={}, split="train")
+    with pytest.raises(ValueError, match="schema version 1"):
+        init_zoo(z, {"job": "schema1"})
+    assert len(Zoo.open(z)) == 3
