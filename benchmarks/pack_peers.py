@@ -108,9 +108,7 @@ def foldpack_fuse_weights(models: list[nn.Module], width: int = WIDTH) -> torch.
     out = []
     for m in models:
         parts = []
-        for layer in m.spec.layers:
-            if layer.kind not in ("conv", "linear"):
-                continue
+        for layer in m.spec.pack_layers:  # packing order (downsample after conv2), not execution order
             mod = m.get_submodule(layer.name)
             if layer.bn:
                 bn = m.get_submodule(layer.bn)

@@ -10,6 +10,18 @@ Layers form a small SSA graph: value 0 is the network input, each layer reads ``
 optionally adds ``residual``) and writes a new value ``dst``; the last layer's value is the output.
 A conv or linear layer computes ``act(W x + b [+ residual])``: the fused epilogue order of the
 batched layer ops.
+
+Names and packing order are those of the original NetSpace code (the one the paper's zoos and
+checkpoints were made with), so its state dicts load strictly and its PReps are ours:
+
+- ResNets use torchvision's names: stem ``conv1``/``bn1``; blocks ``layer{s}.{i}.conv1``, ``.bn1``,
+  ``.conv2``, ``.bn2`` and, where stride or width changes, ``.downsample.0`` (1x1 conv) and
+  ``.downsample.1`` (BatchNorm); head ``fc``. A block's parameters are packed conv1, conv2,
+  downsample (torchvision's BasicBlock registration order), although the downsample conv *runs*
+  before conv2 (conv2's epilogue adds it): ``ArchSpec.layers`` is the execution order,
+  ``ArchSpec.pack_order`` the packing (= module registration) order.
+- VanillaCNN's five convs and its fc are ``layers.0`` .. ``layers.5`` (an ``nn.ModuleList``).
+- LeNetLike: ``conv1`` .. ``conv{2,3}``, ``fc1`` .. ``fc3``.
 """
 
 from __future__ import annotations
@@ -84,17 +96,31 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class ArchSpec:
+    """``layers``: the graph in execution order. ``pack_order``: the names of the conv/linear layers
+    in packing order (the order of ``params``, of PRep layouts and of module registration); empty
+    means execution order, and is normalized to the explicit tuple."""
+
     name: str
     dataset: str | None
     input_shape: tuple[int, ...]
     num_outputs: int
     layers: tuple[LayerSpec, ...]
     class_id: int | None = None
+    pack_order: tuple[str, ...] = ()
     params: tuple[ParamSpec, ...] = field(default=(), compare=False)
+    pack_layers: tuple[LayerSpec, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        by_name = {layer.name: layer for layer in self.layers if layer.kind in ("conv", "linear")}
+        order = tuple(self.pack_order) if self.pack_order else tuple(by_name)
+        if sorted(order) != sorted(by_name) or len(set(order)) != len(order):
+            raise ValueError(f"pack_order: expected a permutation of the conv/linear layers {sorted(by_name)}, "
+                             f"got {list(order)}")
+        pack_layers = tuple(by_name[n] for n in order)
+        object.__setattr__(self, "pack_order", order)
+        object.__setattr__(self, "pack_layers", pack_layers)
         params = []
-        for layer in self.layers:
+        for layer in pack_layers:
             if layer.kind == "conv":
                 k = layer.kernel
                 params.append(ParamSpec(f"{layer.name}.weight", (layer.out_features, layer.in_features, k, k)))
@@ -173,12 +199,12 @@ def _vanillacnn(dataset: str) -> ArchSpec:
         convs = [(8, 2), (8, 1), (32, 2), (64, 1), (64, 2)]
     g = _GraphBuilder()
     v, c = 0, cin
-    for i, (out, s) in enumerate(convs, 1):
-        v = g.add("conv", v, name=f"conv{i}", in_features=c, out_features=out, kernel=3, stride=s, padding=1,
+    for i, (out, s) in enumerate(convs):  # the original's nn.ModuleList: layers.0 .. layers.4, layers.5 the fc
+        v = g.add("conv", v, name=f"layers.{i}", in_features=c, out_features=out, kernel=3, stride=s, padding=1,
                   act="leaky_relu")
         c, size = out, _conv_out(size, 3, s, 1)
     v = g.add("flatten", v)
-    g.add("linear", v, name="fc", in_features=c * size * size, out_features=classes)
+    g.add("linear", v, name=f"layers.{len(convs)}", in_features=c * size * size, out_features=classes)
     return ArchSpec("vanillacnn", dataset, (cin, DATASETS[dataset][1], DATASETS[dataset][1]), classes,
                     tuple(g.layers), CLASS_IDS["vanillacnn"])
 
@@ -189,6 +215,7 @@ def _resnet(depth: int, dataset: str) -> ArchSpec:
     g = _GraphBuilder()
     v = g.add("conv", 0, name="conv1", in_features=cin, out_features=16, kernel=3, stride=1, padding=1,
               act="leaky_relu", bn="bn1")
+    order = ["conv1"]  # packing order: torchvision's registration order (block: conv1, conv2, downsample)
     c = 16
     for stage, (width, stride) in enumerate([(16, 1), (32, 2), (64, 2)], 1):
         for b in range(n):
@@ -196,9 +223,12 @@ def _resnet(depth: int, dataset: str) -> ArchSpec:
             p = f"layer{stage}.{b}"
             h = g.add("conv", v, name=f"{p}.conv1", in_features=c, out_features=width, kernel=3, stride=s,
                       padding=1, act="leaky_relu", bn=f"{p}.bn1")
+            order += [f"{p}.conv1", f"{p}.conv2"]
+            # the downsample conv runs before conv2 (conv2's epilogue adds it) but is packed after it
             if s != 1 or c != width:
-                short = g.add("conv", v, name=f"{p}.shortcut.0", in_features=c, out_features=width, kernel=1,
-                              stride=s, padding=0, bn=f"{p}.shortcut.1")
+                short = g.add("conv", v, name=f"{p}.downsample.0", in_features=c, out_features=width, kernel=1,
+                              stride=s, padding=0, bn=f"{p}.downsample.1")
+                order.append(f"{p}.downsample.0")
             else:
                 short = v
             v = g.add("conv", h, name=f"{p}.conv2", in_features=width, out_features=width, kernel=3, stride=1,
@@ -209,9 +239,10 @@ def _resnet(depth: int, dataset: str) -> ArchSpec:
     size //= 8
     v = g.add("flatten", v)
     g.add("linear", v, name="fc", in_features=c * size * size, out_features=classes)
+    order.append("fc")
     name = f"resnet{depth}"
     return ArchSpec(name, dataset, (cin, DATASETS[dataset][1], DATASETS[dataset][1]), classes, tuple(g.layers),
-                    CLASS_IDS.get(name))
+                    CLASS_IDS.get(name), tuple(order))
 
 
 def _siren() -> ArchSpec:
@@ -302,21 +333,32 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 class SpecNet(nn.Module):
-    """A network built from an :class:`ArchSpec`; ``batchnorm=False`` gives the folded (BN-free) form."""
+    """A network built from an :class:`ArchSpec`; ``batchnorm=False`` gives the folded (BN-free) form.
+
+    Submodules are registered in the spec's packing order, each conv followed by its BatchNorm, so
+    ``named_parameters()`` of the BN-free form is ``spec.params`` and ``state_dict()`` of the BN form
+    has the original code's keys in its order (torchvision's for the ResNets)."""
 
     def __init__(self, spec_: ArchSpec, batchnorm: bool = True) -> None:
         super().__init__()
         self.spec = spec_
         self.batchnorm = bool(batchnorm and spec_.has_batchnorm)
+        # modules are constructed in execution order (so a seed draws the same initial weights as it
+        # always did) and registered in packing order
+        made: dict[str, tuple[nn.Module, nn.Module | None]] = {}
         for layer in spec_.layers:
             use_bn = self.batchnorm and layer.bn is not None
             if layer.kind == "conv":
-                _set_submodule(self, layer.name, nn.Conv2d(layer.in_features, layer.out_features, layer.kernel,
-                                                           layer.stride, layer.padding, bias=not use_bn))
-                if use_bn:
-                    _set_submodule(self, layer.bn, nn.BatchNorm2d(layer.out_features))
+                made[layer.name] = (nn.Conv2d(layer.in_features, layer.out_features, layer.kernel, layer.stride,
+                                              layer.padding, bias=not use_bn),
+                                    nn.BatchNorm2d(layer.out_features) if use_bn else None)
             elif layer.kind == "linear":
-                _set_submodule(self, layer.name, nn.Linear(layer.in_features, layer.out_features))
+                made[layer.name] = (nn.Linear(layer.in_features, layer.out_features), None)
+        for layer in spec_.pack_layers:
+            module, bn = made[layer.name]
+            _set_submodule(self, layer.name, module)
+            if bn is not None:
+                _set_submodule(self, layer.bn, bn)
         # (path -> module) tables so forward does no attribute walking
         self._layer_modules = {
             layer.name: self.get_submodule(layer.name) for layer in spec_.layers if layer.kind in ("conv", "linear")

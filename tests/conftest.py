@@ -182,9 +182,7 @@ def manual_fold_flat(model: archs.SpecNet) -> torch.Tensor:
     spec's packing order: W' = W * gamma / sqrt(var + eps), b' = (b - mean) * gamma / sqrt(var + eps) + beta
     (seed Sec. VI), b = 0 for convs without bias."""
     parts = []
-    for layer in model.spec.layers:
-        if layer.kind not in ("conv", "linear"):
-            continue
+    for layer in model.spec.pack_layers:
         mod = model.get_submodule(layer.name)
         w = mod.weight.detach().double()
         b = mod.bias.detach().double() if mod.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)

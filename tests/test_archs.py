@@ -65,7 +65,7 @@ def test_bn_form_structure(name, dataset):
     model = archs.build(name, dataset)
     assert model.batchnorm is True and s.has_batchnorm
     bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns == [layer.bn for layer in s.layers if layer.bn is not None]
+    assert bns == [layer.bn for layer in s.pack_layers if layer.bn is not None]  # registration = packing order
     # every conv followed by a BN has no bias in the BN form (METHOD.md section 2)
     for layer in s.layers:
         if layer.bn is not None:
@@ -171,11 +171,11 @@ def _ref_lenetlike(p, x, dataset):
 
 def _ref_vanillacnn(p, x, dataset):
     strides = (2, 2, 2, 2, 2) if dataset == "tinyimagenet" else (2, 1, 2, 1, 2)
-    for i, s in enumerate(strides, 1):
-        x = _act(F.conv2d(x, p[f"conv{i}.weight"], p[f"conv{i}.bias"], s, 1))
+    for i, s in enumerate(strides):  # the original's names: layers.0 .. layers.4 convs, layers.5 the fc
+        x = _act(F.conv2d(x, p[f"layers.{i}.weight"], p[f"layers.{i}.bias"], s, 1))
     x = x.flatten(1)
     assert x.shape[1] == (256 if dataset == "tinyimagenet" else 1024)
-    return F.linear(x, p["fc.weight"], p["fc.bias"])
+    return F.linear(x, p["layers.5.weight"], p["layers.5.bias"])
 
 
 def _ref_resnet(model, x, n):
@@ -196,7 +196,7 @@ def _ref_resnet(model, x, n):
             h = _act(bn(f"{pre}.bn1", conv(f"{pre}.conv1", x, s, 1)))
             h = bn(f"{pre}.bn2", conv(f"{pre}.conv2", h, 1, 1))
             if s != 1 or c != width:
-                short = bn(f"{pre}.shortcut.1", conv(f"{pre}.shortcut.0", x, s, 0))
+                short = bn(f"{pre}.downsample.1", conv(f"{pre}.downsample.0", x, s, 0))
             else:
                 short = x
             x = _act(h + short)

@@ -163,3 +163,26 @@ def zoo_train(preset: str, out_dir: Path, root: Path | None, seed: int | None, d
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun rank
         click.echo(f"done: zoo written to {str(out_dir)!r}")
+
+
+@zoo.command("import")
+@click.argument("lists", metavar="LIST [LIST ...]", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Zoo directory to create (or to resume an interrupted import into).")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="Dataset root folder: evaluate train/val/test accuracy (default: not recorded).")
+@click.option("--base", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory that relative .pt paths resolve against (default: the current directory).")
+def zoo_import(lists: tuple[Path, ...], out_dir: Path, root: Path | None, base: Path | None) -> None:
+    """Import the original NetSpace code's zoo: its list files (train.txt, val.txt, test.txt; one
+    network a line, 'class;<typed params>;path/to/file.pt') and the state dicts they name.
+
+    The split of each network is its list file's name. Everything is validated before anything
+    is written; a problem is one error line naming the list file and line."""
+    from ..zoo.importer import import_original_zoo
+
+    with user_errors():
+        z = import_original_zoo(list(lists), out_dir, root=root, base=base,
+                                log=lambda msg: click.echo(msg, err=True))
+    counts = ", ".join(f"{s} {len(v)}" for s, v in z.splits.items())
+    click.echo(f"done: {len(z)} networks in zoo {str(out_dir)!r} ({counts})")

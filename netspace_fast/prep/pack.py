@@ -34,9 +34,7 @@ def _pack_plan(spec: ArchSpec, batchnorm: bool) -> _PackPlan:
     plan: list[int] = []
     layers = []
     t = 0  # index of the next gathered tensor of one network
-    for layer in spec.layers:
-        if layer.kind not in ("conv", "linear"):
-            continue
+    for layer in spec.pack_layers:  # packing order (spec.params), not execution order
         bn = layer.bn if batchnorm else None
         layers.append((layer.name, bn))
         w_numel = math.prod((layer.out_features, layer.in_features, layer.kernel, layer.kernel)

@@ -10,6 +10,12 @@ A zoo is a directory holding
   BatchNorm form, buffers such as running statistics and ``num_batches_tracked`` included). The
   folded (BN-free) form is derived on load (:meth:`Zoo.model` with ``folded=True``).
 
+Schema versions: 2 (written now) stores the state dicts under the original NetSpace code's names
+(torchvision's ``downsample`` in the ResNets, ``layers.0`` .. ``layers.5`` in VanillaCNN; see
+:mod:`netspace_fast.archs`). Version 1 zoos (``shortcut`` and ``conv1`` .. ``conv5``/``fc``) stay
+readable: their keys are mapped to today's names on load. Writing into a version 1 zoo is refused
+(it would mix the two namings); write a new zoo instead.
+
 Every file is written atomically: a temporary file in the same directory is written, flushed and
 fsynced, moved over the target with :func:`os.replace`, and the directory is fsynced. A crash at
 any point leaves either the previous or the new version of each file, never a partial one.
@@ -43,6 +49,7 @@ from ..storage import TMP_PREFIX, atomic_write_bytes, locked, sha256_bytes, sha2
 
 __all__ = [
     "MANIFEST_NAME",
+    "READABLE_SCHEMA_VERSIONS",
     "SCHEMA_VERSION",
     "SPLITS",
     "Zoo",
@@ -50,7 +57,9 @@ __all__ = [
     "write_instance",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: versions this module reads (older ones are mapped to today's parameter names on load)
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test")
 _SUFFIX = ".safetensors"
@@ -89,9 +98,9 @@ def _validate_manifest(manifest: Any, path: Path) -> dict:
     if "schema_version" not in manifest:
         raise bad("no 'schema_version' field")
     version = manifest["schema_version"]
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise ValueError(f"{path}: unknown zoo schema version {version!r}; this netspace_fast reads version "
-                         f"{SCHEMA_VERSION}")
+    if isinstance(version, bool) or version not in READABLE_SCHEMA_VERSIONS:
+        raise ValueError(f"{path}: unknown zoo schema version {version!r}; this netspace_fast reads versions "
+                         f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
     for key in ("config", "instances", "splits"):
         if key not in manifest:
             raise bad(f"no {key!r} field")
@@ -154,6 +163,38 @@ def _read_manifest(zoo_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# older schema versions
+
+
+def _v1_key(arch: str, key: str) -> str:
+    """Today's name of state-dict key ``key`` of an ``arch`` instance stored by schema version 1."""
+    if arch.startswith("resnet"):
+        return key.replace(".shortcut.", ".downsample.")
+    if arch == "vanillacnn":
+        head, _, rest = key.partition(".")
+        if head == "fc":
+            return f"layers.5.{rest}"
+        if head.startswith("conv") and head[4:].isdigit() and 1 <= int(head[4:]) <= 5:
+            return f"layers.{int(head[4:]) - 1}.{rest}"
+    return key
+
+
+def _upgrade_state_dict(state: dict[str, torch.Tensor], arch: str, version: int) -> dict[str, torch.Tensor]:
+    """``state`` as stored by schema ``version``, under today's names (keys of schema 1 mapped)."""
+    if version >= 2:
+        return state
+    return {_v1_key(arch, k): v for k, v in state.items()}
+
+
+def _refuse_old_schema(manifest: dict, zoo: Path) -> None:
+    version = manifest["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"zoo {str(zoo)!r} has schema version {version} (older parameter names); this "
+                         f"netspace_fast reads it but writes only version {SCHEMA_VERSION}, and will not mix the "
+                         f"two in one zoo: write into a new directory")
+
+
+# ---------------------------------------------------------------------------------------------
 # writing
 
 
@@ -171,6 +212,7 @@ def init_zoo(zoo_dir: str | os.PathLike, config: Mapping[str, Any] | None = None
     with locked(zoo):
         if (zoo / MANIFEST_NAME).exists():
             manifest = _read_manifest(zoo)
+            _refuse_old_schema(manifest, zoo)
             if manifest["config"] != config:
                 raise ValueError(
                     f"zoo {str(zoo)!r} was created with a different configuration; refusing to resume into it.\n"
@@ -201,8 +243,12 @@ def _expected_shapes(arch: str, dataset: str) -> dict[str, tuple[tuple[int, ...]
 
 
 def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arch: str, dataset: str,
-                   protocol: str, seed: int, epoch: int, acc: Mapping[str, float], split: str) -> dict:
+                   protocol: str, seed: int | None, epoch: int | None, acc: Mapping[str, float | None],
+                   split: str) -> dict:
     """Write one trained instance into the zoo and record it in the manifest; returns its entry.
+
+    ``seed``, ``epoch`` and any accuracy may be None: not recorded (networks imported from the
+    original code's zoo).
 
     The state dict (BN form, buffers included) is stored as ``<id>.safetensors``, atomically; then
     the manifest is updated atomically. The zoo directory and manifest are created (config None)
@@ -219,8 +265,8 @@ def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arc
     arch, dataset = spec.name, spec.dataset
     if not isinstance(protocol, str):
         raise TypeError(f"protocol: expected a str, got {type(protocol).__name__}")
-    seed = _check_int(seed, "seed")
-    epoch = _check_int(epoch, "epoch")
+    seed = None if seed is None else _check_int(seed, "seed")
+    epoch = None if epoch is None else _check_int(epoch, "epoch")
     if not isinstance(acc, Mapping):
         raise TypeError(f"acc: expected a mapping with keys among {SPLITS}, got {type(acc).__name__}")
     unknown = set(acc) - set(SPLITS)
@@ -261,6 +307,7 @@ def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arc
     with locked(zoo):
         if (zoo / MANIFEST_NAME).exists():
             manifest = _read_manifest(zoo)
+            _refuse_old_schema(manifest, zoo)
         else:
             manifest = _empty_manifest(None)
         existing = next((e for e in manifest["instances"] if e["id"] == id), None)
@@ -333,15 +380,21 @@ class Zoo:
         ids = self.manifest["splits"][split] if split is not None else [e["id"] for e in self.manifest["instances"]]
         return [dict(self._by_id[i]) for i in ids if arch is None or self._by_id[i]["architecture"] == arch]
 
+    @property
+    def schema_version(self) -> int:
+        return self.manifest["schema_version"]
+
     def state_dict(self, id: str) -> dict[str, torch.Tensor]:
+        """The instance's stored state dict (BN form) under today's parameter names."""
         entry = self.entry(id)
         path = self.path / entry["file"]
         if not path.is_file():
             raise FileNotFoundError(f"instance {id!r}: file {str(path)!r} is missing")
         try:
-            return st_load(path.read_bytes())
+            state = st_load(path.read_bytes())
         except (SafetensorError, ValueError, RuntimeError) as e:
             raise ValueError(f"instance {id!r}: {entry['file']} is not a readable safetensors file: {e}") from None
+        return _upgrade_state_dict(state, entry["architecture"], self.schema_version)
 
     def model(self, id: str, *, folded: bool = False) -> nn.Module:
         """The instance as an eval-mode network (BN form), or its folded BN-free form."""
@@ -386,7 +439,8 @@ class Zoo:
             if sha != entry["sha256"]:
                 problems.append(f"{name}: sha256 mismatch (manifest {entry['sha256']}, file {sha})")
             try:
-                tensors = st_load(path.read_bytes())
+                tensors = _upgrade_state_dict(st_load(path.read_bytes()), entry["architecture"],
+                                              self.schema_version)
             except Exception as e:  # noqa: BLE001 - any parse failure is a corrupt file
                 problems.append(f"{name}: corrupt or truncated safetensors file ({type(e).__name__}: {e})")
                 continue

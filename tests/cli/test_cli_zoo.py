@@ -61,7 +61,7 @@ def test_info_summary(zoo_dir):
     r = _runner().invoke(cli, ["zoo", "info", str(zoo_dir)])
     assert r.exit_code == 0, r.output
     out = r.stdout
-    assert "schema version: 1" in out
+    assert "schema version: 2" in out
     assert '"preset": "tiny"' in out
     assert "instances: 3 (train 1, val 1, test 1)" in out
     assert "lenetlike [digits]: 3 instances (train 1, val 1, test 1)" in out

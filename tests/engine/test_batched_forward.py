@@ -351,7 +351,7 @@ def test_per_network_regime_counts(monkeypatch):
 
     monkeypatch.setattr(layout, "use_split", lambda n, cout, hw, device="cpu": hw >= 16 * 16)  # ResNet8 stages 1-2
     spec = archs.spec("resnet8")
-    split_convs = sum(1 for layer in spec.layers if layer.kind == "conv") - 3  # stage 3: 2 convs + shortcut
+    split_convs = sum(1 for layer in spec.layers if layer.kind == "conv") - 3  # stage 3: 2 convs + downsample
     counts = {}
     for B in (2, 5):
         preps = make_preps(spec, B).requires_grad_()

@@ -107,7 +107,7 @@ def test_pack_custom_eps():
     """Each BatchNorm's own eps is used."""
     m = make_model("resnet8")
     m.bn1.eps = 1e-1
-    m.get_submodule("layer2.0.shortcut.1").eps = 0.5
+    m.get_submodule("layer2.0.downsample.1").eps = 0.5
     with torch.no_grad():
         prep = pack_preps(m, width=64)
     expected = manual_fold_flat(m)

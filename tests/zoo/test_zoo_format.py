@@ -79,7 +79,7 @@ def test_round_trip_state_and_forward(zoo3):
 def test_manifest_fields(zoo3):
     z, models = zoo3
     manifest = json.loads((z / "manifest.json").read_text())
-    assert manifest["schema_version"] == SCHEMA_VERSION == 1
+    assert manifest["schema_version"] == SCHEMA_VERSION == 2
     e = next(e for e in manifest["instances"] if e["id"] == "resnet8-1")
     assert e["architecture"] == "resnet8" and e["dataset"] == DS
     assert e["class_id"] == archs.CLASS_IDS["resnet8"]
