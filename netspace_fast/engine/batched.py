@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from ..archs import ArchSpec, spec_forward
 from ..ops import backend as _backend
 from ..ops.batched_layers import cuda_layer_backward, cuda_layer_forward
-from ..ops.batched_layers_ref import ACT_CODES
 from ..prep.layout import PRepLayout, prep_shape, unpack_prep
 from .cpu import GroupedNet
+from .program import compile_program
 from .grads import ValueGrads, prep_grad_buffer
 
 __all__ = ["batched_forward", "batched_forward_reference"]
@@ -73,22 +73,6 @@ def batched_forward_reference(spec: ArchSpec, preps: torch.Tensor, x: torch.Tens
     if not outs:
         return preps.new_empty((0, N, spec.num_outputs))
     return torch.stack(outs)
-
-
-def _program(spec: ArchSpec, width: int) -> list[tuple]:
-    offsets = {e.name: e.offset for e in PRepLayout.for_spec(spec, width).entries}
-    prog = []
-    for layer in spec.layers:
-        if layer.kind == "conv":
-            geom = (offsets[f"{layer.name}.weight"], offsets[f"{layer.name}.bias"], layer.out_features,
-                    layer.in_features, layer.kernel, layer.stride, layer.padding)
-        elif layer.kind == "linear":
-            geom = (offsets[f"{layer.name}.weight"], offsets[f"{layer.name}.bias"], layer.out_features,
-                    layer.in_features)
-        else:
-            geom = (layer.kernel, layer.stride)
-        prog.append((layer.kind, layer.src, layer.dst, layer.residual, ACT_CODES[layer.act], geom))
-    return prog
 
 
 def _lead(v: torch.Tensor, feat_dims: int) -> tuple[int, ...]:
@@ -170,7 +154,7 @@ def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
     preps2d = preps.reshape(B, -1)
     if preps2d.stride(1) != 1:
         preps2d = preps2d.contiguous()
-    program = _program(spec, preps.shape[2])
+    program = compile_program(spec, preps.shape[2])
     if which == "cpp":  # CPU: grouped or per-network convs per layer (netspace_fast.engine.cpu)
         return GroupedNet.apply(preps2d, x, program, shared, spec.num_params)
     # "triton": the layer ops' CUDA kernels (or, on CPU tensors, under TRITON_INTERPRET=1)

@@ -17,137 +17,51 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.batched_layers_ref import ACT_LEAKY, ACT_SIN, LEAKY_SLOPE, act_grad, apply_act
+from ..ops.batched_layers_ref import ACT_LEAKY, LEAKY_SLOPE, act_grad
+from .executor import Weights, run
 from .grads import ValueGrads, prep_grad_buffer
-from .layout import plan_blocks, to_grouped, to_split
+from .layout import to_grouped, to_split
 
 CL = torch.channels_last
 
 
-def _conv_weights(preps2d: torch.Tensor, geom: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    w_off, b_off, cout, cin, k, _, _ = geom
-    B = preps2d.shape[0]
-    w = preps2d[:, w_off:w_off + cout * cin * k * k].reshape(B * cout, cin, k, k)
-    b = preps2d[:, b_off:b_off + cout].reshape(B * cout)
-    return w.contiguous(memory_format=CL), b
+class PRepWeights(Weights):
+    """Layer weights read from a (B, P) PRep batch (views; the grouped conv's (B*cout, cin, k, k)
+    filter bank is one channels-last copy)."""
+
+    def __init__(self, preps2d: torch.Tensor) -> None:
+        self.preps2d = preps2d
+        self.B = preps2d.shape[0]
+
+    def conv(self, i, step, h, groups):
+        w_off, b_off, cout, cin, k, stride, padding = step[5]
+        B = self.B
+        w = self.preps2d[:, w_off:w_off + cout * cin * k * k].reshape(B * cout, cin, k, k)
+        w = w.contiguous(memory_format=CL)
+        b = self.preps2d[:, b_off:b_off + cout].reshape(B * cout)
+        return F.conv2d(h, w, b, stride, padding, 1, groups), w
+
+    def conv_params(self, i, step):
+        """Per-network (cout, cin, k, k) weight and (cout,) bias views of the PRep batch (no copies)."""
+        w_off, b_off, cout, cin, k, _, _ = step[5]
+        n = cout * cin * k * k
+        p = self.preps2d
+        ws = [p[b, w_off:w_off + n].view(cout, cin, k, k) for b in range(self.B)]
+        bs = [p[b, b_off:b_off + cout] for b in range(self.B)]
+        return (ws, bs), ws
+
+    def conv_one(self, i, step, params, b, h):
+        ws, bs = params
+        return F.conv2d(h, ws[b], bs[b], step[5][5], step[5][6])
+
+    def linear(self, i, step, h, residual):
+        return torch.ops.netspace_fast.batched_linear(h, self.preps2d, *step[5], step[4], residual)
 
 
-def _split_weights(preps2d: torch.Tensor, geom: tuple) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-network (cout, cin, k, k) weight and (cout,) bias views of the PRep batch (no copies)."""
-    w_off, b_off, cout, cin, k, _, _ = geom
-    n = cout * cin * k * k
-    return ([preps2d[b, w_off:w_off + n].view(cout, cin, k, k) for b in range(preps2d.shape[0])],
-            [preps2d[b, b_off:b_off + cout] for b in range(preps2d.shape[0])])
-
-
-def plan(program: list, x: torch.Tensor, shared: bool, device) -> list[tuple[int, int, bool]]:
-    """The program cut into blocks (see :func:`netspace_fast.engine.layout.plan_blocks`)."""
-    if x.dim() < 4:  # no image input, no convolutions
-        return [(i, i + 1, False) for i in range(len(program))]
-    geoms = [(kind, src, dst, geom[2], geom[4], geom[5], geom[6]) if kind == "conv" else
-             (kind, src, dst, None, geom[0], geom[1], 0) if kind == "avgpool" else (kind, src, dst, None, 0, 1, 0)
-             for kind, src, dst, residual, act, geom in program]
-    return plan_blocks(geoms, x.shape[0] if shared else x.shape[1], tuple(x.shape[-2:]), device)
-
-
-def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program: list, shared: bool):
-    """Runs the program; returns (output (B, N, out), saved state for grouped_backward).
-
-    Each conv runs either as ONE grouped call over the (N, B*C, H, W) activations, or per network
-    over B (N, C, H, W) channels-last activations, as :func:`netspace_fast.engine.layout.use_split` chooses
-    from the work per network. A run of per-network layers goes network by network (each network's
-    activations flow from layer to layer while still in cache: measured 98 vs 126 ms for ResNet8's
-    forward, B=8, N=128, against layer by layer); activations are converted (once each) where the
-    choice changes."""
-    B = preps2d.shape[0]
-    values: dict[int, object] = {0: x}
-    cache: dict[tuple[int, str], object] = {}
-    saved: list = [None] * len(program)
-    blocks = plan(program, x, shared, preps2d.device)
-
-    def value(v: int, form: str):
-        """Activation v in ``form`` ("grouped" or "split"), converted once. The shared input is one
-        tensor in both forms (every network reads it)."""
-        if v == 0 and shared:
-            xs = cache.setdefault((0, "cl"), x.contiguous(memory_format=CL))
-            return [xs] * B if form == "split" else xs
-        if (v, form) not in cache:
-            h = values[v]
-            if v == 0 and x.dim() == 5:  # per-network input (B, N, C, H, W)
-                Bx, N, C, H, W = x.shape
-                h = ([x[b].contiguous(memory_format=CL) for b in range(B)] if form == "split" else
-                     x.permute(1, 0, 2, 3, 4).reshape(N, B * C, H, W).contiguous(memory_format=CL))
-            cache[(v, form)] = to_split(h, B) if form == "split" else to_grouped(h)
-        return cache[(v, form)]
-
-    for start, stop, split in blocks:
-        if split:
-            _split_block_forward(preps2d, program, start, stop, values, value, saved, B)
-            continue
-        kind, src, dst, residual, act, geom = program[start]
-        h = values[src]
-        if kind == "conv":
-            first_shared = src == 0 and shared
-            w, b = _conv_weights(preps2d, geom)
-            hin = value(src, "grouped")
-            z = F.conv2d(hin, w, b, geom[5], geom[6], 1, 1 if first_shared else B)
-            if residual is not None:
-                z.add_(value(residual, "grouped"))
-            pre = z.clone() if act == ACT_SIN else None
-            y = apply_act(z, act, inplace=True)
-            saved[start] = (hin, w, y, pre, 1 if first_shared else B)
-        elif kind == "linear":
-            res = values[residual] if residual is not None else None
-            y, z = torch.ops.netspace_fast.batched_linear(h, preps2d, *geom, act, res)
-            saved[start] = (h, None, y, z, None)
-        elif kind == "avgpool":
-            y = F.avg_pool2d(value(src, "grouped"), geom[0], geom[1])
-            saved[start] = (value(src, "grouped"), None, None, None, None)
-        else:  # flatten: -> (B, N, C*H*W) in each network's own (c, h, w) order
-            if isinstance(h, list):
-                y = torch.stack([t.reshape(t.shape[0], -1) for t in h])
-            elif h.dim() == 4:
-                N, BC, H, W = h.shape
-                # splitting the channel dim is a view in any layout: one copy in all
-                y = h.unflatten(1, (B, BC // B)).permute(1, 0, 2, 3, 4).reshape(B, N, -1)
-            else:
-                y = h
-            saved[start] = (h, None, None, None, None)
-        values[dst] = y
-    out = values[program[-1][2]]
-    return out, (saved, blocks)
-
-
-def _split_block_forward(preps2d, program, start, stop, values, value, saved, B) -> None:
-    """Entries start..stop-1 (per-network convs and pools), network by network."""
-    entries = program[start:stop]
-    inside = {e[2] for e in entries}
-    outside = {v: value(v, "split") for e in entries for v in (e[1], e[3]) if v is not None and v not in inside}
-    out = {e[2]: [None] * B for e in entries}
-    recs = []
-    for kind, src, dst, residual, act, geom in entries:
-        if kind == "conv":
-            ws, bs = _split_weights(preps2d, geom)
-            recs.append(([None] * B, ws, bs, [None] * B, [None] * B if act == ACT_SIN else None))
-        else:
-            recs.append(([None] * B, None, None, None, None))
-    for b in range(B):
-        for (kind, src, dst, residual, act, geom), (hs, ws, bs, ys, pres) in zip(entries, recs):
-            h = out[src][b] if src in inside else outside[src][b]
-            hs[b] = h
-            if kind == "conv":
-                z = F.conv2d(h, ws[b], bs[b], geom[5], geom[6])
-                if residual is not None:
-                    z.add_(out[residual][b] if residual in inside else outside[residual][b])
-                if pres is not None:
-                    pres[b] = z.clone()
-                ys[b] = y = apply_act(z, act, inplace=True)
-            else:
-                y = F.avg_pool2d(h, geom[0], geom[1])
-            out[dst][b] = y
-    for i, (e, (hs, ws, bs, ys, pres)) in enumerate(zip(entries, recs)):
-        saved[start + i] = (hs, ws, ys, pres, "split")
-    values.update(out)
+def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program, shared: bool):
+    """Runs the program with weights from the PReps; returns (output (B, N, out), saved state for
+    :func:`grouped_backward`). Layouts and blocks: :mod:`netspace_fast.engine.executor`."""
+    return run(program, x, preps2d.shape[0], PRepWeights(preps2d), shared=shared, record=True)
 
 
 def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Tensor, program: list, state,
@@ -315,4 +229,4 @@ class GroupedNet(torch.autograd.Function):
         return grad_preps, gx, None, None, None
 
 
-__all__ = ["GroupedNet", "grouped_backward", "grouped_forward"]
+__all__ = ["GroupedNet", "PRepWeights", "grouped_backward", "grouped_forward"]

@@ -19,8 +19,9 @@ from torch import nn
 
 from .. import archs
 from ..archs import ArchSpec, SpecNet
-from ..engine.layout import flatten, plan_blocks, to_grouped, to_split
-from ..ops.batched_layers_ref import ACT_CODES, apply_act
+from ..engine.executor import Weights, run
+from ..engine.program import compile_program
+from ..ops.batched_layers_ref import apply_act
 
 CL = torch.channels_last
 
@@ -65,51 +66,17 @@ class BatchedZooNet(nn.Module):
     def forward(self, x: torch.Tensor, *, grouped: bool = False) -> torch.Tensor:
         """x: (B, N, C, H, W), one batch per instance; or, with ``grouped=True``, the grouped input
         (N, B*C, H, W) itself, instance b's channels at b*C.. (what :func:`gather_grouped` writes
-        straight from the dataset: no relayout here)."""
+        straight from the dataset: no relayout here). Runs on the batched engine's executor
+        (:mod:`netspace_fast.engine.executor`), weights from the stacked parameters."""
         B, (C, *rest) = self.B, self.spec.input_shape
         dims = ", ".join(map(str, rest))
         if grouped:
             if x.dim() != 2 + len(rest) or tuple(x.shape[1:]) != (B * C, *rest):
                 raise ValueError(f"x: expected (N, B*C={B * C}, {dims}) with grouped=True, got {tuple(x.shape)}")
-            values = {0: x.contiguous(memory_format=CL)}
-        else:
-            if x.dim() != 3 + len(rest) or x.shape[0] != B:
-                raise ValueError(f"x: expected (B={B}, N, {C}, {dims}), got {tuple(x.shape)}")
-            N = x.shape[1]
-            values = {0: x.transpose(0, 1).reshape(N, B * C, *rest).contiguous(memory_format=CL)}
-        cache: dict[tuple[int, str], object] = {}
-
-        def value(v: int, form: str):  # an activation in the form a layer wants, converted once
-            if (v, form) not in cache:
-                cache[(v, form)] = to_split(values[v], B) if form == "split" else to_grouped(values[v])
-            return cache[(v, form)]
-
-        layers = self.spec.layers
-        x0 = values[0]
-        if x0.dim() == 4:
-            blocks = plan_blocks([(lay.kind, lay.src, lay.dst, lay.out_features, lay.kernel, lay.stride, lay.padding)
-                                  for lay in layers], x0.shape[0], tuple(x0.shape[-2:]), x0.device)
-        else:
-            blocks = [(i, i + 1, False) for i in range(len(layers))]
-        for start, stop, split in blocks:
-            if split:
-                self._split_block(layers[start:stop], values, value)
-                continue
-            layer = layers[start]
-            h = values[layer.src]
-            if layer.kind == "conv":
-                z = self._conv(layer, value(layer.src, "grouped"))
-            elif layer.kind == "linear":
-                z = StackedLinear.apply(h, self._t(f"{layer.name}.weight"), self._t(f"{layer.name}.bias"))
-            elif layer.kind == "avgpool":
-                z = F.avg_pool2d(value(layer.src, "grouped"), layer.kernel, layer.stride)
-            else:  # (B, N, C*H*W), each instance's own (c, h, w) order
-                z = flatten(h, B)
-            if layer.residual is not None:
-                z = z + (value(layer.residual, "grouped") if layer.kind in ("conv", "avgpool")
-                         else values[layer.residual])
-            values[layer.dst] = _activation(z, layer.act)
-        return values[layers[-1].dst]
+        elif x.dim() != 3 + len(rest) or x.shape[0] != B:
+            raise ValueError(f"x: expected (B={B}, N, {C}, {dims}), got {tuple(x.shape)}")
+        out, _ = run(compile_program(self.spec), x, B, _StackedWeights(self), grouped_input=grouped)
+        return out
 
     def _bias(self, layer) -> torch.Tensor | None:
         return self._t(f"{layer.name}.bias") if hasattr(self, _key(f"{layer.name}.bias")) else None
@@ -133,31 +100,6 @@ class BatchedZooNet(nn.Module):
                              self._t(f"{bn}.weight").reshape(-1), self._t(f"{bn}.bias").reshape(-1), self.training,
                              self.momentum[bn], self.eps[bn])
         return z
-
-    def _split_block(self, block, values, value) -> None:
-        """Per-instance convs (+ BatchNorm) and pools, instance by instance (see layout.plan_blocks)."""
-        B = self.B
-        inside = {layer.dst for layer in block}
-        outside = {v: value(v, "split") for layer in block for v in (layer.src, layer.residual)
-                   if v is not None and v not in inside}
-        out = {v: [None] * B for v in inside}
-        params = [self._instance_params(layer) if layer.kind == "conv" else None for layer in block]
-        for b in range(B):
-            for layer, prm in zip(block, params):
-                h = out[layer.src][b] if layer.src in inside else outside[layer.src][b]
-                if layer.kind == "conv":
-                    ws, bs, bn = prm
-                    z = F.conv2d(h, ws[b], bs[b], layer.stride, layer.padding)
-                    if bn is not None:  # running statistics updated in place through the per-instance views
-                        rm, rv, gs, be, name = bn
-                        z = F.batch_norm(z, rm[b], rv[b], gs[b], be[b], self.training, self.momentum[name],
-                                         self.eps[name])
-                else:
-                    z = F.avg_pool2d(h, layer.kernel, layer.stride)
-                if layer.residual is not None:
-                    z = z + (out[layer.residual][b] if layer.residual in inside else outside[layer.residual][b])
-                out[layer.dst][b] = _activation(z, layer.act)
-        values.update(out)
 
     def _instance_params(self, layer):
         """Per-instance views of a conv layer's weights, bias and BatchNorm tensors. unbind: ONE
@@ -189,9 +131,36 @@ class BatchedZooNet(nn.Module):
         return out
 
 
-def _activation(z, act: str):
-    """The layer's activation, in place (nothing saved for backward reads its input)."""
-    return apply_act(z, ACT_CODES[act], inplace=True)
+class _StackedWeights(Weights):
+    """The executor's weight source for a :class:`BatchedZooNet`: stacked parameters, per-instance
+    BatchNorm (grouped: BatchNorm over the B*C network-major channels; split: per instance)."""
+
+    def __init__(self, net: BatchedZooNet) -> None:
+        self.net = net
+        self.layers = net.spec.layers
+
+    def conv(self, i, step, h, groups):
+        return self.net._conv(self.layers[i], h), None
+
+    def conv_params(self, i, step):
+        return self.net._instance_params(self.layers[i]), None
+
+    def conv_one(self, i, step, params, b, h):
+        layer = self.layers[i]
+        ws, bs, bn = params
+        z = F.conv2d(h, ws[b], bs[b], layer.stride, layer.padding)
+        if bn is not None:  # running statistics updated in place through the per-instance views
+            rm, rv, gs, be, name = bn
+            net = self.net
+            z = F.batch_norm(z, rm[b], rv[b], gs[b], be[b], net.training, net.momentum[name], net.eps[name])
+        return z
+
+    def linear(self, i, step, h, residual):
+        layer = self.layers[i]
+        z = StackedLinear.apply(h, self.net._t(f"{layer.name}.weight"), self.net._t(f"{layer.name}.bias"))
+        if residual is not None:
+            z = z + residual
+        return apply_act(z, step[4], inplace=True), None
 
 
 class StackedLinear(torch.autograd.Function):
