@@ -1,30 +1,10 @@
-"""The ``netspace`` command line (click): the root group and the one-line error convention; each
-capability's commands live in their own module (:mod:`.zoo`; next ``space``, ``sdf``, ``explore``).
-
-::
-
-    netspace zoo info DIR [--json]      summary of a zoo: schema, config, counts, accuracy ranges
-    netspace zoo verify DIR             check every file against the manifest; exit 0 clean, 1 problems
-    netspace zoo train --preset NAME --out DIR [--root PATH] [--seed INT] [--device cpu|cuda] [--no-progress]
-                       [--tensorboard LOGDIR]
-    torchrun --nproc_per_node=K -m netspace_fast.cli zoo train ...   the same, instances sharded over K ranks
-
-Also runnable as ``python -m netspace_fast.cli``. A user mistake (missing folder, no manifest,
-unknown preset, a ValueError / OSError raised by the library) is reported as one ``error: ...``
-line on stderr with a non-zero exit status, never a traceback: exit 1 for a failed operation,
-exit 2 for a bad argument (click's convention). Library modules are imported inside the commands,
-so ``netspace --help`` stays cheap and a broken optional module only affects its own command.
-"""
+"""The root ``netspace`` group and the one-line error convention (described in
+:mod:`netspace_fast.cli`): :class:`CliError` and :func:`user_errors`, used by every command module."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click

@@ -1,21 +1,7 @@
-"""The minibatch gather of batched zoo training: ``netspace_fast::gather_grouped``.
-
-Every instance ``b`` of a zoo job draws its own sample ``index[b, j]`` for batch position ``j``
-(and, with augmentation, its own crop offset and horizontal flip). The grouped network
-(:mod:`netspace_fast.engine.cpu`, :class:`netspace_fast.zoo.BatchedZooNet`) wants its input as ONE
-(n, B*C, H, W) channels-last tensor with instance ``b``'s channels at ``b*C .. b*C+C-1``::
-
-    out[j, b*C + c, y, x] = images[index[b, j], c, y + oy - pad, x' + ox - pad]   (fill[c] outside the image)
-    x' = W-1-x if flips[b, j] else x;  (oy, ox) = offsets[b, j], or (pad, pad) when offsets is None
-
-i.e. a random crop of the image padded by ``pad`` at offset (oy, ox), then mirrored; ``fill``
-(one value per channel, default 0) is the padding value: for normalized images, pass the
-normalized black, ``-mean / std``, to pad as torchvision's ``RandomCrop(padding=...)`` does before
-normalization. The C++
-CPU kernel writes this in one pass over the batch; the pure-PyTorch reference
-(:func:`gather_grouped_ref`, also the path on other devices) does it with index + pad + gather +
-relayout. A data-loading op: not differentiable (images are data).
-"""
+"""The op ``netspace_fast::gather_grouped``: the minibatch gather of batched zoo training (one pass
+from the dataset into the grouped channels-last layout, crops and flips included; semantics and
+reference in gather_grouped_ref.py). CPU: the C++ kernel (csrc/gather_grouped_cpu.cpp); other
+devices: the reference. Here: the fake kernel and the wrapper."""
 
 from __future__ import annotations
 

@@ -25,15 +25,10 @@ concurrent writers on one machine do not lose each other's entries.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import hashlib
 import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -186,6 +181,16 @@ def _upgrade_state_dict(state: dict[str, torch.Tensor], arch: str, version: int)
     return {_v1_key(arch, k): v for k, v in state.items()}
 
 
+def _writable_manifest(zoo: Path) -> dict | None:
+    """The zoo's manifest for an update (call under :func:`locked`), None if there is none yet;
+    refuses a manifest of an older schema."""
+    if not (zoo / MANIFEST_NAME).exists():
+        return None
+    manifest = _read_manifest(zoo)
+    _refuse_old_schema(manifest, zoo)
+    return manifest
+
+
 def _refuse_old_schema(manifest: dict, zoo: Path) -> None:
     version = manifest["schema_version"]
     if version != SCHEMA_VERSION:
@@ -210,9 +215,8 @@ def init_zoo(zoo_dir: str | os.PathLike, config: Mapping[str, Any] | None = None
     config = _normalize_json(config, "config")
     zoo.mkdir(parents=True, exist_ok=True)
     with locked(zoo):
-        if (zoo / MANIFEST_NAME).exists():
-            manifest = _read_manifest(zoo)
-            _refuse_old_schema(manifest, zoo)
+        manifest = _writable_manifest(zoo)
+        if manifest is not None:
             if manifest["config"] != config:
                 raise ValueError(
                     f"zoo {str(zoo)!r} was created with a different configuration; refusing to resume into it.\n"
@@ -305,10 +309,8 @@ def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arc
 
     zoo.mkdir(parents=True, exist_ok=True)
     with locked(zoo):
-        if (zoo / MANIFEST_NAME).exists():
-            manifest = _read_manifest(zoo)
-            _refuse_old_schema(manifest, zoo)
-        else:
+        manifest = _writable_manifest(zoo)
+        if manifest is None:
             manifest = _empty_manifest(None)
         existing = next((e for e in manifest["instances"] if e["id"] == id), None)
         if existing is not None:
