@@ -121,7 +121,7 @@ class _BatchedNet(torch.autograd.Function):
             if g is None:
                 continue
             if kind in ("conv", "linear"):
-                gx, gz = cuda_layer_backward(kind, g, h, preps2d, y, z, geom, act, grad_preps, src != 0 or need_x)
+                gx, gz = cuda_layer_backward(kind, g, h, preps2d, y, z, geom, act, grad_preps)
                 if src != 0 or need_x:
                     acc(src, gx)
                 if residual is not None:

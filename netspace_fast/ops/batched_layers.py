@@ -108,12 +108,14 @@ def cuda_layer_forward(kind: str, x, preps, geom: tuple, act: int, residual):
     return (t.conv2d_op if kind == "conv" else t.linear_op)(x, preps, *geom, act, residual)
 
 
-def cuda_layer_backward(kind: str, grad_y, x, preps, y, z, geom: tuple, act: int, grad_preps, need_grad_x: bool = True):
+def cuda_layer_backward(kind: str, grad_y, x, preps, y, z, geom: tuple, act: int, grad_preps):
     """One layer's backward with the ops' CUDA kernel: writes its weight/bias gradients into
-    grad_preps; returns (grad_x, grad_z)."""
+    grad_preps; returns (grad_x, grad_z). Unlike the op, grad_z may BE grad_y (act 0): the engine
+    owns both, so no copy is made."""
     t = _triton()
-    return (t.conv2d_backward_op if kind == "conv" else t.linear_backward_op)(grad_y, x, preps, y, z, *geom, act,
-                                                                              grad_preps, need_grad_x)
+    if kind == "conv":
+        return t.conv2d_backward(grad_y, x, preps, y, z if z.numel() else None, *geom, act, grad_preps, x.dim() == 4)
+    return t.linear_backward(grad_y, x, preps, y, z if z.numel() else None, *geom, act, grad_preps, x.dim() == 2)
 
 
 class _LauncherLayer(torch.autograd.Function):
@@ -136,8 +138,7 @@ class _LauncherLayer(torch.autograd.Function):
     def backward(ctx, grad_y, _grad_z):
         x, preps, y, z = ctx.saved_tensors
         grad_preps = torch.zeros_like(preps)
-        gx, gz = cuda_layer_backward(ctx.kind, grad_y, x, preps, y, z, ctx.geom, ctx.act, grad_preps,
-                                     ctx.needs_input_grad[1])
+        gx, gz = cuda_layer_backward(ctx.kind, grad_y.contiguous(), x, preps, y, z, ctx.geom, ctx.act, grad_preps)
         return (None, gx if ctx.needs_input_grad[1] else None, grad_preps, gz if ctx.has_residual else None, None,
                 None)
 
