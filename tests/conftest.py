@@ -310,3 +310,14 @@ def assert_as_accurate(actual: torch.Tensor, reference: torch.Tensor, truth: tor
     ok = (err_a <= rtol * (t.abs() + scale)) | (err_a <= 4 * err_r + 1e-12)
     assert bool(ok.all()), (f"{int((~ok).sum())} values: max error {err_a.max().item():.3e} vs reference's "
                             f"{err_r.max().item():.3e}, max |truth| {scale:.3e}")
+
+
+def assert_matches_reference(y, y_ref, inputs, tol: float = 1e-4) -> tuple:
+    """y and the gradients of every input (for one random output gradient) against the reference's,
+    relative error <= tol; returns ours' gradients."""
+    assert rel_err(y, y_ref) <= tol
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, inputs, g)
+    for a, b in zip(grads, torch.autograd.grad(y_ref, inputs, g)):
+        assert rel_err(a, b) <= tol
+    return grads

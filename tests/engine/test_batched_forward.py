@@ -1,5 +1,6 @@
-"""Batched functional evaluation (issue 3) on the CPU backends: the native C++ ops against the
-per-network reference loop, gradients, gradcheck, opcheck, properties and bad input.
+"""Batched functional evaluation (issue 3) on the CPU: whole networks through batched_forward against
+the per-network reference loop, gradients, layouts, launch counts and bad input (the layer ops
+themselves: tests/ops/test_batched_layers.py).
 
 Tolerances: float32 relative error <= 1e-4 against the reference (the issue's CPU tolerance);
 float64 gradcheck with torch's defaults.
@@ -9,14 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
 
 import netspace_fast as nf
 from netspace_fast import archs
 from netspace_fast.archs import ArchSpec, LayerSpec
 from netspace_fast.engine import batched_forward, batched_forward_reference
-from netspace_fast.ops.batched_layers import batched_conv2d, batched_linear
-from netspace_fast.ops.batched_layers_ref import batched_conv2d_ref, batched_linear_ref
+from conftest import assert_matches_reference
 
 native = pytest.mark.skipif(not nf.backends()["cpu"]["compiled"], reason="native CPU kernels not built")
 
@@ -41,17 +40,6 @@ def make_preps(spec: ArchSpec, B: int, width: int = 1024, extra_rows: int = 0, d
 def make_x(spec: ArchSpec, B: int, N: int, shared: bool, dtype=torch.float32):
     shape = (N, *spec.input_shape) if shared else (B, N, *spec.input_shape)
     return torch.randn(shape, dtype=dtype)
-
-
-def assert_matches_reference(y, y_ref, inputs, tol: float = 1e-4) -> tuple:
-    """y and the gradients of every input (for one random output gradient) against the reference's,
-    relative error <= tol; returns ours' gradients."""
-    assert rel(y, y_ref) <= tol
-    g = torch.randn_like(y)
-    grads = torch.autograd.grad(y, inputs, g)
-    for a, b in zip(grads, torch.autograd.grad(y_ref, inputs, g)):
-        assert rel(a, b) <= tol
-    return grads
 
 
 def check_network(spec: ArchSpec, B: int, N: int, shared: bool) -> None:
@@ -103,85 +91,6 @@ def tiny_spec() -> ArchSpec:
         LayerSpec("linear", 7, 8, name="f2", in_features=4, out_features=2),
     )
     return ArchSpec("tiny", None, (2, 4, 4), 2, layers)
-
-
-@native
-@pytest.mark.parametrize("act", [0, 1, 2])
-@pytest.mark.parametrize("shared", [True, False])
-def test_layer_ops_gradcheck_float64(act, shared):
-    torch.manual_seed(act)
-    B, N, P = 2, 2, 200
-    preps = (torch.randn(B, P, dtype=torch.float64) * 0.3).requires_grad_()
-    x = torch.randn((N, 2, 5, 5) if shared else (B, N, 2, 5, 5), dtype=torch.float64, requires_grad=True)
-    res = torch.randn(B, N, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    conv = lambda p, xx, r: batched_conv2d(xx, p, 7, 100, 3, 2, 3, 2, 1, act, r, backend="cpp")  # noqa: E731
-    assert torch.autograd.gradcheck(conv, (preps, x, res))
-    xl = torch.randn((N, 6) if shared else (B, N, 6), dtype=torch.float64, requires_grad=True)
-    rl = torch.randn(B, N, 4, dtype=torch.float64, requires_grad=True)
-    lin = lambda p, xx, r: batched_linear(xx, p, 150, 10, 4, 6, act, r, backend="cpp")  # noqa: E731
-    assert torch.autograd.gradcheck(lin, (preps, xl, rl))
-
-
-@native
-def test_opcheck_layer_ops():
-    torch.manual_seed(0)
-    B, N, P = 2, 3, 300
-    preps = torch.randn(B, P, requires_grad=True)
-    for shared in (True, False):
-        x = torch.randn((N, 2, 6, 6) if shared else (B, N, 2, 6, 6), requires_grad=True)
-        for act in (0, 1, 2):
-            res = torch.randn(B, N, 4, 3, 3)
-            torch.library.opcheck(torch.ops.netspace_fast.batched_conv2d,
-                                  (x, preps, 5, 200, 4, 2, 3, 2, 1, act, res))
-            torch.library.opcheck(torch.ops.netspace_fast.batched_conv2d, (x, preps, 5, 200, 4, 2, 3, 2, 1, act, None))
-            y, z = torch.ops.netspace_fast.batched_conv2d(x, preps, 5, 200, 4, 2, 3, 2, 1, act, None)
-            torch.library.opcheck(torch.ops.netspace_fast.batched_conv2d_backward,
-                                  (torch.randn_like(y), x.detach(), preps.detach(), y.detach(), z.detach(), 5, 200, 4,
-                                   2, 3, 2, 1, act, torch.zeros(B, P), True),
-                                  test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
-        xl = torch.randn((N, 7) if shared else (B, N, 7), requires_grad=True)
-        for act in (0, 1, 2):
-            torch.library.opcheck(torch.ops.netspace_fast.batched_linear,
-                                  (xl, preps, 10, 100, 5, 7, act, torch.randn(B, N, 5)))
-            y, z = torch.ops.netspace_fast.batched_linear(xl, preps, 10, 100, 5, 7, act, None)
-            torch.library.opcheck(torch.ops.netspace_fast.batched_linear_backward,
-                                  (torch.randn_like(y), xl.detach(), preps.detach(), y.detach(), z.detach(), 10, 100,
-                                   5, 7, act, torch.zeros(B, P), False),
-                                  test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
-
-
-@native
-@settings(max_examples=25, deadline=None)
-@given(B=st.integers(1, 3), N=st.integers(1, 3), cin=st.integers(1, 4), cout=st.integers(1, 4),
-       k=st.integers(1, 4), stride=st.integers(1, 3), padding=st.integers(0, 2), size=st.integers(4, 8),
-       shared=st.booleans(), act=st.sampled_from([0, 1, 2]), residual=st.booleans())
-def test_property_conv_matches_reference(B, N, cin, cout, k, stride, padding, size, shared, act, residual):
-    torch.manual_seed(B * 100 + N * 10 + k)
-    w_numel = cout * cin * k * k
-    P = w_numel + cout + 5
-    preps = torch.randn(B, P, requires_grad=True)
-    x = torch.randn((N, cin, size, size) if shared else (B, N, cin, size, size), requires_grad=True)
-    ho = (size + 2 * padding - k) // stride + 1
-    res = torch.randn(B, N, cout, ho, ho, requires_grad=True) if residual else None
-    w_off, b_off = 2, 3 + w_numel  # a gap between weight and bias: offsets are honoured, not assumed
-    y = batched_conv2d(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, res, backend="cpp")
-    y_ref = batched_conv2d_ref(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, res)
-    assert_matches_reference(y, y_ref, (preps, x) + ((res,) if residual else ()))
-
-
-@native
-@settings(max_examples=25, deadline=None)
-@given(B=st.integers(1, 4), N=st.integers(1, 4), fin=st.integers(1, 9), fout=st.integers(1, 9),
-       shared=st.booleans(), act=st.sampled_from([0, 1, 2]), residual=st.booleans())
-def test_property_linear_matches_reference(B, N, fin, fout, shared, act, residual):
-    torch.manual_seed(B + N + fin + fout)
-    P = fin * fout + fout + 3
-    preps = torch.randn(B, P, requires_grad=True)
-    x = torch.randn((N, fin) if shared else (B, N, fin), requires_grad=True)
-    res = torch.randn(B, N, fout, requires_grad=True) if residual else None
-    y = batched_linear(x, preps, 1, 1 + fin * fout, fout, fin, act, res, backend="cpp")
-    y_ref = batched_linear_ref(x, preps, 1, 1 + fin * fout, fout, fin, act, res)
-    assert_matches_reference(y, y_ref, (preps, x) + ((res,) if residual else ()))
 
 
 @native
@@ -243,26 +152,6 @@ def test_bad_inputs():
         batched_forward(spec, preps, x.to("meta"))
     with pytest.raises(TypeError, match="spec"):
         batched_forward("resnet8", preps, x)
-
-
-@native
-def test_layer_op_bad_arguments_never_touch_memory():
-    preps = torch.zeros(2, 50)
-    x = torch.randn(2, 3, 5, 5)
-    with pytest.raises(ValueError, match="w_off"):
-        torch.ops.netspace_fast.batched_conv2d(x, preps, 40, 0, 2, 3, 3, 1, 1, 1, None)  # weight past P
-    with pytest.raises(ValueError, match="b_off"):
-        torch.ops.netspace_fast.batched_conv2d(x, preps, 0, 50, 1, 3, 3, 1, 1, 1, None)  # bias past P
-    with pytest.raises(ValueError, match="channels"):
-        torch.ops.netspace_fast.batched_conv2d(x, preps, 0, 40, 1, 2, 3, 1, 1, 1, None)
-    with pytest.raises(ValueError, match="act"):
-        torch.ops.netspace_fast.batched_linear(torch.randn(2, 3), preps, 0, 40, 2, 3, 7, None)
-    with pytest.raises(ValueError, match="residual"):
-        torch.ops.netspace_fast.batched_linear(torch.randn(2, 3), preps, 0, 40, 2, 3, 1, torch.randn(2, 2, 5))
-    with pytest.raises(ValueError, match="leading dim"):
-        torch.ops.netspace_fast.batched_linear(torch.randn(3, 2, 3), preps, 0, 40, 2, 3, 1, None)
-    with pytest.raises(ValueError, match="smaller than the kernel"):
-        torch.ops.netspace_fast.batched_conv2d(torch.randn(2, 1, 2, 2), preps, 0, 40, 1, 1, 5, 1, 0, 1, None)
 
 
 def test_tune_malloc_is_safe_to_call():
