@@ -7,17 +7,21 @@
     netspace zoo train --preset NAME --out DIR [--root PATH] [--seed INT] [--device cpu|cuda] [--no-progress]
                        [--tensorboard LOGDIR]
     torchrun --nproc_per_node=K -m netspace_fast.cli zoo train ...   the same, instances sharded over K ranks
+    netspace zoo import LIST [LIST ...] --out ZOO [--root PATH] [--base DIR]   the original code's zoo
+    netspace train single|multi --zoo ZOO --out RUN [--preset NAME] [--seed S] [--epochs N] [--device cpu|cuda]
+    netspace eval RUN [--split train|val|test|all] [--csv FILE]
 
 Also runnable as ``python -m netspace_fast.cli``. A user mistake (missing folder, no manifest,
 unknown preset, a ValueError / OSError raised by the library) is reported as one ``error: ...``
 line on stderr with a non-zero exit status, never a traceback: exit 1 for a failed operation,
 exit 2 for a bad argument (click's convention). Library modules are imported inside the commands,
 so ``netspace --help`` stays cheap and a broken optional module only affects its own command.
-One module per command group: :mod:`.zoo` (next: ``space``, ``sdf``, ``explore``).
+One module per command group: :mod:`.zoo`, :mod:`.space` (next: ``sdf``, ``explore``).
 """
 
 from __future__ import annotations
 
+from . import space as _space_commands  # noqa: F401  (registers ``netspace train|eval ...``)
 from . import zoo as _zoo_commands  # noqa: F401  (registers ``netspace zoo ...``)
 from .base import CliError, cli
 

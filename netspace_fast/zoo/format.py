@@ -420,7 +420,8 @@ class Zoo:
         models = self.models(split, arch)
         if not models:
             raise ValueError(f"zoo {str(self.path)!r} has no {arch!r} instances in split {split!r}")
-        return pack_preps(models, width, height)
+        with torch.no_grad():  # stored networks: data, not parameters being trained
+            return pack_preps(models, width, height)
 
     def verify(self) -> list[str]:
         """Problems found on disk, one message each naming the file; empty when all is well.

@@ -5,14 +5,13 @@ one batched job, checkpoints atomically after every epoch, writes finished insta
 from __future__ import annotations
 
 import io
-import os
-import signal
 import sys
 from pathlib import Path
 
 import torch
 
 from .. import archs, data
+from ..killpoint import after_checkpoint
 from ..storage import atomic_write_bytes
 from . import format as zoo_format
 from .augment import NORMALIZED_BLACK
@@ -29,13 +28,6 @@ def _save_checkpoint(state: dict, path) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def _maybe_die(epoch: int) -> None:
-    """Test hook: NETSPACE_TEST_SIGKILL_AFTER_EPOCH=k kills this process right after epoch k's
-    checkpoint, the moment a real kill is most likely to lose work (tests/test_zoo_train.py)."""
-    if os.environ.get("NETSPACE_TEST_SIGKILL_AFTER_EPOCH") == str(epoch):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -192,7 +184,7 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
             bar.update(1)
         else:
             _log(progress, f"{arch}: epoch {epoch}/{p.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
-        _maybe_die(epoch)
+        after_checkpoint(epoch)
     if bar is not None:
         bar.close()
     if p.protocol != "single":  # the best-on-validation instances are final now

@@ -1,0 +1,130 @@
+"""``netspace train single|multi`` and ``netspace eval``: NetSpace runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from .base import CliError, cli, user_errors
+
+__all__ = ["eval_run", "train"]
+
+ROW_FIELDS = ("network", "arch", "class_id", "predicted_class_id", "input_acc", "decoded_acc")
+
+
+@cli.group()
+def train() -> None:
+    """Train a NetSpace on a zoo (resumable: rerun the same command after a kill)."""
+
+
+def _train(protocol: str, zoo_dir: Path, out_dir: Path, preset, seed: int, epochs, device: str, root,
+           no_progress: bool) -> None:
+    from .. import settings
+    from ..space.train import train_space
+
+    if settings.tune_malloc_in_cli():
+        settings.tune_malloc()
+    try:
+        with user_errors():
+            train_space(out_dir, zoo_dir, protocol, preset, seed=seed, epochs=epochs, device=device, root=root,
+                        progress=not no_progress)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; the last completed epoch is kept in {str(out_dir)!r}", err=True)
+        sys.exit(130)
+    click.echo(f"done: run written to {str(out_dir)!r}")
+
+
+def _train_options(f):
+    f = click.option("--zoo", "zoo_dir", required=True, type=click.Path(path_type=Path), help="The zoo to learn.")(f)
+    f = click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Run folder to create, or to resume with the same configuration.")(f)
+    f = click.option("--preset", default=None, metavar="NAME",
+                     help="Training preset (default: the one for the zoo's dataset).")(f)
+    f = click.option("--seed", type=int, default=0, help="Seed of the initialization and the data order.")(f)
+    f = click.option("--epochs", type=int, default=None, help="Epochs (default: the preset's).")(f)
+    f = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")(f)
+    f = click.option("--root", type=click.Path(path_type=Path), default=None,
+                     help="Dataset root folder (CIFAR-10, Tiny-ImageNet).")(f)
+    f = click.option("--no-progress", is_flag=True, help="No progress lines.")(f)
+    return f
+
+
+@train.command("single")
+@_train_options
+def train_single(zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress) -> None:
+    """Single-Architecture NetSpace (the input networks distil their own decoded networks)."""
+    _train("single", zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress)
+
+
+@train.command("multi")
+@_train_options
+def train_multi(zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress) -> None:
+    """Multi-Architecture NetSpace (teacher: the zoo's ResNet56; ClassId head; L_gamma)."""
+    _train("multi", zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+@cli.command("eval")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test",
+              help="Which networks of the zoo (accuracies are always on the dataset's test images).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the rows to this CSV file.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+def eval_run(run_dir: Path, split: str, csv_path: Path | None, device: str) -> None:
+    """Evaluate the best weights of RUN: one row per network (input vs decoded accuracy on the test
+    images), then per-architecture means, the mean absolute gap and the Spearman correlation."""
+    from ..space.evaluate import evaluate_networks, summarize
+    from ..space.presets import SpacePreset
+    from ..space.run import Run
+    from ..space.train import build_space, load_space_data
+
+    with user_errors():
+        run = Run.open(run_dir)
+        if not run.command.startswith("train "):
+            raise ValueError(f"run: {str(run_dir)!r} is a {run.command!r} run, not a NetSpace training run")
+        cfg = run.config
+        recipe = dict(cfg["recipe"])
+        recipe["archs"] = tuple(recipe["archs"])
+        p = SpacePreset(**recipe)
+        splits = ("train", "val", "test") if split == "all" else (split,)
+        d = load_space_data(cfg["zoo"], p, root=cfg["root"], splits=splits, images_split="test", device=device,
+                            allow_empty=split == "all")
+        enc, dec = build_space(p, d.height, cfg["seed"], device)
+        info = run.load_weights(enc, dec)
+        enc.eval(), dec.eval()
+        rows = []
+        for s in splits:
+            x, y = d.images[s]
+            rows += evaluate_networks(enc, dec, d.groups[s], x, y, d.specs if p.protocol == "multi" else None)
+    if not rows:
+        raise CliError(f"run {str(run_dir)!r}: the zoo has no networks in split {split!r}")
+    click.echo(f"run {str(run_dir)!r}, weights of epoch {info.get('epoch')}; accuracies on the test images")
+    click.echo(",".join(ROW_FIELDS))
+    for r in rows:
+        click.echo(",".join(_fmt(r[k]) for k in ROW_FIELDS))
+    s = summarize(rows)
+    for arch, a in s["per_arch"].items():
+        click.echo(f"{arch}: {a['networks']} networks, mean input acc {a['input_acc']:.4f}, mean decoded acc "
+                   f"{a['decoded_acc']:.4f}")
+    click.echo(f"mean |input - decoded| {s['mean_abs_gap']:.4f}; spearman {_fmt(s['spearman'])}"
+               + (f"; ClassId accuracy {s['class_id_acc']:.4f}" if "class_id_acc" in s else ""))
+    if csv_path is not None:
+        with user_errors():
+            with open(csv_path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+                w.writeheader()
+                w.writerows(rows)
+            Path(str(csv_path) + ".summary.json").write_text(json.dumps(s, indent=1, sort_keys=True) + "\n")

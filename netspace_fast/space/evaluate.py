@@ -1,0 +1,95 @@
+"""Evaluation of a NetSpace: every network of a split encoded, decoded and evaluated next to its input
+(METHOD.md section 7): one row per network (``network, arch, class_id, predicted_class_id, input_acc,
+decoded_acc``, accuracies as fractions on the given images), then per-architecture means, the mean
+absolute gap and the Spearman correlation of input vs decoded accuracy. Every architecture's
+networks are evaluated by batched calls."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..archs import ArchSpec
+from ..engine import batched_forward
+from .nets import Decoder, Encoder
+
+__all__ = ["NetGroup", "evaluate_networks", "spearman", "summarize"]
+
+
+@dataclass
+class NetGroup:
+    """Networks of one architecture: their ids, spec, ClassId (None in Single) and PReps (B, H, W)."""
+
+    ids: list[str]
+    spec: ArchSpec
+    class_id: int | None
+    preps: torch.Tensor
+
+
+@torch.no_grad()
+def _accuracy(spec: ArchSpec, preps: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+              batch: int) -> torch.Tensor:
+    """(B,) accuracy of every PRep's network on the images (batched calls of ``batch`` images)."""
+    correct = torch.zeros(preps.shape[0])
+    for s in range(0, images.shape[0], batch):
+        out = batched_forward(spec, preps, images[s:s + batch])
+        correct += (out.argmax(-1) == labels[s:s + batch]).sum(1).cpu()
+    return correct / images.shape[0]
+
+
+@torch.no_grad()
+def evaluate_networks(encoder: Encoder, decoder: Decoder, groups: Sequence[NetGroup], images: torch.Tensor,
+                      labels: torch.Tensor, specs: Sequence[ArchSpec] | None = None, *, chunk: int = 16,
+                      batch: int = 512) -> list[dict]:
+    """Rows for every network of ``groups``. With ``specs`` (Multi: the architectures in ClassId order)
+    each decoded PRep is read as the architecture its predicted ClassId names."""
+    rows = []
+    for g in groups:
+        inp = _accuracy(g.spec, g.preps, images, labels, batch)
+        dec_acc = torch.zeros(len(g.ids))
+        predicted = [None] * len(g.ids)
+        for s in range(0, len(g.ids), chunk):
+            z = encoder(g.preps[s:s + chunk])
+            decoded = decoder(z)
+            if specs is None:
+                dec_acc[s:s + chunk] = _accuracy(g.spec, decoded, images, labels, batch)
+                continue
+            pred = decoder.class_logits(z).argmax(-1)
+            for c in pred.unique().tolist():
+                idx = (pred == c).nonzero().flatten()
+                dec_acc[s + idx.cpu()] = _accuracy(specs[c], decoded[idx], images, labels, batch)
+            predicted[s:s + chunk] = pred.tolist()
+        for k, nid in enumerate(g.ids):
+            rows.append({"network": nid, "arch": g.spec.name, "class_id": g.class_id,
+                         "predicted_class_id": predicted[k], "input_acc": float(inp[k]),
+                         "decoded_acc": float(dec_acc[k])})
+    return rows
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN with fewer than 2 values or a constant side."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 2 or len(set(a)) < 2 or len(set(b)) < 2:
+        return math.nan
+    return float(spearmanr(a, b).statistic)
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Per-architecture means, the mean |input - decoded| gap, Spearman(input, decoded), ClassId accuracy."""
+    out: dict = {"networks": len(rows), "per_arch": {}}
+    for arch in sorted({r["arch"] for r in rows}):
+        rs = [r for r in rows if r["arch"] == arch]
+        out["per_arch"][arch] = {"networks": len(rs), "input_acc": sum(r["input_acc"] for r in rs) / len(rs),
+                                 "decoded_acc": sum(r["decoded_acc"] for r in rs) / len(rs)}
+    if rows:
+        out["mean_abs_gap"] = sum(abs(r["input_acc"] - r["decoded_acc"]) for r in rows) / len(rows)
+        out["mean_decoded_acc"] = sum(r["decoded_acc"] for r in rows) / len(rows)
+        out["spearman"] = spearman([r["input_acc"] for r in rows], [r["decoded_acc"] for r in rows])
+        with_class = [r for r in rows if r["class_id"] is not None and r["predicted_class_id"] is not None]
+        if with_class:
+            out["class_id_acc"] = sum(r["class_id"] == r["predicted_class_id"] for r in with_class) / len(with_class)
+    return out

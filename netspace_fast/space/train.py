@@ -1,0 +1,202 @@
+"""NetSpace training (METHOD.md section 6; seed Sec. IV): ``train_space(run_dir, zoo_dir, protocol)``.
+
+Every image batch of an epoch draws a meta-batch of training networks and takes one Adam step on
+:func:`netspace_fast.space.step.single_step` / :func:`~netspace_fast.space.step.multi_step` (the
+networks evaluated by batched calls). The image order and the meta-batches of epoch e come from a
+generator seeded with (seed, e), so a run resumed from its epoch-e checkpoint continues exactly as
+an uninterrupted one (bit-identical on CPU). Validation every ``val_every`` epochs (and after the
+last) on the validation networks and images keeps the best weights: Single by the smallest mean
+|input - decoded| accuracy gap, Multi by the largest mean decoded accuracy (as the original).
+Images are used without augmentation. Run folder: :mod:`netspace_fast.space.run`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import archs, data
+from ..archs import ArchSpec
+from ..killpoint import after_checkpoint
+from ..prep import PRepLayout
+from .evaluate import NetGroup, evaluate_networks, summarize
+from .nets import Decoder, Encoder, SpaceConfig
+from .presets import SPACE_PRESETS, SpacePreset, default_preset
+from .run import Run
+from .step import multi_step, single_step
+
+__all__ = ["SpaceData", "build_space", "load_space_data", "train_space"]
+
+TEACHER = "resnet56"
+
+
+@dataclass
+class SpaceData:
+    """What a run trains and validates on, read from a zoo."""
+
+    specs: list[ArchSpec]  #: Single: [the architecture]; Multi: the architectures in ClassId order
+    height: int
+    groups: dict[str, list[NetGroup]]  #: split -> networks per architecture
+    images: dict[str, tuple[torch.Tensor, torch.Tensor]]  #: split -> (images, labels)
+    teacher_logits: torch.Tensor | None  #: Multi: the teacher's logits on the training images
+
+    def stacked(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """All PReps of a split (B, H, W) and their ClassIds (B,) (0 in Single)."""
+        groups = self.groups[split]
+        preps = torch.cat([g.preps for g in groups])
+        ids = torch.cat([torch.full((len(g.ids),), g.class_id or 0, dtype=torch.long) for g in groups])
+        return preps, ids
+
+
+def _zoo_archs(zoo, split: str) -> list[str]:
+    return sorted({e["architecture"] for e in zoo.instances(split)} - {TEACHER})
+
+
+def load_space_data(zoo_dir, preset: SpacePreset, *, root=None, splits=("train", "val"), images_split=None,
+                    device: str = "cpu", allow_empty: bool = False) -> SpaceData:
+    """The networks of ``splits`` of the zoo as PReps (at one height), the images of the same splits
+    (or of ``images_split`` for every split), and in Multi the teacher's logits; every mismatch between
+    zoo and preset is a ValueError, and so is an empty split unless ``allow_empty``."""
+    from ..zoo.format import Zoo
+
+    zoo = Zoo.open(zoo_dir)
+    datasets = {e["dataset"] for e in zoo.instances()}
+    if datasets != {preset.dataset}:
+        raise ValueError(f"zoo: {str(zoo_dir)!r} holds networks of dataset(s) {sorted(datasets)}, the preset needs "
+                         f"{preset.dataset!r}")
+    if preset.protocol == "single":
+        present = _zoo_archs(zoo, "train")
+        if len(present) != 1:
+            raise ValueError(f"zoo: a Single-Architecture run needs one architecture in the train split, "
+                             f"{str(zoo_dir)!r} has {present or 'none'}")
+        names = present
+    else:
+        names = list(preset.archs)
+        for split in splits:
+            extra = sorted(set(_zoo_archs(zoo, split)) - set(names))
+            if extra:
+                raise ValueError(f"zoo: split {split!r} holds architectures {extra} that the preset does not know "
+                                 f"(its ClassIds: {names})")
+    specs = [archs.spec(n, preset.dataset) for n in names]
+    height = max(PRepLayout.for_spec(s, preset.width).height for s in specs)
+    groups = {}
+    for split in splits:
+        gs = []
+        for c, spec in enumerate(specs):
+            ids = [e["id"] for e in zoo.instances(split, spec.name)]
+            if ids:
+                gs.append(NetGroup(ids, spec, c if preset.protocol == "multi" else None,
+                                   zoo.preps(split, spec.name, preset.width, height).to(device)))
+        if not gs and not allow_empty:
+            raise ValueError(f"zoo: split {split!r} of {str(zoo_dir)!r} has no networks of {names}")
+        groups[split] = gs
+    seed = int((zoo.config or {}).get("seed", 0)) if isinstance(zoo.config, dict) else 0
+    images = {}
+    for split in splits:
+        x, y = data.tensors(preset.dataset, images_split or split, root=root, seed=seed)
+        images[split] = (x.to(device), y.to(device))
+    teacher_logits = None
+    if preset.protocol == "multi" and "train" in splits:
+        teachers = zoo.instances(arch=TEACHER)
+        if not teachers:
+            raise ValueError(f"zoo: a Multi-Architecture run needs a {TEACHER} teacher in the zoo; "
+                             f"{str(zoo_dir)!r} has none")
+        teacher = zoo.model(teachers[0]["id"]).to(device).eval()
+        x = images["train"][0]
+        with torch.no_grad():
+            teacher_logits = torch.cat([teacher(x[s:s + 512]) for s in range(0, x.shape[0], 512)])
+    return SpaceData(specs, height, groups, images, teacher_logits)
+
+
+def build_space(preset: SpacePreset, height: int, seed: int, device: str = "cpu") -> tuple[Encoder, Decoder]:
+    cfg = SpaceConfig(height, preset.width, num_archs=len(preset.archs) if preset.protocol == "multi" else 0,
+                      **preset.space)
+    torch.manual_seed(seed)
+    return Encoder(cfg).to(device), Decoder(cfg).to(device)
+
+
+def _validate(enc, dec, d: SpaceData, preset: SpacePreset) -> tuple[float, dict]:
+    x, y = d.images["val"]
+    rows = evaluate_networks(enc, dec, d.groups["val"], x, y, d.specs if preset.protocol == "multi" else None)
+    s = summarize(rows)
+    score = -s["mean_abs_gap"] if preset.protocol == "single" else s["mean_decoded_acc"]
+    return score, s
+
+
+def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, seed: int = 0,
+                epochs: int | None = None, device: str = "cpu", root=None, progress: bool = True) -> Run:
+    """Train (or resume) a NetSpace run in ``run_dir`` on the zoo in ``zoo_dir``; returns the run."""
+    from ..zoo.format import Zoo
+
+    if protocol not in ("single", "multi"):
+        raise ValueError(f"protocol: expected 'single' or 'multi', got {protocol!r}")
+    zoo_dataset = next((e["dataset"] for e in Zoo.open(zoo_dir).instances()), None)
+    if zoo_dataset is None:
+        raise ValueError(f"zoo: {str(zoo_dir)!r} holds no networks")
+    name = preset or default_preset(protocol, zoo_dataset)
+    if name not in SPACE_PRESETS:
+        raise ValueError(f"preset: unknown {name!r}; valid presets: {', '.join(SPACE_PRESETS)}")
+    p = SPACE_PRESETS[name]
+    if p.protocol != protocol:
+        raise ValueError(f"preset: {name!r} is a {p.protocol} preset, not {protocol}")
+    n_epochs = p.epochs if epochs is None else int(epochs)
+    config = {"zoo": str(Path(zoo_dir).resolve()), "preset": name, "recipe": p.to_json(), "seed": int(seed),
+              "epochs": n_epochs, "root": None if root is None else str(root)}
+    run = Run.create_or_resume(run_dir, f"train {protocol}", config)
+    d = load_space_data(zoo_dir, p, root=root, device=device)
+    enc, dec = build_space(p, d.height, seed, device)
+    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=p.lr)
+    state = {"epoch": 0, "best_score": None, "history": []}
+    if run.state() is not None:
+        state = run.load_checkpoint(enc, dec, opt)
+        _log(progress, f"resuming after epoch {state['epoch']}")
+    preps, class_ids = d.stacked("train")
+    x, y = d.images["train"]
+    M = x.shape[0]
+    for epoch in range(state["epoch"] + 1, n_epochs + 1):
+        enc.train(), dec.train()
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
+        order = torch.randperm(M, generator=g)
+        losses = []
+        for s in range(0, M, p.image_batch):
+            idx = order[s:s + p.image_batch].to(x.device)
+            nets = torch.randperm(preps.shape[0], generator=g)[:p.meta_batch].to(preps.device)
+            if protocol == "single":
+                out = single_step(enc, dec, d.specs[0], preps[nets], x[idx])
+            else:
+                out = multi_step(enc, dec, d.specs, preps[nets], class_ids[nets], x[idx], y[idx],
+                                 d.teacher_logits[idx])
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            losses.append(float(out.loss.detach()))
+        record = {"epoch": epoch, "loss": sum(losses) / len(losses)}
+        if epoch % p.val_every == 0 or epoch == n_epochs:
+            enc.eval(), dec.eval()
+            score, summary = _validate(enc, dec, d, p)
+            record["val"] = summary
+            if state["best_score"] is None or score > state["best_score"]:
+                state["best_score"] = score
+                run.save_best(enc, dec, {"epoch": epoch, "score": score, "val": summary})
+        state = {"epoch": epoch, "best_score": state["best_score"], "history": state["history"] + [record]}
+        run.save_checkpoint(enc, dec, opt, state)
+        _log(progress, f"epoch {epoch}/{n_epochs} loss {record['loss']:.4f}"
+             + (f" val {_short(record['val'], protocol)}" if "val" in record else ""))
+        after_checkpoint(epoch)
+    return run
+
+
+def _short(s: dict, protocol: str) -> str:
+    if protocol == "single":
+        return f"mean |gap| {s['mean_abs_gap']:.4f} spearman {s['spearman']:.3f}"
+    acc = s.get("class_id_acc", math.nan)
+    return f"mean decoded acc {s['mean_decoded_acc']:.4f} ClassId acc {acc:.3f}"
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,139 @@
+"""NetSpace runs (netspace_fast/space/train.py, run.py, evaluate.py and the CLI): training on small
+digits zoos, the run folder (safetensors + JSON), resume after a real SIGKILL with bit-identical
+weights, evaluation rows and CSV, and the bad inputs the issue names."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from netspace_fast import archs
+from netspace_fast.cli import cli
+from netspace_fast.space import presets as space_presets
+from netspace_fast.space.evaluate import spearman, summarize
+from netspace_fast.space.train import train_space
+from netspace_fast.zoo import train_zoo
+from netspace_fast.zoo.format import init_zoo, write_instance
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """2 LeNetLike on digits (train 1, val 1), trained 3 epochs."""
+    path = tmp_path_factory.mktemp("zoo") / "z"
+    train_zoo(path, "digits-tiny", progress=False)
+    return path
+
+
+def _run_cli(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    return r.exit_code, r.output
+
+
+def test_single_run_folder_and_eval(tiny_zoo, tmp_path):
+    code, out = _run_cli("train", "single", "--zoo", tiny_zoo, "--out", tmp_path / "run", "--preset",
+                         "digits-tiny-single", "--epochs", "2", "--no-progress")
+    assert code == 0, out
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["best.json", "best.safetensors", "ckpt-00002.safetensors", "run.json", "state.json"]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epoch"] == 2 and len(state["history"]) == 2 and "val" in state["history"][-1]
+    tensors = load_file(tmp_path / "run" / "ckpt-00002.safetensors")  # no pickle anywhere
+    assert any(k.startswith("encoder.") for k in tensors) and any(k.startswith("opt.") for k in tensors)
+    code, out = _run_cli("eval", tmp_path / "run", "--split", "all", "--csv", tmp_path / "rows.csv")
+    assert code == 0, out
+    assert "network,arch,class_id,predicted_class_id,input_acc,decoded_acc" in out and "spearman" in out
+    rows = list(csv.DictReader(open(tmp_path / "rows.csv")))
+    assert [r["network"] for r in rows] == ["lenetlike-000", "lenetlike-001"]
+    assert all(0.0 <= float(r["input_acc"]) <= 1.0 and 0.0 <= float(r["decoded_acc"]) <= 1.0 for r in rows)
+    # no test networks in this zoo: one clear error
+    code, out = _run_cli("eval", tmp_path / "run", "--split", "test")
+    assert code != 0 and "no networks" in out
+
+
+def _train_cmd(zoo, out):
+    return [sys.executable, "-m", "netspace_fast.cli", "train", "single", "--zoo", str(zoo), "--out", str(out),
+            "--preset", "digits-tiny-single", "--no-progress"]
+
+
+def test_sigkill_then_rerun_is_bit_identical(tiny_zoo, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(_train_cmd(tiny_zoo, tmp_path / "full"), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    killed = subprocess.run(_train_cmd(tiny_zoo, tmp_path / "cut"), capture_output=True, text=True, timeout=600,
+                            env=dict(env, NETSPACE_TEST_SIGKILL_AFTER_EPOCH="1"))
+    assert killed.returncode == -9
+    assert json.loads((tmp_path / "cut" / "state.json").read_text())["epoch"] == 1
+    r = subprocess.run(_train_cmd(tiny_zoo, tmp_path / "cut"), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    a = load_file(tmp_path / "full" / "ckpt-00003.safetensors")
+    b = load_file(tmp_path / "cut" / "ckpt-00003.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == sorted(p.name for p in (tmp_path / "full").iterdir())
+
+
+def test_refusals(tiny_zoo, tmp_path):
+    run = tmp_path / "run"
+    train_space(run, tiny_zoo, "single", "digits-tiny-single", epochs=1, progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        train_space(run, tiny_zoo, "single", "digits-tiny-single", epochs=1, seed=5, progress=False)
+    with pytest.raises(ValueError, match="belongs to another command"):
+        train_space(run, tiny_zoo, "multi", "digits-tiny-multi", epochs=1, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="is not a run folder"):
+        train_space(tmp_path / "other", tiny_zoo, "single", "digits-tiny-single", progress=False)
+    with pytest.raises(ValueError, match="dataset"):
+        train_space(tmp_path / "r2", tiny_zoo, "single", "cifar10-single", progress=False)
+    with pytest.raises(ValueError, match="needs a resnet56 teacher"):
+        train_space(tmp_path / "r3", tiny_zoo, "multi", "digits-tiny-multi", progress=False)
+    with pytest.raises(ValueError, match="is a single preset"):
+        train_space(tmp_path / "r4", tiny_zoo, "multi", "digits-tiny-single", progress=False)
+    code, out = _run_cli("train", "single", "--zoo", tiny_zoo, "--out", run, "--preset", "digits-tiny-single",
+                         "--epochs", "1", "--seed", "7")
+    assert code == 1 and out.startswith("error: ") and "Traceback" not in out
+
+
+@pytest.fixture(scope="module")
+def multi_zoo(tmp_path_factory):
+    """Untrained networks of the four architectures (train: one each; val: LeNetLike, ResNet32) and a
+    ResNet56 teacher, written with the zoo format's own writer."""
+    path = tmp_path_factory.mktemp("mzoo") / "z"
+    init_zoo(path, {"seed": 0})
+    torch.manual_seed(0)
+    specs = [("lenetlike", "train"), ("vanillacnn", "train"), ("resnet8", "train"), ("resnet32", "train"),
+             ("lenetlike", "val"), ("resnet32", "val"), ("resnet56", "test")]
+    for i, (name, split) in enumerate(specs):
+        write_instance(path, archs.build(name, "digits").eval(), id=f"{name}-{i}", arch=name, dataset="digits",
+                       protocol="multi", seed=i, epoch=0, acc={"train": None, "val": None, "test": None}, split=split)
+    return path
+
+
+def test_multi_run(multi_zoo, tmp_path, monkeypatch):
+    preset = space_presets.SPACE_PRESETS["digits-tiny-multi"]
+    monkeypatch.setitem(space_presets.SPACE_PRESETS, "digits-tiny-multi",
+                        space_presets.SpacePreset(**{**preset.__dict__, "epochs": 1}))
+    run = train_space(tmp_path / "run", multi_zoo, "multi", progress=False)
+    state = run.state()
+    val = state["history"][-1]["val"]
+    assert set(val["per_arch"]) <= {"lenetlike", "resnet32"} and 0.0 <= val["class_id_acc"] <= 1.0
+    code, out = _run_cli("eval", tmp_path / "run", "--split", "val")
+    assert code == 0, out
+    assert "ClassId accuracy" in out
+
+
+def test_summary_and_spearman():
+    rows = [{"network": str(i), "arch": "a", "class_id": 1, "predicted_class_id": p, "input_acc": x,
+             "decoded_acc": y} for i, (p, x, y) in enumerate([(1, 0.5, 0.4), (0, 0.7, 0.8), (1, 0.9, 0.85)])]
+    s = summarize(rows)
+    assert s["mean_abs_gap"] == pytest.approx((0.1 + 0.1 + 0.05) / 3)
+    assert s["spearman"] == pytest.approx(1.0) and s["class_id_acc"] == pytest.approx(2 / 3)
+    assert spearman([0.1, 0.2, 0.3], [0.3, 0.2, 0.1]) == pytest.approx(-1.0)
+    assert spearman([0.1], [0.2]) != spearman([0.1], [0.2])  # NaN: too few values
