@@ -96,6 +96,8 @@ def eval_run(run_dir: Path, split: str, csv_path: Path | None, device: str) -> N
         if not run.command.startswith("train "):
             raise ValueError(f"run: {str(run_dir)!r} is a {run.command!r} run, not a NetSpace training run")
         cfg = run.config
+        if cfg.get("zoo") is None:
+            raise ValueError(f"run: {str(run_dir)!r} names no zoo to evaluate on (import it with --zoo ZOO)")
         recipe = dict(cfg["recipe"])
         recipe["archs"] = tuple(recipe["archs"])
         p = SpacePreset(**recipe)
@@ -128,3 +130,23 @@ def eval_run(run_dir: Path, split: str, csv_path: Path | None, device: str) -> N
                 w.writeheader()
                 w.writerows(rows)
             Path(str(csv_path) + ".summary.json").write_text(json.dumps(s, indent=1, sort_keys=True) + "\n")
+
+
+@cli.command("import-checkpoint")
+@click.argument("file", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The run folder to create.")
+@click.option("--arch", "arch", required=True, metavar="NAME[,NAME...]",
+              help="The checkpoint's architecture(s), in ClassId order for a Multi checkpoint.")
+@click.option("--dataset", required=True, help="The dataset of its networks (cifar10, tinyimagenet, digits).")
+@click.option("--zoo", "zoo_dir", type=click.Path(path_type=Path), default=None,
+              help="A zoo of the same architectures, for netspace eval.")
+def import_checkpoint(file: Path, out_dir: Path, arch: str, dataset: str, zoo_dir: Path | None) -> None:
+    """Import a checkpoint of the original NetSpace code (its torch.save dict with 'epoch', 'best_score',
+    '0' encoder, '1' decoder, '2' optimizer; read with weights_only=True) as a run of ours."""
+    from ..space.importer import import_original_checkpoint
+
+    with user_errors():
+        run = import_original_checkpoint(file, out_dir, [a.strip() for a in arch.split(",") if a.strip()], dataset,
+                                         zoo=zoo_dir)
+    click.echo(f"done: {run.command.split()[1]} checkpoint imported into {str(out_dir)!r}")
