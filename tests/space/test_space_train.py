@@ -137,3 +137,25 @@ def test_summary_and_spearman():
     assert s["spearman"] == pytest.approx(1.0) and s["class_id_acc"] == pytest.approx(2 / 3)
     assert spearman([0.1, 0.2, 0.3], [0.3, 0.2, 0.1]) == pytest.approx(-1.0)
     assert spearman([0.1], [0.2]) != spearman([0.1], [0.2])  # NaN: too few values
+
+
+def test_space_python_api(tiny_zoo, tmp_path):
+    """netspace_fast.space.Space: encode, decode, decoded networks as modules, evaluate."""
+    import netspace_fast as nf
+    from netspace_fast import batched_forward, data
+
+    train_space(tmp_path / "run", tiny_zoo, "single", "digits-tiny-single", epochs=1, progress=False)
+    space = nf.space.Space.load(tmp_path / "run")
+    from netspace_fast.zoo.format import Zoo
+
+    preps = Zoo.open(tiny_zoo).preps("train", "lenetlike", width=1024)
+    z = space.encode(preps)
+    decoded = space.decode(z)
+    assert z.shape == (1, 256) and decoded.shape == preps.shape
+    nets = space.decoded_networks(z)
+    x, _ = data.tensors("digits", "test")
+    with torch.no_grad():
+        torch.testing.assert_close(nets[0](x[:16]), batched_forward(space.specs[0], decoded, x[:16])[0],
+                                   rtol=1e-4, atol=1e-5)
+    rows = space.evaluate("val")
+    assert [r["network"] for r in rows] == ["lenetlike-001"]

@@ -89,10 +89,13 @@ def test_digits_multi_acceptance(tmp_path):
 
 
 def test_digits_single_acceptance(tmp_path):
-    """Issue 4: the single zoo's instances span from below 50% to above 90% test accuracy."""
+    """Issues 4 and 9: the single zoo's instances, and its test split alone, span from below 50% to above 90%."""
     train_zoo(tmp_path / "s", "digits-single", progress=False)
     zoo = Zoo.open(tmp_path / "s")
     accs = [e["test_acc"] for e in zoo.instances()]
     assert len(accs) == 4 * len(PRESETS["digits-single"].snapshots)
     assert min(accs) < 0.5 and max(accs) > 0.9, (min(accs), max(accs))
     assert all(len(v) > 0 for v in zoo.splits.values())
+    # issue 9: the test split, on which NetSpace is judged, holds >= 10 networks spanning < 50% to > 90%
+    test = [e["test_acc"] for e in zoo.instances("test")]
+    assert len(test) >= 10 and min(test) < 0.5 and max(test) > 0.9, test
