@@ -23,7 +23,7 @@ def train() -> None:
 
 
 def _train(protocol: str, zoo_dir: Path, out_dir: Path, preset, seed: int, epochs, device: str, root,
-           no_progress: bool) -> None:
+           no_progress: bool, tensorboard) -> None:
     from .. import settings
     from ..space.train import train_space
 
@@ -32,7 +32,7 @@ def _train(protocol: str, zoo_dir: Path, out_dir: Path, preset, seed: int, epoch
     try:
         with user_errors():
             train_space(out_dir, zoo_dir, protocol, preset, seed=seed, epochs=epochs, device=device, root=root,
-                        progress=not no_progress)
+                        progress=not no_progress, tensorboard=tensorboard)
     except KeyboardInterrupt:
         click.echo(f"interrupted; the last completed epoch is kept in {str(out_dir)!r}", err=True)
         sys.exit(130)
@@ -51,21 +51,23 @@ def _train_options(f):
     f = click.option("--root", type=click.Path(path_type=Path), default=None,
                      help="Dataset root folder (CIFAR-10, Tiny-ImageNet).")(f)
     f = click.option("--no-progress", is_flag=True, help="No progress lines.")(f)
+    f = click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
+                     help="Also write per-epoch scalars for TensorBoard (needs the tensorboard package).")(f)
     return f
 
 
 @train.command("single")
 @_train_options
-def train_single(zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress) -> None:
+def train_single(zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress, tensorboard) -> None:
     """Single-Architecture NetSpace (the input networks distil their own decoded networks)."""
-    _train("single", zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress)
+    _train("single", zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress, tensorboard)
 
 
 @train.command("multi")
 @_train_options
-def train_multi(zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress) -> None:
+def train_multi(zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress, tensorboard) -> None:
     """Multi-Architecture NetSpace (teacher: the zoo's ResNet56; ClassId head; L_gamma)."""
-    _train("multi", zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress)
+    _train("multi", zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress, tensorboard)
 
 
 def _fmt(v) -> str:

@@ -22,6 +22,7 @@ import torch
 from .. import archs, data
 from ..archs import ArchSpec
 from ..killpoint import after_checkpoint
+from ..monitor import tensorboard_writer
 from ..prep import PRepLayout
 from .evaluate import NetGroup, evaluate_networks, summarize
 from .nets import Decoder, Encoder, SpaceConfig
@@ -128,8 +129,11 @@ def _validate(enc, dec, d: SpaceData, preset: SpacePreset) -> tuple[float, dict]
 
 
 def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, seed: int = 0,
-                epochs: int | None = None, device: str = "cpu", root=None, progress: bool = True) -> Run:
-    """Train (or resume) a NetSpace run in ``run_dir`` on the zoo in ``zoo_dir``; returns the run."""
+                epochs: int | None = None, device: str = "cpu", root=None, progress: bool = True,
+                tensorboard=None) -> Run:
+    """Train (or resume) a NetSpace run in ``run_dir`` on the zoo in ``zoo_dir``; returns the run.
+    ``tensorboard``: a log directory for per-epoch scalars (every loss term, the validation gap,
+    Spearman, ClassId accuracy; needs the ``tensorboard`` package)."""
     from ..zoo.format import Zoo
 
     if protocol not in ("single", "multi"):
@@ -146,6 +150,7 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
     n_epochs = p.epochs if epochs is None else int(epochs)
     config = {"zoo": str(Path(zoo_dir).resolve()), "preset": name, "recipe": p.to_json(), "seed": int(seed),
               "epochs": n_epochs, "root": None if root is None else str(root)}
+    writer = tensorboard_writer(tensorboard)  # a missing package is reported before any work
     run = Run.create_or_resume(run_dir, f"train {protocol}", config)
     d = load_space_data(zoo_dir, p, root=root, device=device)
     enc, dec = build_space(p, d.height, seed, device)
@@ -161,7 +166,7 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
         enc.train(), dec.train()
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
         order = torch.randperm(M, generator=g)
-        losses = []
+        losses, terms = [], {}
         for s in range(0, M, p.image_batch):
             idx = order[s:s + p.image_batch].to(x.device)
             nets = torch.randperm(preps.shape[0], generator=g)[:p.meta_batch].to(preps.device)
@@ -174,7 +179,10 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
             out.loss.backward()
             opt.step()
             losses.append(float(out.loss.detach()))
+            for k, v in _terms(out).items():
+                terms.setdefault(k, []).append(v)
         record = {"epoch": epoch, "loss": sum(losses) / len(losses)}
+        record.update({k: sum(v) / len(v) for k, v in terms.items()})
         if epoch % p.val_every == 0 or epoch == n_epochs:
             enc.eval(), dec.eval()
             score, summary = _validate(enc, dec, d, p)
@@ -184,10 +192,37 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
                 run.save_best(enc, dec, {"epoch": epoch, "score": score, "val": summary})
         state = {"epoch": epoch, "best_score": state["best_score"], "history": state["history"] + [record]}
         run.save_checkpoint(enc, dec, opt, state)
+        if writer is not None:
+            _scalars(writer, record, epoch)
         _log(progress, f"epoch {epoch}/{n_epochs} loss {record['loss']:.4f}"
              + (f" val {_short(record['val'], protocol)}" if "val" in record else ""))
         after_checkpoint(epoch)
+    if writer is not None:
+        writer.close()
     return run
+
+
+def _terms(out) -> dict[str, float]:
+    """The loss terms of a step, for the metrics (Multi: L_class, mixture, L_gamma's parts)."""
+    if not hasattr(out, "class_loss"):
+        return {}
+    t = {"class_loss": float(out.class_loss.detach()), "kd_mixture": float(out.kd.detach().mean())}
+    if out.gamma_kd.numel():
+        t["gamma_class_loss"] = float(out.gamma_class_loss.detach())
+        t["gamma_kd_mixture"] = float(out.gamma_kd.detach().sum())
+    return t
+
+
+def _scalars(writer, record: dict, epoch: int) -> None:
+    for k, v in record.items():
+        if isinstance(v, float):
+            writer.add_scalar(f"train/{k}", v, epoch)
+    val = record.get("val")
+    if val:
+        for k in ("mean_abs_gap", "spearman", "mean_decoded_acc", "class_id_acc"):
+            if k in val and isinstance(val[k], float) and not math.isnan(val[k]):
+                writer.add_scalar(f"val/{k}", val[k], epoch)
+    writer.flush()
 
 
 def _short(s: dict, protocol: str) -> str:

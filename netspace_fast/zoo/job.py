@@ -12,6 +12,7 @@ import torch
 
 from .. import archs, data
 from ..killpoint import after_checkpoint
+from ..monitor import tensorboard_writer
 from ..storage import atomic_write_bytes
 from . import format as zoo_format
 from .augment import NORMALIZED_BLACK
@@ -57,7 +58,7 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
     if preset not in PRESETS:
         raise ValueError(f"preset: unknown {preset!r}; valid presets: {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    writer = _tensorboard_writer(tensorboard)  # a missing package is reported before any work
+    writer = tensorboard_writer(tensorboard)  # a missing package is reported before any work
     rank, world, device, dist, owned = setup_distributed(device)
     out = Path(out_dir)
     config = {"preset": preset, "seed": int(seed), "dataset": p.dataset, "protocol": p.protocol,
@@ -95,17 +96,6 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
 def _instance_ids(p: Preset, arch: str, k: int) -> list[str]:
     """The zoo ids that job member ``k`` yields (multi: one instance; single: one per snapshot)."""
     return [f"{arch}-r{k}-e{e:03d}" for e in p.snapshots] if p.protocol == "single" else [f"{arch}-{k:03d}"]
-
-
-def _tensorboard_writer(logdir):
-    if logdir is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise ValueError(f"tensorboard: logging scalars to {str(logdir)!r} needs the 'tensorboard' package, which "
-                         f"is not installed (pip install tensorboard): {e}") from None
-    return SummaryWriter(str(logdir))
 
 
 def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits, pad, done, device, progress, job,

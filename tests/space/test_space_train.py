@@ -159,3 +159,40 @@ def test_space_python_api(tiny_zoo, tmp_path):
                                    rtol=1e-4, atol=1e-5)
     rows = space.evaluate("val")
     assert [r["network"] for r in rows] == ["lenetlike-001"]
+
+
+class _FakeWriter:
+    made: list = []
+
+    def __init__(self, logdir):
+        self.logdir, self.scalars, self.closed = logdir, [], False
+        _FakeWriter.made.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_tensorboard_scalars(tiny_zoo, tmp_path, monkeypatch):
+    import types
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = _FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    _FakeWriter.made.clear()
+    train_space(tmp_path / "run", tiny_zoo, "single", "digits-tiny-single", epochs=2, progress=False,
+                tensorboard=tmp_path / "tb")
+    (w,) = _FakeWriter.made
+    assert w.closed and w.logdir == str(tmp_path / "tb")
+    assert [s for t, _, s in w.scalars if t == "train/loss"] == [1, 2]
+    assert [s for t, _, s in w.scalars if t == "val/mean_abs_gap"] == [1, 2]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the package missing: one clear error
+    with pytest.raises(ValueError, match="needs the 'tensorboard' package"):
+        train_space(tmp_path / "run2", tiny_zoo, "single", "digits-tiny-single", progress=False,
+                    tensorboard=tmp_path / "tb2")
+    assert not (tmp_path / "run2").exists()
