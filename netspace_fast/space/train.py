@@ -7,7 +7,9 @@ generator seeded with (seed, e), so a run resumed from its epoch-e checkpoint co
 an uninterrupted one (bit-identical on CPU). Validation every ``val_every`` epochs (and after the
 last) on the validation networks and images keeps the best weights: Single by the smallest mean
 |input - decoded| accuracy gap, Multi by the largest mean decoded accuracy (as the original).
-Images are used without augmentation. Run folder: :mod:`netspace_fast.space.run`.
+Images are used without augmentation. Run folder: :mod:`netspace_fast.space.run`. Under
+``torchrun --nproc_per_node=K`` (gloo on CPU, NCCL on CUDA) the ranks share each step's work and
+average their gradients (see :func:`_train_loop`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .. import archs, data
 from ..archs import ArchSpec
 from ..killpoint import after_checkpoint
 from ..monitor import tensorboard_writer
+from ..zoo.distributed import setup_distributed
 from ..prep import PRepLayout
 from .evaluate import NetGroup, evaluate_networks, summarize
 from .nets import Decoder, Encoder, SpaceConfig
@@ -150,11 +153,53 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
     n_epochs = p.epochs if epochs is None else int(epochs)
     config = {"zoo": str(Path(zoo_dir).resolve()), "preset": name, "recipe": p.to_json(), "seed": int(seed),
               "epochs": n_epochs, "root": None if root is None else str(root)}
-    writer = tensorboard_writer(tensorboard)  # a missing package is reported before any work
-    run = Run.create_or_resume(run_dir, f"train {protocol}", config)
+    rank, world, device, dist, owned = setup_distributed(device)
+    if world > 1 and protocol == "single" and p.meta_batch % world:
+        raise ValueError(f"preset: Single under torchrun splits the meta-batch of {p.meta_batch} networks over the "
+                         f"ranks; {world} ranks do not divide it")
+    writer = tensorboard_writer(tensorboard) if rank == 0 else None  # a missing package: before any work
+    try:
+        if rank == 0:
+            run = Run.create_or_resume(run_dir, f"train {protocol}", config)
+        if dist is not None:
+            dist.barrier()
+        if rank != 0:
+            run = Run.create_or_resume(run_dir, f"train {protocol}", config)
+        _train_loop(run, zoo_dir, p, protocol, int(seed), n_epochs, device, root, progress and rank == 0, writer,
+                    rank, world, dist)
+    finally:
+        if writer is not None:
+            writer.close()
+        if dist is not None and owned:
+            dist.destroy_process_group()
+    return run
+
+
+def _allreduce_grads(params, world: int, dist) -> None:
+    """Data parallelism: every rank's gradient replaced by the mean over the ranks (one flat buffer)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    o = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[o:o + n].view_as(p).clone()
+        o += n
+
+
+def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_epochs: int, device: str, root,
+                progress: bool, writer, rank: int, world: int, dist) -> None:
+    """The epochs. Under torchrun (``world`` > 1) every rank draws the same images and meta-batch;
+    Single splits the meta-batch's networks over the ranks (each rank encodes, decodes and evaluates
+    its share: the loss is a mean over networks), Multi splits the image batch (the meta-batch's
+    L_gamma pairs need all its networks in one place; the image-dependent terms are weighted by the
+    rank's share of the images). The gradients are averaged over the ranks after every backward,
+    so every rank takes the same step as one process on the whole meta-batch; rank 0 writes."""
     d = load_space_data(zoo_dir, p, root=root, device=device)
     enc, dec = build_space(p, d.height, seed, device)
-    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=p.lr)
+    params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.Adam(params, lr=p.lr)
     state = {"epoch": 0, "best_score": None, "history": []}
     if run.state() is not None:
         state = run.load_checkpoint(enc, dec, opt)
@@ -164,21 +209,29 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
     M = x.shape[0]
     for epoch in range(state["epoch"] + 1, n_epochs + 1):
         enc.train(), dec.train()
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(M, generator=g)
         losses, terms = [], {}
         for s in range(0, M, p.image_batch):
             idx = order[s:s + p.image_batch].to(x.device)
             nets = torch.randperm(preps.shape[0], generator=g)[:p.meta_batch].to(preps.device)
             if protocol == "single":
-                out = single_step(enc, dec, d.specs[0], preps[nets], x[idx])
+                mine = nets.chunk(world)[rank] if world > 1 else nets
+                out = single_step(enc, dec, d.specs[0], preps[mine], x[idx])
+                loss = out.loss
             else:
-                out = multi_step(enc, dec, d.specs, preps[nets], class_ids[nets], x[idx], y[idx],
-                                 d.teacher_logits[idx])
+                part = idx.tensor_split(world)[rank] if world > 1 else idx
+                out = multi_step(enc, dec, d.specs, preps[nets], class_ids[nets], x[part], y[part],
+                                 d.teacher_logits[part])
+                share = world * part.numel() / idx.numel()  # this rank's images, as a share of the mean
+                loss = (out.class_loss + out.gamma_class_loss
+                        + share * (out.kd.mean() + out.gamma_kd.sum())) if world > 1 else out.loss
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
+            if world > 1:
+                _allreduce_grads(params, world, dist)
             opt.step()
-            losses.append(float(out.loss.detach()))
+            losses.append(float(loss.detach()))
             for k, v in _terms(out).items():
                 terms.setdefault(k, []).append(v)
         record = {"epoch": epoch, "loss": sum(losses) / len(losses)}
@@ -189,17 +242,29 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
             record["val"] = summary
             if state["best_score"] is None or score > state["best_score"]:
                 state["best_score"] = score
-                run.save_best(enc, dec, {"epoch": epoch, "score": score, "val": summary})
+                if rank == 0:
+                    run.save_best(enc, dec, {"epoch": epoch, "score": score, "val": summary})
         state = {"epoch": epoch, "best_score": state["best_score"], "history": state["history"] + [record]}
-        run.save_checkpoint(enc, dec, opt, state)
+        if rank == 0:
+            run.save_checkpoint(enc, dec, opt, state)
+        if dist is not None:
+            dist.barrier()  # every rank past the checkpoint: a resume finds the same epoch for all
         if writer is not None:
             _scalars(writer, record, epoch)
         _log(progress, f"epoch {epoch}/{n_epochs} loss {record['loss']:.4f}"
              + (f" val {_short(record['val'], protocol)}" if "val" in record else ""))
         after_checkpoint(epoch)
-    if writer is not None:
-        writer.close()
-    return run
+    if world > 1:
+        print(f"rank {rank}: weights sha256 {_fingerprint(params)}", file=sys.stderr, flush=True)
+
+
+def _fingerprint(params) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _terms(out) -> dict[str, float]:
