@@ -24,7 +24,7 @@ import torch
 from .. import archs, data
 from ..archs import ArchSpec
 from ..killpoint import after_checkpoint
-from ..monitor import tensorboard_writer
+from ..monitor import progress_bar, tensorboard_writer
 from ..zoo.distributed import setup_distributed
 from ..prep import PRepLayout
 from .evaluate import NetGroup, evaluate_networks, summarize
@@ -207,6 +207,8 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
     preps, class_ids = d.stacked("train")
     x, y = d.images["train"]
     M = x.shape[0]
+    bar = progress_bar(progress, f"NetSpace {protocol}" + (f" (rank 0 of {world})" if world > 1 else ""),
+                       state["epoch"], n_epochs)
     for epoch in range(state["epoch"] + 1, n_epochs + 1):
         enc.train(), dec.train()
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -251,9 +253,15 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
             dist.barrier()  # every rank past the checkpoint: a resume finds the same epoch for all
         if writer is not None:
             _scalars(writer, record, epoch)
-        _log(progress, f"epoch {epoch}/{n_epochs} loss {record['loss']:.4f}"
-             + (f" val {_short(record['val'], protocol)}" if "val" in record else ""))
+        line = (f"loss {record['loss']:.4f}" + (f" val {_short(record['val'], protocol)}" if "val" in record else ""))
+        if bar is not None:
+            bar.set_postfix_str(line, refresh=False)
+            bar.update(1)
+        else:
+            _log(progress, f"epoch {epoch}/{n_epochs} {line}")
         after_checkpoint(epoch)
+    if bar is not None:
+        bar.close()
     if world > 1:
         print(f"rank {rank}: weights sha256 {_fingerprint(params)}", file=sys.stderr, flush=True)
 

@@ -12,7 +12,7 @@ import torch
 
 from .. import archs, data
 from ..killpoint import after_checkpoint
-from ..monitor import tensorboard_writer
+from ..monitor import progress_bar, tensorboard_writer
 from ..storage import atomic_write_bytes
 from . import format as zoo_format
 from .augment import NORMALIZED_BLACK
@@ -134,7 +134,8 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
         where = {}
         for rank, k in enumerate(perm.tolist()):
             where[k] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-    bar = _progress_bar(progress, arch, start, p.epochs, B, world)
+    who = f"{B} instances" + (f", rank 0 of {world}" if world > 1 else "")
+    bar = progress_bar(progress, f"{arch} ({who})", start, p.epochs)
     for epoch in range(start + 1, p.epochs + 1):
         loss = train_epoch(net, opt, xtr, ytr, order, p.batch_size, pad, p.flip, list(NORMALIZED_BLACK))
         if sched is not None:
@@ -190,20 +191,3 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
                                       seed=seeds_all[i], epoch=p.epochs,
                                       acc={s: float(a[i - mine.start]) for s, a in accs.items()}, split=split)
         _log(progress, f"{arch}: {len(mine)} instances written (best val acc mean {float(best_acc.mean()):.4f})")
-
-
-def _progress_bar(progress: bool, arch: str, start: int, epochs: int, B: int, world: int):
-    """A tqdm bar over epochs on stderr (rank 0 only under torchrun). None without progress; also
-    when stderr is not a terminal (a log file gets one line per epoch, not carriage-return
-    redraws) or tqdm is missing (a bare environment such as the GPU machine)."""
-    if not progress or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-
-    who = f"{B} instances" + (f", rank 0 of {world}" if world > 1 else "")
-    return tqdm(total=epochs, initial=start, desc=f"{arch} ({who})", unit="epoch", dynamic_ncols=True,
-                file=sys.stderr)
-

@@ -196,3 +196,24 @@ def test_tensorboard_scalars(tiny_zoo, tmp_path, monkeypatch):
         train_space(tmp_path / "run2", tiny_zoo, "single", "digits-tiny-single", progress=False,
                     tensorboard=tmp_path / "tb2")
     assert not (tmp_path / "run2").exists()
+
+
+def test_progress_bar_on_a_terminal(tiny_zoo, tmp_path, monkeypatch):
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    train_space(tmp_path / "run", tiny_zoo, "single", "digits-tiny-single", epochs=2, progress=True)
+    text = err.getvalue()
+    assert "NetSpace single" in text and "2/2" in text and "mean |gap|" in text
+    assert "epoch 1/2" not in text  # the bar replaces the per-epoch lines
+
+
+def test_progress_lines_when_not_a_terminal(tiny_zoo, tmp_path, capsys):
+    train_space(tmp_path / "run", tiny_zoo, "single", "digits-tiny-single", epochs=2, progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 1/2 loss" in err and "epoch 2/2 loss" in err
