@@ -47,8 +47,11 @@ def _positive_int(value: object, name: str) -> int:
 @dataclass(frozen=True)
 class SpaceConfig:
     """Sizes of a NetSpace: PRep (height, width), embedding ``embed``, the decoder's view side
-    ``view`` and channel counts ``dec_a``, ``dec_b``, ``dec_c``, and ``num_archs`` (> 0: the ClassId
-    head). :meth:`paper` is the original's configuration."""
+    ``view`` and channel counts ``dec_a``, ``dec_b``, ``dec_c``, ``num_archs`` (> 0: the ClassId
+    head), and ``prep_scale``, a factor on the encoder's input (1 in the original; the CPU presets use
+    30: trained weights are ~0.03, and at that size the encoder's conv biases dominate its features,
+    so every PRep maps to nearly one embedding and the decoder collapses to one network, measured on
+    the digits zoo). :meth:`paper` is the original's configuration."""
 
     height: int
     width: int
@@ -59,10 +62,13 @@ class SpaceConfig:
     dec_c: int = 256
     num_archs: int = 0
     head_channels: int = 10
+    prep_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "embed", "view", "dec_a", "dec_b", "dec_c", "head_channels"):
             _positive_int(getattr(self, name), name)
+        if not isinstance(self.prep_scale, (int, float)) or not math.isfinite(self.prep_scale) or self.prep_scale <= 0:
+            raise ValueError(f"prep_scale: expected a finite number > 0, got {self.prep_scale!r}")
         if isinstance(self.num_archs, bool) or not isinstance(self.num_archs, int) or self.num_archs < 0:
             raise ValueError(f"num_archs: expected an int >= 0 (0: no ClassId head), got {self.num_archs!r}")
         if self.height % 4:
@@ -122,6 +128,8 @@ class Encoder(nn.Module):
         if preps.dim() != 4 or preps.shape[1:] != (1, c.height, c.width):
             raise ValueError(f"preps: expected (B, {c.height}, {c.width}) PReps for this space, got "
                              f"{tuple(preps.shape)}")
+        if c.prep_scale != 1.0:
+            preps = preps * c.prep_scale
         h = self.conv2(self.conv1(preps)).amax(dim=3, keepdim=True)  # max over the width
         return self.conv4(self.conv3(h)).amax(dim=2).flatten(1)  # max over the height -> (B, E)
 

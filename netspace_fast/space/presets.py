@@ -34,12 +34,12 @@ class SpacePreset:
         return d
 
 
-_SMALL = {"embed": 1024, "view": 32, "dec_a": 16, "dec_b": 64, "dec_c": 32}
-_TINY = {"embed": 256, "view": 16, "dec_a": 8, "dec_b": 16, "dec_c": 8}
+_SMALL = {"embed": 1024, "view": 32, "dec_a": 16, "dec_b": 64, "dec_c": 32, "prep_scale": 30.0}
+_TINY = {"embed": 256, "view": 16, "dec_a": 8, "dec_b": 16, "dec_c": 8, "prep_scale": 30.0}
 
 SPACE_PRESETS: dict[str, SpacePreset] = {
     "digits-single": SpacePreset("Single-Architecture on a digits zoo (CPU, minutes)", "digits", "single", 1024,
-                                 epochs=20, meta_batch=8, image_batch=128, lr=1e-3, space=_SMALL),
+                                 epochs=200, meta_batch=8, image_batch=128, lr=1e-3, val_every=5, space=_SMALL),
     "digits-tiny-single": SpacePreset("smoke test: a tiny Single space on a digits zoo, 3 epochs", "digits", "single",
                                       1024, epochs=3, meta_batch=2, image_batch=512, lr=1e-3, space=_TINY),
     "digits-tiny-multi": SpacePreset("smoke test: a tiny Multi space on a digits zoo, 2 epochs", "digits", "multi",

@@ -33,7 +33,7 @@ from .presets import SPACE_PRESETS, SpacePreset, default_preset
 from .run import Run
 from .step import multi_step, single_step
 
-__all__ = ["SpaceData", "build_space", "load_space_data", "train_space"]
+__all__ = ["SpaceData", "build_space", "load_space_data", "rank_loss", "train_space"]
 
 TEACHER = "resnet56"
 
@@ -175,6 +175,25 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
     return run
 
 
+def rank_loss(enc, dec, protocol: str, specs, preps, class_ids, nets, x, y, teacher_logits, idx, rank: int,
+              world: int):
+    """Rank ``rank``'s share of one step's loss (of ``world`` ranks), such that the mean over the ranks
+    of its gradients is the gradient of the whole step's loss: Single takes its slice of the
+    meta-batch's networks ``nets`` (a mean over networks of equal slices); Multi takes its slice of the
+    images ``idx``, weighting the image-averaged terms by its share of the images. Returns (loss, the
+    step's outputs)."""
+    if protocol == "single":
+        mine = nets.chunk(world)[rank] if world > 1 else nets
+        out = single_step(enc, dec, specs[0], preps[mine], x[idx])
+        return out.loss, out
+    part = idx.tensor_split(world)[rank] if world > 1 else idx
+    out = multi_step(enc, dec, specs, preps[nets], class_ids[nets], x[part], y[part], teacher_logits[part])
+    if world == 1:
+        return out.loss, out
+    share = world * part.numel() / idx.numel()  # this rank's images, as a share of the mean
+    return out.class_loss + out.gamma_class_loss + share * (out.kd.mean() + out.gamma_kd.sum()), out
+
+
 def _allreduce_grads(params, world: int, dist) -> None:
     """Data parallelism: every rank's gradient replaced by the mean over the ranks (one flat buffer)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -217,17 +236,8 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
         for s in range(0, M, p.image_batch):
             idx = order[s:s + p.image_batch].to(x.device)
             nets = torch.randperm(preps.shape[0], generator=g)[:p.meta_batch].to(preps.device)
-            if protocol == "single":
-                mine = nets.chunk(world)[rank] if world > 1 else nets
-                out = single_step(enc, dec, d.specs[0], preps[mine], x[idx])
-                loss = out.loss
-            else:
-                part = idx.tensor_split(world)[rank] if world > 1 else idx
-                out = multi_step(enc, dec, d.specs, preps[nets], class_ids[nets], x[part], y[part],
-                                 d.teacher_logits[part])
-                share = world * part.numel() / idx.numel()  # this rank's images, as a share of the mean
-                loss = (out.class_loss + out.gamma_class_loss
-                        + share * (out.kd.mean() + out.gamma_kd.sum())) if world > 1 else out.loss
+            loss, out = rank_loss(enc, dec, protocol, d.specs, preps, class_ids, nets, x, y, d.teacher_logits, idx,
+                                  rank, world)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1:

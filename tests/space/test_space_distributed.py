@@ -55,13 +55,15 @@ def _check(zoo, protocol, preset, tmp_path):
     a = load_file(tmp_path / "one" / "ckpt-00002.safetensors")
     b = load_file(tmp_path / "two" / "ckpt-00002.safetensors")
     assert a.keys() == b.keys()
-    # ||a - b|| / ||a|| per tensor: the ranks sum gradients in another order than one process, and
-    # Adam divides by sqrt(v), so an element whose gradient is ~0 can move by up to ~lr either way
-    # (seen: 6e-5 on one element of a 0.34-scale tensor after 6 steps); the 2-norm sees the whole tensor
+    # ||a - b|| / ||a|| per tensor <= 2e-3: the ranks sum gradients in another order than one process
+    # and evaluate other image counts per call (other oneDNN algorithms), and Adam divides by sqrt(v),
+    # so an element whose gradient is ~0 can move by up to ~lr either way. Measured after 6 steps at
+    # lr 1e-3: Single < 1e-4, Multi 6e-4 (decoder.conv4). A wrong split or weighting of the loss
+    # changes the gradient by O(1) and the weights by ~1e-1 here.
     for k in a:
         if k.startswith(("encoder.", "decoder.")):
             err = ((a[k] - b[k]).double().norm() / a[k].double().norm().clamp_min(1e-12)).item()
-            assert err <= 1e-4, (k, err)
+            assert err <= 2e-3, (k, err)
 
 
 def test_single_two_ranks_gloo(single_zoo, tmp_path):
@@ -70,3 +72,44 @@ def test_single_two_ranks_gloo(single_zoo, tmp_path):
 
 def test_multi_two_ranks_gloo(multi_zoo, tmp_path):
     _check(multi_zoo, "multi", "digits-tiny-multi", tmp_path)
+
+
+@pytest.mark.parametrize("protocol,world", [("single", 2), ("single", 4), ("multi", 2), ("multi", 3)])
+def test_rank_losses_average_to_the_whole_step(protocol, world):
+    """The data-parallel split itself, in one process and float64: the mean over the ranks of each
+    rank's gradient (what the all-reduce computes) equals the gradient of the whole step, to 1e-9
+    (Adam is blind to a wrong overall scale, so the weights of a 2-rank run could not show one)."""
+    from netspace_fast import pack_preps
+    from netspace_fast.prep import PRepLayout
+    from netspace_fast.space import Decoder, Encoder, SpaceConfig
+    from netspace_fast.space.train import rank_loss
+
+    torch.manual_seed(5)
+    names = ("lenetlike", "vanillacnn", "resnet8", "resnet32")
+    specs = [archs.spec(n, "digits") for n in names]
+    pick = ["lenetlike"] * 4 if protocol == "single" else ["lenetlike", "resnet32", "resnet8"]
+    height = max(PRepLayout.for_spec(archs.spec(n, "digits"), 1024).height for n in pick)
+    preps = torch.cat([pack_preps(archs.build(n, "digits", batchnorm=False), 1024, height).detach()
+                       for n in pick]).double()
+    class_ids = torch.tensor([names.index(n) for n in pick])
+    cfg = SpaceConfig(height, 1024, embed=256, view=16, dec_a=8, dec_b=16, dec_c=8, prep_scale=30.0,
+                      num_archs=4 if protocol == "multi" else 0)
+    enc, dec = Encoder(cfg).double(), Decoder(cfg).double()
+    with torch.no_grad():
+        dec.scalelayer.scale.mul_(30)
+    x, y = torch.randn(7, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (7,))
+    teacher = torch.randn(7, 10, dtype=torch.float64)
+    nets, idx = torch.arange(len(pick)), torch.tensor([6, 0, 3, 5, 1, 2, 4])
+    params = list(enc.parameters()) + list(dec.parameters())
+
+    def grads(rank, w):
+        loss, _ = rank_loss(enc, dec, protocol, specs, preps, class_ids, nets, x, y, teacher, idx, rank, w)
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    whole = grads(0, 1)
+    per_rank = [grads(r, world) for r in range(world)]
+    for i, g in enumerate(whole):
+        if g is None:
+            continue
+        mean = sum(pr[i] if pr[i] is not None else torch.zeros_like(g) for pr in per_rank) / world
+        assert ((mean - g).abs().max() / g.abs().max().clamp_min(1e-30)).item() <= 1e-9, i

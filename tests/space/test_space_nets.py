@@ -129,6 +129,8 @@ def test_scale_layer_initialization():
     (dict(dec_a=3, dec_b=5, view=32, embed=1024), "dec_a, dec_b"),
     (dict(num_archs=-1), "num_archs"),
     (dict(height=0), "height: expected a positive int"),
+    (dict(prep_scale=0.0), "prep_scale"),
+    (dict(prep_scale=float("nan")), "prep_scale"),
 ])
 def test_bad_configurations(kw, match):
     base = dict(height=8, width=64, embed=256, view=16, dec_a=8, dec_b=16, dec_c=8)
@@ -146,3 +148,14 @@ def test_bad_inputs():
         dec(torch.randn(2, 128))
     with pytest.raises(ValueError, match="no ClassId head"):
         Decoder(SpaceConfig(8, 64, embed=256, view=16, dec_a=8, dec_b=16, dec_c=8)).class_logits(torch.randn(1, 256))
+
+
+def test_prep_scale_scales_the_encoder_input():
+    """prep_scale (the CPU presets' 30) is exactly the encoder of the scaled PReps; the paper's is 1."""
+    assert SpaceConfig.paper().prep_scale == 1.0
+    torch.manual_seed(4)
+    plain = Encoder(SMALL)
+    scaled = Encoder(SpaceConfig(**{**SMALL.__dict__, "prep_scale": 30.0}))
+    scaled.load_state_dict(plain.state_dict())
+    preps = torch.randn(2, SMALL.height, SMALL.width) * 0.03
+    torch.testing.assert_close(scaled(preps), plain(preps * 30.0))
