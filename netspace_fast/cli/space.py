@@ -100,9 +100,7 @@ def eval_run(run_dir: Path, split: str, csv_path: Path | None, device: str) -> N
         cfg = run.config
         if cfg.get("zoo") is None:
             raise ValueError(f"run: {str(run_dir)!r} names no zoo to evaluate on (import it with --zoo ZOO)")
-        recipe = dict(cfg["recipe"])
-        recipe["archs"] = tuple(recipe["archs"])
-        p = SpacePreset(**recipe)
+        p = SpacePreset.from_json(cfg["recipe"])
         splits = ("train", "val", "test") if split == "all" else (split,)
         d = load_space_data(cfg["zoo"], p, root=cfg["root"], splits=splits, images_split="test", device=device,
                             allow_empty=split == "all")

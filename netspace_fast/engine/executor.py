@@ -77,12 +77,7 @@ def run(program, x: torch.Tensor, B: int, weights: Weights, *, shared: bool = Fa
     values: dict[int, object] = {0: x}
     cache: dict[tuple[int, str], object] = {}
     saved: list | None = [None] * len(program) if record else None
-    if grouped_input:
-        n = x.shape[0]
-    elif shared:
-        n = x.shape[0]
-    else:
-        n = x.shape[1]
+    n = x.shape[0] if (grouped_input or shared) else x.shape[1]  # images per network
     blocks = plan(program, x, n)
 
     def value(v: int, form: str):

@@ -36,19 +36,12 @@ class Space:
 
         run = Run.open(run_dir)
         cfg = run.config
-        recipe = dict(cfg["recipe"])
-        recipe["archs"] = tuple(recipe["archs"])
-        p = SpacePreset(**recipe)
+        p = SpacePreset.from_json(cfg["recipe"])
         height = _height(run)
         enc, dec = build_space(p, height, cfg["seed"], device)
         run.load_weights(enc, dec, which)
         enc.eval(), dec.eval()
-        names = list(p.archs) if p.protocol == "multi" else list(cfg.get("archs") or [])
-        if not names and cfg.get("zoo"):
-            from .train import load_space_data
-
-            names = [s.name for s in load_space_data(cfg["zoo"], p, root=cfg["root"], splits=("train",),
-                                                     device=device).specs]
+        names = list(p.archs) if p.protocol == "multi" else list(cfg["archs"])  # recorded by train and import
         return cls(run, enc, dec, p, [archs.spec(n, p.dataset) for n in names], device)
 
     @property

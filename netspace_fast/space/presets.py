@@ -28,6 +28,11 @@ class SpacePreset:
     space: dict = field(default_factory=dict)
     archs: tuple[str, ...] = ()
 
+    @classmethod
+    def from_json(cls, d: dict) -> "SpacePreset":
+        """The preset a run recorded (:meth:`to_json`)."""
+        return cls(**{**d, "archs": tuple(d["archs"])})
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["archs"] = list(self.archs)

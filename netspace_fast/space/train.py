@@ -141,7 +141,8 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
 
     if protocol not in ("single", "multi"):
         raise ValueError(f"protocol: expected 'single' or 'multi', got {protocol!r}")
-    zoo_dataset = next((e["dataset"] for e in Zoo.open(zoo_dir).instances()), None)
+    zoo = Zoo.open(zoo_dir)
+    zoo_dataset = next((e["dataset"] for e in zoo.instances()), None)
     if zoo_dataset is None:
         raise ValueError(f"zoo: {str(zoo_dir)!r} holds no networks")
     name = preset or default_preset(protocol, zoo_dataset)
@@ -151,8 +152,9 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
     if p.protocol != protocol:
         raise ValueError(f"preset: {name!r} is a {p.protocol} preset, not {protocol}")
     n_epochs = p.epochs if epochs is None else int(epochs)
-    config = {"zoo": str(Path(zoo_dir).resolve()), "preset": name, "recipe": p.to_json(), "seed": int(seed),
-              "epochs": n_epochs, "root": None if root is None else str(root)}
+    names = list(p.archs) if protocol == "multi" else _zoo_archs(zoo, "train")
+    config = {"zoo": str(Path(zoo_dir).resolve()), "preset": name, "recipe": p.to_json(), "archs": names,
+              "seed": int(seed), "epochs": n_epochs, "root": None if root is None else str(root)}
     rank, world, device, dist, owned = setup_distributed(device)
     if world > 1 and protocol == "single" and p.meta_batch % world:
         raise ValueError(f"preset: Single under torchrun splits the meta-batch of {p.meta_batch} networks over the "
