@@ -5,8 +5,9 @@
   PReps at ResNet32's height (48 rows), teacher logits given.
 Providers, same run: ours (``netspace_fast.space.step``: one decoder call, one batched evaluation
 per architecture) and the original code's way (decode, then a Python loop of per-network
-functional forwards and per-network losses), each a full step (forward + backward into the encoder
-and decoder). Also "enc+dec only": the encoder and decoder forward + backward alone (ratio =
+functional forwards and per-network losses; its encoder the modules run one after the other with dense
+autograd, ``Encoder(fused=False)``), each a full step (forward + backward into the encoder
+and decoder). Also "enc+dec only": our encoder and decoder forward + backward alone (ratio =
 its share of ours' step, so 1 - ratio is what evaluation + losses cost; issue: <= 15%).
 Goal (issue, CPU): ours >= 1.1x the peer.
 """
@@ -31,6 +32,14 @@ GOAL = 1.1
 _cache: dict = {}
 
 
+def _pair(cfg):
+    """Our encoder and the original's (the same weights, its modules run one after the other with dense
+    autograd)."""
+    ours, original = Encoder(cfg), Encoder(cfg, fused=False)
+    original.load_state_dict(ours.state_dict())
+    return ours, original
+
+
 def _single():
     if "single" not in _cache:
         torch.manual_seed(0)
@@ -38,7 +47,7 @@ def _single():
         with torch.no_grad():
             preps = pack_preps([archs.build("resnet8", "cifar10", batchnorm=False) for _ in range(8)], WIDTH)
         cfg = SpaceConfig.paper(preps.shape[1], WIDTH)
-        _cache["single"] = (spec, preps, torch.randn(N, 3, 32, 32), Encoder(cfg), Decoder(cfg))
+        _cache["single"] = (spec, preps, torch.randn(N, 3, 32, 32), Decoder(cfg), *_pair(cfg))
     return _cache["single"]
 
 
@@ -52,7 +61,7 @@ def _multi():
                                for n in ("lenetlike", "resnet32")])
         cfg = SpaceConfig.paper(height, WIDTH, num_archs=4)
         _cache["multi"] = (specs, preps, torch.tensor([0, 3]), torch.randn(N, 3, 32, 32),
-                           torch.randint(0, 10, (N,)), torch.randn(N, 10), Encoder(cfg), Decoder(cfg))
+                           torch.randint(0, 10, (N,)), torch.randn(N, 10), Decoder(cfg), *_pair(cfg))
     return _cache["multi"]
 
 
@@ -62,12 +71,12 @@ def _loop_forward(spec, prep, x):
 
 
 def single_ours():
-    spec, preps, x, enc, dec = _single()
+    spec, preps, x, dec, enc, _ = _single()
     single_step(enc, dec, spec, preps, x).loss.backward()
 
 
 def single_peer():
-    spec, preps, x, enc, dec = _single()
+    spec, preps, x, dec, _, enc = _single()
     decoded = dec(enc(preps))
     losses = []
     for b in range(preps.shape[0]):  # the original: one network at a time
@@ -78,17 +87,17 @@ def single_peer():
 
 
 def single_encdec():
-    spec, preps, x, enc, dec = _single()
+    spec, preps, x, dec, enc, _ = _single()
     dec(enc(preps)).square().mean().backward()
 
 
 def multi_ours():
-    specs, preps, ids, x, y, teacher, enc, dec = _multi()
+    specs, preps, ids, x, y, teacher, dec, enc, _ = _multi()
     multi_step(enc, dec, specs, preps, ids, x, y, teacher).loss.backward()
 
 
 def multi_peer():
-    specs, preps, ids, x, y, teacher, enc, dec = _multi()
+    specs, preps, ids, x, y, teacher, dec, _, enc = _multi()
     z = enc(preps)
     plan = gamma_plan(ids.tolist(), 4)
     zg, targets = interpolate(z, plan)
@@ -103,7 +112,7 @@ def multi_peer():
 
 
 def multi_encdec():
-    specs, preps, ids, x, y, teacher, enc, dec = _multi()
+    specs, preps, ids, x, y, teacher, dec, enc, _ = _multi()
     z = enc(preps)
     zg, _ = interpolate(z, gamma_plan(ids.tolist(), 4))
     z_all = torch.cat([z, zg])
