@@ -15,14 +15,12 @@ import errno
 import fcntl
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
 
 __all__ = ["TMP_PREFIX", "atomic_write_bytes", "fsync_dir", "locked", "sha256_bytes", "sha256_file"]
-
-
 
 
 def fsync_dir(directory: Path) -> None:
@@ -36,11 +34,27 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _create_temp(directory: Path, prefix: str) -> tuple[int, str]:
+    """A new file ``directory/prefix<random>`` opened for writing, created with mode 0o666 so the
+    process umask applies (and a default ACL of the directory) as for any ``open(path, "w")``;
+    :func:`tempfile.mkstemp` would make it 0o600, unreadable to the colleagues of a shared zoo."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, prefix + secrets.token_hex(6))
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no unused temporary name {prefix}* in {str(directory)!r}")
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, replace, fsync dir)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, replace, fsync dir).
+
+    The file gets the mode a plain ``open(path, "wb")`` would create: 0o666 minus the process umask."""
     path = Path(path)
     directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=directory)
+    fd, tmp = _create_temp(directory, f"{TMP_PREFIX}{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -83,7 +83,7 @@ class _BatchedNet(torch.autograd.Function):
     """The GPU whole-network path: one batched Triton layer op per layer, one PRep gradient."""
 
     @staticmethod
-    def forward(ctx, preps2d, x, program, num_params):
+    def forward(ctx, preps2d, x, program):
         values = {0: x}
         saved = []
         for kind, src, dst, residual, act, geom in program:
@@ -102,7 +102,7 @@ class _BatchedNet(torch.autograd.Function):
                 y = h.reshape(*lead, -1)
                 saved.append((h, None, None))
             values[dst] = y
-        ctx.program, ctx.saved, ctx.num_params = program, saved, num_params
+        ctx.program, ctx.saved = program, saved
         ctx.save_for_backward(preps2d)
         return values[program[-1][2]]
 
@@ -111,7 +111,7 @@ class _BatchedNet(torch.autograd.Function):
     def backward(ctx, grad_out):
         (preps2d,) = ctx.saved_tensors
         program, saved = ctx.program, ctx.saved
-        grad_preps = prep_grad_buffer(preps2d, ctx.num_params)
+        grad_preps = prep_grad_buffer(preps2d)
         need_x = ctx.needs_input_grad[1]
         grads = ValueGrads(program[-1][2], grad_out)
         acc = grads.add
@@ -135,7 +135,7 @@ class _BatchedNet(torch.autograd.Function):
             else:
                 acc(src, g.reshape(h.shape))
         gx = grads.get(0) if need_x else None
-        return grad_preps, gx, None, None
+        return grad_preps, gx, None
 
 
 def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
@@ -156,6 +156,6 @@ def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
         preps2d = preps2d.contiguous()
     program = compile_program(spec, preps.shape[2])
     if which == "cpp":  # CPU: grouped or per-network convs per layer (netspace_fast.engine.cpu)
-        return GroupedNet.apply(preps2d, x, program, shared, spec.num_params)
+        return GroupedNet.apply(preps2d, x, program, shared)
     # "triton": the layer ops' CUDA kernels (or, on CPU tensors, under TRITON_INTERPRET=1)
-    return _BatchedNet.apply(preps2d, x, program, spec.num_params)
+    return _BatchedNet.apply(preps2d, x, program)

@@ -65,10 +65,10 @@ def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program, shared: boo
 
 
 def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Tensor, program: list, state,
-                     shared: bool, need_x: bool, num_params: int):
+                     shared: bool, need_x: bool):
     saved, blocks = state
     B = preps2d.shape[0]
-    grad_preps = prep_grad_buffer(preps2d, num_params)
+    grad_preps = prep_grad_buffer(preps2d)
     if program[-1][0] == "conv":  # conv backward works in place on its gradient: never on the caller's
         grad_out = grad_out.clone()
     grads = ValueGrads(program[-1][2], grad_out)
@@ -209,9 +209,9 @@ class GroupedNet(torch.autograd.Function):
     recomputes the activations from the saved inputs first."""
 
     @staticmethod
-    def forward(ctx, preps2d, x, program, shared, num_params):
+    def forward(ctx, preps2d, x, program, shared):
         out, saved = grouped_forward(preps2d, x, program, shared)
-        ctx.program, ctx.saved, ctx.shared, ctx.num_params = program, saved, shared, num_params
+        ctx.program, ctx.saved, ctx.shared = program, saved, shared
         ctx.x_shape = x.shape
         ctx.save_for_backward(preps2d, x)
         return out
@@ -225,8 +225,8 @@ class GroupedNet(torch.autograd.Function):
             with torch.no_grad():
                 state = grouped_forward(preps2d, x, ctx.program, ctx.shared)[1]
         grad_preps, gx = grouped_backward(grad_out, preps2d, x, ctx.program, state, ctx.shared,
-                                          ctx.needs_input_grad[1], ctx.num_params)
-        return grad_preps, gx, None, None, None
+                                          ctx.needs_input_grad[1])
+        return grad_preps, gx, None, None
 
 
 __all__ = ["GroupedNet", "PRepWeights", "grouped_backward", "grouped_forward"]

@@ -133,7 +133,12 @@ if _native.LOADED:
 
 def pack_preps(tensors: Sequence[torch.Tensor], plan: Sequence[int], eps: Sequence[float], num_nets: int, rows: int,
                width: int, check_finite: bool = False, backend: str | None = None) -> torch.Tensor:
-    """Run the op on the backend chosen for the tensors' device (see netspace_fast.ops.backend)."""
+    """Run the op on the backend chosen for the tensors' device (see netspace_fast.ops.backend).
+
+    Every backend is differentiable with respect to ``tensors``: where one of them requires grad
+    the output is not a leaf, so ``out.requires_grad_()`` leaves ``out.grad`` None; a PRep batch
+    to differentiate with respect to is ``out.detach().requires_grad_()``.
+    """
     if num_nets == 0:  # no tensor argument: the dispatcher could not pick a kernel; nothing to launch
         return pack_preps_reference(tensors, plan, eps, num_nets, rows, width, check_finite)
     device = tensors[0].device if len(tensors) else torch.device("cpu")

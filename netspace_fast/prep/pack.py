@@ -133,6 +133,11 @@ def pack_preps(models: nn.Module | Sequence[nn.Module], width: int = 10_000, hei
     BN-free network (``archs.build(..., batchnorm=False)``). Modules not built by
     :func:`netspace_fast.archs.build` are packed as their parameters in ``named_parameters`` order.
     NaN or Inf in a packed value is refused unless ``allow_nonfinite=True``.
+
+    The result is differentiable with respect to the models' parameters (and BN statistics that
+    require grad), so it is not a leaf: ``preps.requires_grad_()`` leaves ``preps.grad`` None and
+    sends gradients to the models instead. For gradients with respect to the PReps themselves, use
+    ``preps = pack_preps(models).detach().requires_grad_()``.
     """
     models = models_list(models)
     if not models:

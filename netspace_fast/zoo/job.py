@@ -5,6 +5,7 @@ one batched job, checkpoints atomically after every epoch, writes finished insta
 from __future__ import annotations
 
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -24,11 +25,51 @@ from .presets import PRESETS, Preset
 __all__ = ["train_zoo"]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch's messages
+_CHECKPOINT_KEYS = frozenset({"net", "opt", "sched", "gens", "best_acc", "best_state", "epoch"})
+
+
 def _save_checkpoint(state: dict, path) -> None:
     """The job state after an epoch, written atomically (netspace_fast.storage)."""
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_error(e: Exception) -> str:
+    """The reason in torch.load's error, on one line, without torch's advice to trust the file."""
+    lines = [line.strip() for line in _ANSI.sub("", str(e)).splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Weights only load failed"):
+        return " ".join(lines)
+    why = []
+    for line in lines[1:]:  # the unpickler's own words (which global, which opcode), in any torch's layout
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        elif line.startswith(("(1)", "(2)", "Check the documentation")):
+            continue
+        line = line.split(" Please use", 1)[0]
+        if line:
+            why.append(line)
+    return ("it pickles objects other than tensors, numbers and containers, which weights_only refuses"
+            + (f": {' '.join(why)}" if why else ""))
+
+
+def _load_checkpoint(path: Path, device) -> dict:
+    """The job state written by :func:`_save_checkpoint`, read with ``torch.load(..., weights_only=True)``:
+    a checkpoint holds only tensors, numbers, strings and containers (the data-order generators'
+    states are byte tensors), so a planted file that pickles anything else is refused and runs no code."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+        raise ValueError(f"checkpoint {str(path)!r}: expected a zoo job checkpoint that "
+                         f"torch.load(..., weights_only=True) can read, got a file it refuses "
+                         f"({type(e).__name__}: {_load_error(e)[:300]}); delete it to restart this job from "
+                         f"epoch 0") from None
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
+        got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"checkpoint {str(path)!r}: expected a dict with keys {sorted(_CHECKPOINT_KEYS)}, got {got}; "
+                         f"delete it to restart this job from epoch 0")
+    return state
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -116,13 +157,13 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
     block = "" if len(mine) == len(seeds_all) else f"-{mine.start}-{mine.stop}"
     ckpt = out / ".checkpoints" / f"{job}-{arch}{block}.pt"
     if ckpt.exists():  # resume from the last completed epoch
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = _load_checkpoint(ckpt, device)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         if sched is not None:
             sched.load_state_dict(state["sched"])
         for g, s in zip(order.gens, state["gens"]):
-            g.set_state(s)
+            g.set_state(s.cpu())  # CPU generators: their states were mapped to ``device`` with the rest
         best_acc, best_state, start = state["best_acc"].cpu(), state["best_state"], state["epoch"]
         _log(progress, f"{arch}: resuming after epoch {start}")
     xtr, ytr = splits["train"]

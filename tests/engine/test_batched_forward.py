@@ -93,6 +93,80 @@ def tiny_spec() -> ArchSpec:
     return ArchSpec("tiny", None, (2, 4, 4), 2, layers)
 
 
+def dead_branch_spec() -> ArchSpec:
+    """A graph whose layers ``dead`` (conv) and ``deadfc`` (linear, after it) do not reach the output:
+    their PRep slices receive no gradient at all (their backward never runs)."""
+    layers = (
+        LayerSpec("conv", 0, 1, name="c1", in_features=2, out_features=3, kernel=3, stride=1, padding=1,
+                  act="leaky_relu"),
+        LayerSpec("conv", 1, 2, name="dead", in_features=3, out_features=3, kernel=3, stride=1, padding=1,
+                  act="leaky_relu"),
+        LayerSpec("conv", 1, 3, name="c2", in_features=3, out_features=3, kernel=3, stride=2, padding=1,
+                  act="leaky_relu"),
+        LayerSpec("flatten", 2, 4),
+        LayerSpec("linear", 4, 5, name="deadfc", in_features=3 * 4 * 4, out_features=5),
+        LayerSpec("avgpool", 3, 6, kernel=2, stride=2),
+        LayerSpec("flatten", 6, 7),
+        LayerSpec("linear", 7, 8, name="fc", in_features=3, out_features=2),
+    )
+    return ArchSpec("deadbranch", None, (2, 4, 4), 2, layers)
+
+
+def poison_uninitialized(monkeypatch) -> None:
+    """``torch.empty`` and ``Tensor.new_empty`` return NaN-filled floating-point tensors for the rest of
+    the test, so a result that includes memory nobody wrote shows up as NaN (fresh pages from the
+    allocator are often zero, which would hide it)."""
+    real_empty, real_new_empty = torch.empty, torch.Tensor.new_empty
+
+    def nan(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point():
+            with torch.no_grad():
+                t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", lambda *args, **kw: nan(real_empty(*args, **kw)))
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *args, **kw: nan(real_new_empty(self, *args, **kw)))
+
+
+def check_prep_grad_zero_without_gradient(backend: str, shared: bool, device="cpu") -> None:
+    """The PRep gradient of :func:`dead_branch_spec` is exactly zero in the slices of the layers that
+    get no gradient and in the padding (PReps taller than needed), and the reference's elsewhere."""
+    spec = dead_branch_spec()
+    B, N = 3, 2
+    H, W = nf.prep_shape(spec.num_params, 8)
+    preps = (torch.randn(B, H + 4, W, device=device) * 0.3).requires_grad_()
+    x = make_x(spec, B, N, shared).to(device)
+    y = batched_forward(spec, preps, x, backend=backend)
+    y_ref = batched_forward_reference(spec, preps, x)
+    g = torch.randn_like(y)
+    (grad,) = torch.autograd.grad(y, preps, g)
+    (grad_ref,) = torch.autograd.grad(y_ref, preps, g)
+    lay = nf.PRepLayout.for_spec(spec, W)
+    dead = torch.zeros(preps[0].numel(), dtype=torch.bool)
+    for e in lay.entries:
+        if e.name.split(".")[0] in ("dead", "deadfc"):
+            dead[e.offset:e.offset + e.numel] = True
+    dead[spec.num_params:] = True  # the padding
+    flat = grad.reshape(B, -1).cpu()
+    assert not grad_ref.reshape(B, -1).cpu()[:, dead].any()  # the reference: no gradient, zero
+    wrong = int((flat[:, dead] != 0).sum())  # NaN != 0 too
+    assert wrong == 0, f"{wrong} of {B * int(dead.sum())} PRep gradient values nonzero or NaN where no gradient flows"
+    assert rel(grad, grad_ref) <= 1e-4
+
+
+@native
+@pytest.mark.parametrize("rule", ["grouped", "split"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+def test_prep_grad_zero_where_no_gradient_flows(monkeypatch, rule, shared):
+    """Layers whose output does not reach the network's output (their backward is skipped) and the
+    padding get exactly zero PRep gradient, never leftover memory; grouped and per-network convs."""
+    from netspace_fast.engine import layout
+
+    monkeypatch.setattr(layout, "use_split", RULES[rule])
+    poison_uninitialized(monkeypatch)
+    check_prep_grad_zero_without_gradient("cpp", shared)
+
+
 @native
 def test_empty_batches_and_nan():
     spec = archs.spec("lenetlike")
@@ -165,6 +239,60 @@ def test_tune_malloc_is_safe_to_call():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", str(float(64 * 2**20))]
+
+
+_MALLINFO = """
+import ctypes, sys
+import torch, netspace_fast as nf
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+tuned = nf.tune_malloc() if sys.argv[1] == "tuned" else None
+size = 64 * 2**20  # above glibc's largest mmap threshold (32 MiB)
+before = libc.mallinfo2()
+a = torch.ones(size // 4)
+mmapped = libc.mallinfo2().hblkhd - before.hblkhd
+del a
+p = libc.malloc(size)  # nothing allocated after it: at the top of the heap unless mmapped
+libc.free(p)
+print(tuned, mmapped, libc.mallinfo2().fordblks)
+"""
+
+
+def test_tune_malloc_keeps_large_blocks_in_the_heap():
+    """The effect of tune_malloc, seen through glibc's mallinfo2 in fresh processes: by default a 64 MiB
+    tensor is its own mmap, and a 64 MiB block freed at the top of the heap goes back to the kernel;
+    after tune_malloc() the tensor comes from the heap (M_MMAP_MAX 0) and the freed block stays in
+    the heap for reuse (M_TRIM_THRESHOLD)."""
+    import ctypes
+    import os
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
+
+    def run(mode: str) -> tuple[str, int, int]:
+        out = subprocess.run([sys.executable, "-c", _MALLINFO, mode], capture_output=True, text=True, timeout=120,
+                             env=env)
+        assert out.returncode == 0, out.stderr
+        tuned, mmapped, free_in_heap = out.stdout.split()
+        return tuned, int(mmapped), int(free_in_heap)
+
+    size = 64 * 2**20
+    tuned, mmapped, free_in_heap = run("default")
+    assert mmapped >= size and free_in_heap < size  # the premise: glibc's defaults mmap and trim
+    tuned, mmapped, free_in_heap = run("tuned")
+    assert tuned == "True"
+    assert mmapped < size, f"a 64 MiB tensor was mmapped ({mmapped} bytes mapped) after tune_malloc()"
+    assert free_in_heap >= size, f"a freed 64 MiB block was trimmed from the heap ({free_in_heap} bytes kept)"
 
 
 # ---------------------------------------------------------------------------------------------

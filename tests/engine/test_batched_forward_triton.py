@@ -17,7 +17,8 @@ if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
     pytest.skip("Triton tests need TRITON_INTERPRET=1 (CPU interpreter) or a CUDA device", allow_module_level=True)
 
 from conftest import rel_norm  # noqa: E402
-from test_batched_forward import rel, tiny_spec  # noqa: E402
+from test_batched_forward import (  # noqa: E402
+    check_prep_grad_zero_without_gradient, poison_uninitialized, rel, tiny_spec)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 2e-2 if DEVICE == "cuda" else 1e-4  # TF32 on the GPU, exact float32 under the interpreter
@@ -38,6 +39,14 @@ def test_batched_forward_triton_matches_reference(which, shared):
     g = torch.randn_like(y)
     for a, b in zip(torch.autograd.grad(y, (preps, x), g), torch.autograd.grad(y_ref, (preps, x), g)):
         assert rel(a, b) <= TOL
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+def test_batched_forward_triton_prep_grad_zero_where_no_gradient_flows(monkeypatch, shared):
+    """Layers whose output does not reach the network's output and the padding get exactly zero
+    PRep gradient, never leftover memory (tests/engine/test_batched_forward.py, on the CPU path)."""
+    poison_uninitialized(monkeypatch)
+    check_prep_grad_zero_without_gradient("triton", shared, DEVICE)
 
 
 _GPU_ARCHS = [("lenetlike", "cifar10"), ("vanillacnn", "cifar10"), ("resnet8", "cifar10"), ("resnet8", "tinyimagenet"),

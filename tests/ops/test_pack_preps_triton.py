@@ -29,6 +29,7 @@ from netspace_fast.ops.pack_preps_triton import BLOCK, pack_preps_forward  # noq
 from hypothesis import given, settings  # noqa: E402
 
 from conftest import assert_fold_close, make_model, plans  # noqa: E402
+from test_pack_preps import assert_nonfinite_as_oracle  # noqa: E402
 
 DEVICE = torch.device("cpu") if INTERPRET else torch.device("cuda")
 
@@ -168,15 +169,23 @@ def test_triton_nonfinite_refused(value):
     assert torch.isfinite(out[0]).all()
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inside the interpreter: sqrt(-2)
-def test_triton_nonfinite_fold_refused():
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inside the interpreter: sqrt(-2), inf * 0
+@pytest.mark.parametrize("where", ["var_negative", "gamma_inf", "mean_-inf"])
+def test_triton_nonfinite_fold_refused(where):
+    """Refused by default; with allow_nonfinite=True NaN/Inf exactly where the float64 oracle has them."""
     m = make_model("resnet8")
     with torch.no_grad():
-        m.get_submodule("layer2.0.bn1").running_var[3] = -2.0  # sqrt(negative) -> NaN
+        bn = m.get_submodule("layer3.0.bn2")
+        if where == "var_negative":
+            bn.running_var[5] = -2.0  # sqrt(negative) -> NaN
+        elif where == "gamma_inf":
+            bn.weight[5] = float("inf")
+        else:
+            bn.running_mean[5] = float("-inf")
     m = m.to(DEVICE)
     with pytest.raises(ValueError, match="non-finite"):
         pack_preps(m, width=64, backend="triton")
-    assert torch.isnan(pack_preps(m, width=64, backend="triton", allow_nonfinite=True)).any()
+    assert_nonfinite_as_oracle(pack_preps(m, width=64, backend="triton", allow_nonfinite=True), m.cpu())
 
 
 def test_triton_bad_plans():
