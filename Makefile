@@ -9,7 +9,7 @@ MAX_JOBS ?= 2
 export MAX_JOBS
 NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h) setup.py pyproject.toml
 
-.PHONY: demo test test-python test-triton test-cpp sanitize bench install clean
+.PHONY: demo test test-python test-triton test-cpp sanitize bench accept install clean
 
 $(VENV)/.torch:
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -28,7 +28,7 @@ demo: install
 	$(PY) -m netspace_fast.demo --out demo_out
 
 test-python: install
-	$(PY) -m pytest -q -m "not triton" tests
+	$(PY) -m pytest -q -m "not triton and not accept" tests
 
 # Triton kernels on CPU tensors: the interpreter must be on before triton is imported
 test-triton: install
@@ -41,6 +41,10 @@ test: test-python test-triton test-cpp
 
 sanitize: install
 	PYTHON=$(PY) bash scripts/cmake_test.sh sanitize
+
+# training-length acceptance runs (tens of minutes on 2 cores): figures go to BENCHMARKS.md
+accept: install
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -s -m accept tests
 
 bench: install
 	$(PY) -m pytest -q benchmarks --benchmark-columns=min,median,mean,rounds

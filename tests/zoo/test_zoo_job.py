@@ -63,9 +63,21 @@ def test_paper_presets_follow_the_method():
     assert 100 in single.snapshots and 102 in single.snapshots and 550 in single.snapshots
 
 
-def test_digits_multi_acceptance(tmp_path):
-    """Issue 4: digits multi LeNetLike instances reach >= 95% test accuracy."""
-    train_zoo(tmp_path / "m", "digits-multi", progress=False)
+def test_digits_presets_of_netspace():
+    """Issue 9: digits-multi holds the four architectures (ClassId order) and a ResNet56 teacher;
+    digits-unseen trains LeNetLike + ResNet32 only, all four in val and test."""
+    multi = PRESETS["digits-multi"]
+    assert [a for a, *_ in multi.archs] == ["lenetlike", "vanillacnn", "resnet8", "resnet32", "resnet56"]
+    assert all(tr > 0 and va > 0 and te > 0 for _, tr, va, te in multi.archs[:4])
+    assert multi.archs[4][1:] == (1, 0, 0) and multi.protocol == "multi"
+    unseen = {a: (tr, va, te) for a, tr, va, te in PRESETS["digits-unseen"].archs}
+    assert {a for a, (tr, _, _) in unseen.items() if tr} == {"lenetlike", "resnet32", "resnet56"}
+    assert all(unseen[a][1] > 0 and unseen[a][2] > 0 for a in ("lenetlike", "vanillacnn", "resnet8", "resnet32"))
+
+
+def test_digits_lenet_acceptance(tmp_path):
+    """Issue 4: digits multi-protocol LeNetLike instances reach >= 95% test accuracy."""
+    train_zoo(tmp_path / "m", "digits-lenet", progress=False)
     zoo = Zoo.open(tmp_path / "m")
     accs = [e["test_acc"] for e in zoo.instances()]
     assert len(accs) == 8 and {k: len(v) for k, v in zoo.splits.items()} == {"train": 4, "val": 2, "test": 2}
