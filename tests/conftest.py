@@ -13,7 +13,13 @@ Tolerances used throughout (stated once here):
 - folded values (FOLD_W / FOLD_B segments) of two float32 implementations are compared with
   ``assert_fold_close``: |a - b| <= 1e-6 * |b| + 1e-6 * max|b| (relative 1e-6, plus an absolute floor
   of 1e-6 of the tensor's scale for values that cancel to ~0 in (bias - mean) * scale + beta);
-- network outputs (folded vs BN network in eval mode) use ``rel_err`` = max|a - b| / max|b| <= 1e-5.
+- network outputs (folded vs BN network in eval mode) use ``rel_err`` = max|a - b| / max|b| <= 1e-5;
+- PRep gradients are compared per layer slice as well (``assert_prep_grad_close``: each layer's
+  weight and bias against its own largest reference value), so an error in a layer with small
+  gradients does not hide behind the largest gradient of the whole PRep.
+
+``fake_checked_backend`` is the ``torch.compile`` backend of the compile tests (aot_eager, plus a
+check of every native op's real outputs against its fake kernel).
 """
 
 from __future__ import annotations
@@ -312,12 +318,140 @@ def assert_as_accurate(actual: torch.Tensor, reference: torch.Tensor, truth: tor
                             f"{err_r.max().item():.3e}, max |truth| {scale:.3e}")
 
 
-def assert_matches_reference(y, y_ref, inputs, tol: float = 1e-4) -> tuple:
+def assert_matches_reference(y, y_ref, inputs, tol: float = 1e-4, prep_layout=None) -> tuple:
     """y and the gradients of every input (for one random output gradient) against the reference's,
-    relative error <= tol; returns ours' gradients."""
+    relative error <= tol; returns ours' gradients. With ``prep_layout`` (a ``PRepLayout``, an
+    ``ArchSpec`` or (name, start, stop) slices: :func:`prep_slices`), ``inputs[0]`` is the PRep batch
+    and its gradient is also checked slice by slice (:func:`assert_prep_grad_close`)."""
     assert rel_err(y, y_ref) <= tol
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, inputs, g)
-    for a, b in zip(grads, torch.autograd.grad(y_ref, inputs, g)):
+    ref_grads = torch.autograd.grad(y_ref, inputs, g)
+    for a, b in zip(grads, ref_grads):
         assert rel_err(a, b) <= tol
+    if prep_layout is not None:
+        assert_prep_grad_close(grads[0], ref_grads[0], prep_layout, tol)
     return grads
+
+
+# ---------------------------------------------------------------------------------------------
+# PRep gradients, checked slice by slice
+
+
+def prep_slices(layout_or_spec) -> list[tuple[str, int, int]]:
+    """(name, start, stop) of every parameter of a PRep as flat offsets: from a ``PRepLayout``, an
+    ``ArchSpec`` (its layout; flat offsets do not depend on the width), or a list of
+    (name, start, stop) taken as is (one layer of the layer ops: its weight and bias slices)."""
+    from netspace_fast.prep import PRepLayout
+
+    if isinstance(layout_or_spec, archs.ArchSpec):
+        layout_or_spec = PRepLayout.for_spec(layout_or_spec, 8)
+    if isinstance(layout_or_spec, PRepLayout):
+        return [(e.name, e.offset, e.offset + e.numel) for e in layout_or_spec.entries]
+    return [(str(n), int(a), int(b)) for n, a, b in layout_or_spec]
+
+
+def assert_prep_grad_close(grad: torch.Tensor, ref: torch.Tensor, layout_or_spec, tol: float = 1e-4) -> None:
+    """The PRep gradient ``grad`` against the reference ``ref``, slice by slice: for every network
+    and every parameter slice (each layer's weight and its bias separately) ``rel_err`` over that
+    slice alone, max|a - b| / max|b|, is <= ``tol`` (a slice whose reference is all zero must be
+    within ``tol`` absolutely). Values outside every slice (padding, unrelated values) must be
+    within ``tol`` of the whole PRep gradient's scale.
+
+    Why per slice: ``rel_err`` over the whole PRep divides by the largest gradient anywhere, so a
+    layer whose gradients are 100x smaller than another layer's could be 10% wrong and pass.
+    ``grad``/``ref``: a batch (B, H, W) or (B, P) (one PRep: pass ``prep[None]``);
+    ``layout_or_spec``: see :func:`prep_slices`."""
+    assert grad.shape == ref.shape, (tuple(grad.shape), tuple(ref.shape))
+    assert grad.dim() in (2, 3), f"expected (B, H, W) or (B, P), got {tuple(grad.shape)}"
+    B = grad.shape[0]
+    a = grad.detach().double().cpu().reshape(B, -1)
+    b = ref.detach().double().cpu().reshape(B, -1)
+    assert torch.isfinite(a).all(), "non-finite values in the PRep gradient"
+    covered = torch.zeros(a.shape[1], dtype=torch.bool)
+    bad = []
+    for name, start, stop in prep_slices(layout_or_spec):
+        assert 0 <= start <= stop <= a.shape[1], f"slice {name} [{start}, {stop}) outside P = {a.shape[1]}"
+        covered[start:stop] = True
+        if start == stop:
+            continue
+        for n in range(B):
+            err = rel_err(a[n, start:stop], b[n, start:stop])
+            if err > tol:
+                bad.append((err, n, name, b[n, start:stop].abs().max().item()))
+    if bool((~covered).any()):
+        scale = b.abs().max().item() or 1.0
+        err = (a[:, ~covered] - b[:, ~covered]).abs().max().item() / scale
+        if err > tol:
+            bad.append((err, -1, "<outside every slice>", scale))
+    bad.sort(reverse=True)
+    assert not bad, (f"{len(bad)} PRep gradient slice(s) differ by more than {tol} relative to the slice's own "
+                     f"max|ref|; worst: " + "; ".join(f"network {n} {name}: {err:.3e} (max|ref| {s:.3e})"
+                                                      for err, n, name, s in bad[:5]))
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile with the fake kernels checked
+
+
+def _same_meta(real, fake, where: str) -> None:
+    if isinstance(real, (tuple, list)):
+        assert isinstance(fake, (tuple, list)) and len(real) == len(fake), (
+            f"{where}: {len(real)} outputs, traced as {fake}")
+        for i, (r, f) in enumerate(zip(real, fake)):
+            _same_meta(r, f, f"{where}[{i}]")
+        return
+    if not isinstance(real, torch.Tensor):
+        return
+    assert isinstance(fake, torch.Tensor), f"{where}: a tensor, traced as {type(fake).__name__}"
+    got = (tuple(real.shape), real.dtype, real.device)
+    traced = (tuple(int(s) for s in fake.shape), fake.dtype, fake.device)
+    assert got == traced, f"{where}: (shape, dtype, device) {got}, but the fake kernel traced {traced}"
+    if real.numel() > 1:
+        assert real.stride() == tuple(int(s) for s in fake.stride()), (
+            f"{where}: strides {real.stride()}, but the fake kernel traced {tuple(fake.stride())}")
+
+
+def _op_name(target) -> str:
+    return getattr(target, "_qualified_op_name", None) or getattr(getattr(target, "_schema", None), "name", "") or ""
+
+
+def fake_checked_backend(gm: torch.fx.GraphModule, example_inputs):
+    """A ``torch.compile`` backend: ``aot_eager`` (AOTAutograd traces the forward and the backward
+    graph with FakeTensors, through the ops' fake kernels and registered autograd, functionalizes
+    them, then runs them eagerly with the real kernels) plus a check of the fake kernels. At every
+    call, each graph is first run node by node on copies of the real inputs, and every call of a
+    ``netspace_fast`` op (the backward ops too, in the backward graph, also where functionalization
+    wrapped them in ``auto_functionalized``) must produce the shapes, dtypes and strides that its
+    fake kernel gave at trace time. (``aot_eager`` alone uses the fake kernels only to trace: a graph
+    traced with a wrong fake output would run, and the real kernel's values would come out anyway.)
+    The names of the ops checked are appended to ``fake_checked_backend.checked``."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    class _Check(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.op != "call_function":
+                return out
+            name = _op_name(n.target)
+            if name.startswith("auto_functionalized") or "auto_functionalized" in str(n.target):
+                name = _op_name(n.args[0]) if n.args else _op_name(n.kwargs.get("_mutable_op"))
+            if name.startswith("netspace_fast::"):
+                assert "val" in n.meta, f"{name}: no traced value"
+                _same_meta(out, n.meta["val"], name)
+                fake_checked_backend.checked.append(name)
+            return out
+
+    def compiler(graph: torch.fx.GraphModule, inputs):
+        def run(args):
+            with torch.no_grad():
+                _Check(graph).run(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+            return graph(*args)
+
+        run._boxed_call = True
+        return run
+
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler)(gm, example_inputs)
+
+
+fake_checked_backend.checked = []

@@ -53,7 +53,11 @@ class SpaceConfig:
     head), and ``prep_scale``, a factor on the encoder's input (1 in the original; the CPU presets use
     30: trained weights are ~0.03, and at that size the encoder's conv biases dominate its features,
     so every PRep maps to nearly one embedding and the decoder collapses to one network, measured on
-    the digits zoo). :meth:`paper` is the original's configuration."""
+    the digits zoo), and ``bias_init``, the scale layer's bias at initialization: ``"uniform"``
+    U(0, 1) * 1e-2 (the original), or ``"centered"`` U(-1, 1) * 1e-2 (the digits Multi preset: with the
+    original's all-positive weights a decoded ResNet32 starts with logits ~3e5, and the first
+    gradient, ~5e7, freezes Adam for thousands of steps; measured). :meth:`paper` is the original's
+    configuration."""
 
     height: int
     width: int
@@ -65,12 +69,16 @@ class SpaceConfig:
     num_archs: int = 0
     head_channels: int = 10
     prep_scale: float = 1.0
+    bias_init: str = "uniform"
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "embed", "view", "dec_a", "dec_b", "dec_c", "head_channels"):
             _positive_int(getattr(self, name), name)
         if not isinstance(self.prep_scale, (int, float)) or not math.isfinite(self.prep_scale) or self.prep_scale <= 0:
             raise ValueError(f"prep_scale: expected a finite number > 0, got {self.prep_scale!r}")
+        if self.bias_init not in ("uniform", "centered"):
+            raise ValueError(f"bias_init: expected 'uniform' (the paper's U(0, 1) * 1e-2) or 'centered' "
+                             f"(U(-1, 1) * 1e-2), got {self.bias_init!r}")
         if isinstance(self.num_archs, bool) or not isinstance(self.num_archs, int) or self.num_archs < 0:
             raise ValueError(f"num_archs: expected an int >= 0 (0: no ClassId head), got {self.num_archs!r}")
         if self.height % 4:
@@ -147,12 +155,14 @@ class Encoder(nn.Module):
 
 
 class ScaleLayer(nn.Module):
-    """An elementwise affine over the whole PRep: ``x * scale + bias`` (METHOD.md section 5)."""
+    """An elementwise affine over the whole PRep: ``x * scale + bias`` (METHOD.md section 5); ``bias``
+    starts at U(0, 1) * 1e-2 (the original) or, ``centered``, U(-1, 1) * 1e-2."""
 
-    def __init__(self, height: int, width: int) -> None:
+    def __init__(self, height: int, width: int, centered: bool = False) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.randn(height, width) * 1e-3)
-        self.bias = nn.Parameter(torch.rand(height, width) * 1e-2)
+        bias = torch.rand(height, width) * 1e-2
+        self.bias = nn.Parameter(bias * 2 - 1e-2 if centered else bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.bias, x, self.scale)
@@ -170,7 +180,7 @@ class Decoder(nn.Module):
         self.conv2 = _block(nn.Conv2d(c.dec_a, c.width // 8, 3, stride=2, padding=1))
         self.conv3 = _block(nn.Conv2d(c.dec_b, c.dec_c, 3, stride=2, padding=1))
         self.conv4 = _block(nn.Conv2d(c.dec_c, 32, 3, padding=1), act=False)
-        self.scalelayer = ScaleLayer(c.height, c.width)
+        self.scalelayer = ScaleLayer(c.height, c.width, centered=c.bias_init == "centered")
         if c.num_archs:
             self.arch_conv = _block(nn.Conv2d(c.view_channels, c.head_channels, 3, stride=2, padding=1))
             self.arch_classifier = nn.Linear(c.head_channels * c.half_view ** 2, c.num_archs)

@@ -244,6 +244,8 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
             loss.backward()
             if world > 1:
                 _allreduce_grads(params, world, dist)
+            if p.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(params, p.clip_grad)
             opt.step()
             losses.append(float(loss.detach()))
             for k, v in _terms(out).items():

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.triton
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
     pytest.skip("Triton tests need TRITON_INTERPRET=1 (CPU interpreter) or a CUDA device", allow_module_level=True)
 
-from conftest import rel_norm  # noqa: E402
+from conftest import assert_prep_grad_close, rel_norm  # noqa: E402
 from test_batched_forward import (  # noqa: E402
     check_prep_grad_zero_without_gradient, poison_uninitialized, rel, tiny_spec)
 
@@ -37,8 +37,11 @@ def test_batched_forward_triton_matches_reference(which, shared):
     y_ref = batched_forward_reference(spec, preps, x)
     assert rel(y, y_ref) <= TOL
     g = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, (preps, x), g), torch.autograd.grad(y_ref, (preps, x), g)):
+    grads, ref_grads = torch.autograd.grad(y, (preps, x), g), torch.autograd.grad(y_ref, (preps, x), g)
+    for a, b in zip(grads, ref_grads):
         assert rel(a, b) <= TOL
+    if DEVICE == "cpu":  # exact float32 under the interpreter: every layer's weight and bias on its own scale
+        assert_prep_grad_close(grads[0], ref_grads[0], spec, TOL)
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])

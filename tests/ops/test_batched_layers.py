@@ -4,7 +4,8 @@ properties against the pure-PyTorch references (ops/batched_layers_ref.py) and b
 Triton kernels (the ops' CUDA kernels) are tested in test_batched_layers_triton.py; whole networks in
 tests/engine/.
 
-Tolerance: float32 relative error <= 1e-4 against the reference (``assert_matches_reference``).
+Tolerance: float32 relative error <= 1e-4 against the reference (``assert_matches_reference``; the
+PRep gradient also per slice, weight and bias each relative to its own largest value).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def test_property_conv_matches_reference(B, N, cin, cout, k, stride, padding, si
     w_off, b_off = 2, 3 + w_numel  # a gap between weight and bias: offsets are honoured, not assumed
     y = batched_conv2d(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, res, backend="cpp")
     y_ref = batched_conv2d_ref(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, res)
-    assert_matches_reference(y, y_ref, (preps, x) + ((res,) if residual else ()))
+    assert_matches_reference(y, y_ref, (preps, x) + ((res,) if residual else ()),
+                             prep_layout=[("weight", w_off, w_off + w_numel), ("bias", b_off, b_off + cout)])
 
 
 @native
@@ -97,7 +99,9 @@ def test_property_linear_matches_reference(B, N, fin, fout, shared, act, residua
     res = torch.randn(B, N, fout, requires_grad=True) if residual else None
     y = batched_linear(x, preps, 1, 1 + fin * fout, fout, fin, act, res, backend="cpp")
     y_ref = batched_linear_ref(x, preps, 1, 1 + fin * fout, fout, fin, act, res)
-    assert_matches_reference(y, y_ref, (preps, x) + ((res,) if residual else ()))
+    w_end = 1 + fin * fout
+    assert_matches_reference(y, y_ref, (preps, x) + ((res,) if residual else ()),
+                             prep_layout=[("weight", 1, w_end), ("bias", w_end, w_end + fout)])
 
 
 @native

@@ -39,7 +39,7 @@ from netspace_fast import settings as ns_settings  # noqa: E402
 from netspace_fast.ops import batched_layers_triton as bt  # noqa: E402
 from netspace_fast.ops.batched_layers_ref import apply_act, batched_conv2d_ref, batched_linear_ref  # noqa: E402
 
-from conftest import rel_err, rel_norm  # noqa: E402
+from conftest import assert_prep_grad_close, rel_err, rel_norm  # noqa: E402
 
 DEVICE = torch.device("cpu") if INTERPRET else torch.device("cuda")
 TOL = 1e-4 if DEVICE.type == "cpu" else 1e-2  # float32 (rel_err) / TF32 (rel_norm): module docstring
@@ -373,6 +373,12 @@ def _linear(*args):
     return batched_linear(*args, backend="triton")
 
 
+def _slices(c) -> list[tuple[str, int, int]]:
+    """The layer's weight and bias slices of the case's (B, P) PRep batch (``assert_prep_grad_close``)."""
+    numel = c["cout"] * c["cin"] * c["k"] * c["k"]
+    return [("weight", c["w_off"], c["w_off"] + numel), ("bias", c["b_off"], c["b_off"] + c["cout"])]
+
+
 def test_ops_forward_and_autograd_on_triton():
     c = make_case(2, 2, 3, 4, 1, True, True, H=5, W=5, k=3, stride=2, padding=1, seed=3)
     ref = reference(c)
@@ -384,6 +390,8 @@ def test_ops_forward_and_autograd_on_triton():
     assert rel_err(y.detach().cpu(), ref["y"]) <= TOL
     assert rel_err(gx.cpu(), ref["gx"]) <= TOL
     assert rel_err(gp.cpu(), ref["gp"]) <= TOL  # zero outside the layer, as the reference
+    if DEVICE.type == "cpu":  # exact float32: the weight and the bias gradient each to its own scale
+        assert_prep_grad_close(gp, ref["gp"], _slices(c), TOL)
     assert rel_err(gres.cpu(), ref["gres"]) <= TOL
 
     c = make_case(3, 4, 5, 6, 2, False, False, spatial=False, seed=4)
@@ -395,6 +403,8 @@ def test_ops_forward_and_autograd_on_triton():
     assert rel_err(y.detach().cpu(), ref["y"]) <= TOL
     assert rel_err(gx.cpu(), ref["gx"]) <= TOL
     assert rel_err(gp.cpu(), ref["gp"]) <= TOL
+    if DEVICE.type == "cpu":
+        assert_prep_grad_close(gp, ref["gp"], _slices(c), TOL)
 
 
 def test_op_kernels_schema_outputs():
@@ -409,6 +419,8 @@ def test_op_kernels_schema_outputs():
     gx, gz = bt.conv2d_backward_op(gy, x, preps, y, z, c["w_off"], c["b_off"], 4, 3, 3, 1, 1, 0, gp, True)
     assert gz.data_ptr() != gy.data_ptr()  # act 0: a copy, never an alias of grad_y
     assert rel_err(gp.cpu(), ref["gp"]) <= TOL and rel_err(gx.cpu(), ref["gx"]) <= TOL
+    if DEVICE.type == "cpu":
+        assert_prep_grad_close(gp, ref["gp"], _slices(c), TOL)
     gx, _ = bt.conv2d_backward_op(gy, x, preps, y, z, c["w_off"], c["b_off"], 4, 3, 3, 1, 1, 0, gp, False)
     assert gx.numel() == 0
 

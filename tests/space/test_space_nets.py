@@ -118,6 +118,11 @@ def test_scale_layer_initialization():
     assert 0.9e-3 < scale.std().item() < 1.1e-3 and abs(scale.mean().item()) < 1e-4  # N(0, 1) * 1e-3
     assert bias.min().item() >= 0 and bias.max().item() <= 1e-2  # U(0, 1) * 1e-2
     assert 0.45e-2 < bias.mean().item() < 0.55e-2
+    centered = Decoder(SpaceConfig(40, 1000, embed=256, view=16, dec_a=8, dec_b=16, dec_c=8, bias_init="centered"))
+    cb = centered.scalelayer.bias
+    assert cb.min().item() >= -1e-2 and cb.max().item() <= 1e-2  # U(-1, 1) * 1e-2
+    assert abs(cb.mean().item()) < 2e-4 and cb.min().item() < -0.9e-2 and cb.max().item() > 0.9e-2
+    assert SpaceConfig.paper().bias_init == "uniform"
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -131,6 +136,7 @@ def test_scale_layer_initialization():
     (dict(height=0), "height: expected a positive int"),
     (dict(prep_scale=0.0), "prep_scale"),
     (dict(prep_scale=float("nan")), "prep_scale"),
+    (dict(bias_init="zeros"), "bias_init: expected 'uniform'"),
 ])
 def test_bad_configurations(kw, match):
     base = dict(height=8, width=64, embed=256, view=16, dec_a=8, dec_b=16, dec_c=8)

@@ -119,8 +119,13 @@ def multi_zoo(tmp_path_factory):
 def test_multi_run(multi_zoo, tmp_path, monkeypatch):
     preset = space_presets.SPACE_PRESETS["digits-tiny-multi"]
     monkeypatch.setitem(space_presets.SPACE_PRESETS, "digits-tiny-multi",
-                        space_presets.SpacePreset(**{**preset.__dict__, "epochs": 1}))
-    run = train_space(tmp_path / "run", multi_zoo, "multi", progress=False)
+                        space_presets.SpacePreset(**{**preset.__dict__, "epochs": 1, "clip_grad": 0.5}))
+    clipped = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda params, max_norm, *a, **k: clipped.append(max_norm) or real_clip(params, max_norm, *a, **k))
+    run = train_space(tmp_path / "run", multi_zoo, "multi", "digits-tiny-multi", progress=False)
+    assert clipped and set(clipped) == {0.5}  # the preset's clip_grad, before every step
     state = run.state()
     val = state["history"][-1]["val"]
     assert set(val["per_arch"]) <= {"lenetlike", "resnet32"} and 0.0 <= val["class_id_acc"] <= 1.0
@@ -217,3 +222,18 @@ def test_progress_lines_when_not_a_terminal(tiny_zoo, tmp_path, capsys):
     train_space(tmp_path / "run", tiny_zoo, "single", "digits-tiny-single", epochs=2, progress=True)
     err = capsys.readouterr().err
     assert "epoch 1/2 loss" in err and "epoch 2/2 loss" in err
+
+
+def test_space_presets_follow_the_issue():
+    """Issue 9: Single meta-batch 8; Multi 2 and 1 for the unseen presets; the paper's Adam lr 1e-4 and
+    exact configuration (no `space` overrides: E = 4096, width 10,000, the original's bias init)."""
+    P = space_presets.SPACE_PRESETS
+    for name, p in P.items():
+        expected = 8 if p.protocol == "single" else 1 if "unseen" in name else 2
+        if "tiny" not in name:
+            assert p.meta_batch == expected, name
+        if name.startswith(("cifar10", "tinyimagenet")):
+            assert p.lr == 1e-4 and p.width == 10_000 and p.space == {} and p.clip_grad == 0, name
+        if p.protocol == "multi":
+            assert p.archs == ("lenetlike", "vanillacnn", "resnet8", "resnet32"), name
+    assert {"digits-single", "digits-multi", "digits-unseen", "cifar10-unseen"} <= set(P)
