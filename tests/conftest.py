@@ -455,3 +455,12 @@ def fake_checked_backend(gm: torch.fx.GraphModule, example_inputs):
 
 
 fake_checked_backend.checked = []
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """A reset dynamo (no cached compilations) and an empty ``fake_checked_backend.checked``, before and after."""
+    torch._dynamo.reset()
+    fake_checked_backend.checked.clear()
+    yield
+    torch._dynamo.reset()

@@ -3,6 +3,7 @@ colormap, the colour range clipped to the 1st-99th percentiles."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 
@@ -38,8 +39,10 @@ def save_prep_png(prep: torch.Tensor, path: str | os.PathLike, num_params: int |
     img = prep_image(prep, num_params)
     finite = img[np.isfinite(img)]
     lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    from ..storage import atomic_write_bytes
+
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    plt.imsave(tmp, np.ma.masked_invalid(img), cmap=cmap, vmin=lo, vmax=hi)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    plt.imsave(buf, np.ma.masked_invalid(img), cmap=cmap, vmin=lo, vmax=hi, format="png")
+    atomic_write_bytes(path, buf.getvalue())  # the storage module's temp name, fsync, replace
     return path

@@ -19,15 +19,8 @@ from netspace_fast import archs
 from netspace_fast.engine import batched_forward
 from conftest import fake_checked_backend
 
-pytestmark = pytest.mark.skipif(not nf.backends()["cpu"]["compiled"], reason="native CPU kernels not built")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    fake_checked_backend.checked.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = [pytest.mark.skipif(not nf.backends()["cpu"]["compiled"], reason="native CPU kernels not built"),
+              pytest.mark.usefixtures("fresh_dynamo")]
 
 
 def _preps(name: str, B: int = 2, width: int = 1024) -> torch.Tensor:

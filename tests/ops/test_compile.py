@@ -28,15 +28,8 @@ from netspace_fast.ops.gather_grouped import gather_grouped
 from netspace_fast.ops.pack_preps import pack_preps as pack_preps_op
 from conftest import fake_checked_backend, rel_err
 
-pytestmark = pytest.mark.skipif(not nf.backends()["cpu"]["compiled"], reason="native CPU kernels not built")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    fake_checked_backend.checked.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = [pytest.mark.skipif(not nf.backends()["cpu"]["compiled"], reason="native CPU kernels not built"),
+              pytest.mark.usefixtures("fresh_dynamo")]
 
 
 def compiled(f, backend=fake_checked_backend, fullgraph: bool = True):
