@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..archs import ArchSpec, spec_forward
 from ..ops import backend as _backend
 from ..ops.batched_layers import cuda_layer_backward, cuda_layer_forward
+from ..ops.batched_layers_ref import ACT_LEAKY, ACT_SIN
 from ..prep.layout import PRepLayout, prep_shape, unpack_prep
 from .cpu import GroupedNet
 from .program import compile_program
@@ -80,60 +81,81 @@ def _lead(v: torch.Tensor, feat_dims: int) -> tuple[int, ...]:
 
 
 class _BatchedNet(torch.autograd.Function):
-    """The GPU whole-network path: one batched Triton layer op per layer, one PRep gradient."""
+    """The GPU whole-network path: one batched Triton layer op per layer, one PRep gradient.
+
+    Every tensor the backward reads (x and the other layer inputs, y where LeakyReLU's backward
+    needs it, z for sin, the pool inputs) goes through ``save_for_backward``, so changing one in
+    place after the forward (x, or the output) is autograd's version-counter error instead of a
+    silently wrong gradient. Flatten keeps only its input's shape."""
 
     @staticmethod
     def forward(ctx, preps2d, x, program):
         values = {0: x}
-        saved = []
+        tensors = [preps2d]
+        slots = []  # per step: indices into the saved tensors of (h, y, z), -1 for none; or h's shape
+
+        def keep(t) -> int:
+            if t is None:
+                return -1
+            tensors.append(t)
+            return len(tensors) - 1
+
         for kind, src, dst, residual, act, geom in program:
             h = values[src]
             if kind in ("conv", "linear"):
                 res = values[residual] if residual is not None else None
                 y, z = cuda_layer_forward(kind, h, preps2d, geom, act, res)
-                saved.append((h, y, z))
+                slots.append((keep(h), keep(y if act == ACT_LEAKY else None),
+                              keep(z if (act == ACT_SIN and z is not None and z.numel()) else None)))
             elif kind == "avgpool":
                 lead = _lead(h, 3)
                 y = F.avg_pool2d(h.reshape(-1, *h.shape[-3:]), geom[0], geom[1])
                 y = y.reshape(*lead, *y.shape[1:])
-                saved.append((h, None, None))
+                slots.append((keep(h), -1, -1))
             else:  # flatten the per-sample features
                 lead = _lead(h, 3 if h.dim() >= 4 else 1)
                 y = h.reshape(*lead, -1)
-                saved.append((h, None, None))
+                slots.append(tuple(h.shape))
             values[dst] = y
-        ctx.program, ctx.saved = program, saved
-        ctx.save_for_backward(preps2d)
+        ctx.program, ctx.slots = program, slots
+        ctx.save_for_backward(*tensors)
         return values[program[-1][2]]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        (preps2d,) = ctx.saved_tensors
-        program, saved = ctx.program, ctx.saved
+        tensors = ctx.saved_tensors
+        preps2d = tensors[0]
+        program, slots = ctx.program, ctx.slots
         grad_preps = prep_grad_buffer(preps2d)
         need_x = ctx.needs_input_grad[1]
         grads = ValueGrads(program[-1][2], grad_out)
         acc = grads.add
 
-        for (kind, src, dst, residual, act, geom), (h, y, z) in zip(reversed(program), reversed(saved)):
+        def get(i: int):
+            return tensors[i] if i >= 0 else None
+
+        for (kind, src, dst, residual, act, geom), slot in zip(reversed(program), reversed(slots)):
             g = grads.pop(dst, None)
             if g is None:
                 continue
             if kind in ("conv", "linear"):
-                gx, gz = cuda_layer_backward(kind, g, h, preps2d, y, z, geom, act, grad_preps)
-                if src != 0 or need_x:
+                h, y, z = get(slot[0]), get(slot[1]), get(slot[2])
+                want_x = src != 0 or need_x  # the network input's gradient only when x requires it
+                gx, gz = cuda_layer_backward(kind, g, h, preps2d, y, z, geom, act, grad_preps, want_x)
+                if want_x:
                     acc(src, gx)
                 if residual is not None:
                     acc(residual, gz)
             elif kind == "avgpool":
+                h = get(slot[0])
                 lead = _lead(h, 3)
                 h4 = h.reshape(-1, *h.shape[-3:])
                 gi = torch.ops.aten.avg_pool2d_backward(g.reshape(-1, *g.shape[-3:]), h4, [geom[0]] * 2,
                                                         [geom[1]] * 2, [0, 0], False, True, None)
                 acc(src, gi.reshape(*lead, *gi.shape[1:]))
             else:
-                acc(src, g.reshape(h.shape))
+                acc(src, g.reshape(slot))
         gx = grads.get(0) if need_x else None
         return grad_preps, gx, None
 

@@ -201,6 +201,19 @@ def _split_block_backward(preps2d, program, saved, start, stop, grads, acc, shar
             acc(v, gs)
 
 
+def _backward_reads(out: torch.Tensor, program, saved: list) -> bool:
+    """Whether a LeakyReLU layer's recorded output, which its backward reads, is (memory of) the
+    network's output."""
+    ptr = out.untyped_storage().data_ptr()
+    for step, rec in zip(program, saved):
+        if rec is None or step[4] != ACT_LEAKY:
+            continue
+        ys = rec[2] if isinstance(rec[2], list) else [rec[2]]
+        if any(isinstance(y, torch.Tensor) and y.untyped_storage().data_ptr() == ptr for y in ys):
+            return True
+    return False
+
+
 class GroupedNet(torch.autograd.Function):
     """The CPU whole-network path as one autograd node. Its backward frees every activation as soon
     as it has been used (peak memory about halves, and freed memory is reused for the gradients
@@ -213,13 +226,20 @@ class GroupedNet(torch.autograd.Function):
         out, saved = grouped_forward(preps2d, x, program, shared)
         ctx.program, ctx.saved, ctx.shared = program, saved, shared
         ctx.x_shape = x.shape
-        ctx.save_for_backward(preps2d, x)
+        # The activations kept in ``saved`` are our own, except x (saved here) and the output when
+        # the last layer's backward reads it (LeakyReLU): save that too, so an in-place change of
+        # the output after the forward is autograd's error instead of a wrong gradient.
+        # (under torch.compile the memory cannot be compared: save it, the conservative choice)
+        if torch.compiler.is_compiling() or _backward_reads(out, program, saved[0]):
+            ctx.save_for_backward(preps2d, x, out)
+        else:
+            ctx.save_for_backward(preps2d, x)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        preps2d, x = ctx.saved_tensors
+        preps2d, x = ctx.saved_tensors[:2]  # unpacking checks the version counters
         state, ctx.saved = ctx.saved, None
         if state is None:  # the first backward freed the activations: recompute them
             with torch.no_grad():

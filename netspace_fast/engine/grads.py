@@ -14,14 +14,17 @@ def prep_grad_buffer(preps2d: torch.Tensor) -> torch.Tensor:
 
 
 class ValueGrads(dict):
-    """value id -> gradient, seeded with the output's gradient.
+    """value id -> gradient, seeded with a copy of the output's gradient.
 
-    The first gradient stored for a value is a fresh tensor of our own whose other use (as a
-    layer's grad_z) is over by the time a second one arrives, so later ones accumulate in place.
+    Every gradient stored for a value is a tensor of our own whose other use (as a layer's grad_z)
+    is over by the time a second one arrives, so later ones accumulate in place. The seed is a copy
+    of the caller's ``grad_out`` (the network's output gradient: (B, N, classes), small): a layer
+    without activation hands grad_y on as its grad_z and flatten reshapes, so without the copy the
+    caller's tensor could be the one accumulated into.
     """
 
     def __init__(self, out_value: int, grad_out: torch.Tensor) -> None:
-        super().__init__({out_value: grad_out.contiguous()})
+        super().__init__({out_value: grad_out.clone(memory_format=torch.contiguous_format)})
 
     def add(self, value: int, grad: torch.Tensor) -> None:
         if value in self:

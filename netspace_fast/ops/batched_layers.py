@@ -108,14 +108,18 @@ def cuda_layer_forward(kind: str, x, preps, geom: tuple, act: int, residual):
     return (t.conv2d_op if kind == "conv" else t.linear_op)(x, preps, *geom, act, residual)
 
 
-def cuda_layer_backward(kind: str, grad_y, x, preps, y, z, geom: tuple, act: int, grad_preps):
+def cuda_layer_backward(kind: str, grad_y, x, preps, y, z, geom: tuple, act: int, grad_preps,
+                        need_grad_x: bool = True):
     """One layer's backward with the ops' CUDA kernel: writes its weight/bias gradients into
-    grad_preps; returns (grad_x, grad_z). Unlike the op, grad_z may BE grad_y (act 0): the engine
-    owns both, so no copy is made."""
+    grad_preps; returns (grad_x, grad_z), grad_x None unless ``need_grad_x`` (its kernel is then
+    not launched). Unlike the op, grad_z may BE grad_y (act 0): the caller must not write into it
+    when grad_y is not its own (engine.grads.ValueGrads). z may be None or empty unless act == 2."""
     t = _triton()
+    z = z if (z is not None and z.numel()) else None
     if kind == "conv":
-        return t.conv2d_backward(grad_y, x, preps, y, z if z.numel() else None, *geom, act, grad_preps, x.dim() == 4)
-    return t.linear_backward(grad_y, x, preps, y, z if z.numel() else None, *geom, act, grad_preps, x.dim() == 2)
+        return t.conv2d_backward(grad_y, x, preps, y, z, *geom, act, grad_preps, x.dim() == 4,
+                                 need_grad_x=need_grad_x)
+    return t.linear_backward(grad_y, x, preps, y, z, *geom, act, grad_preps, x.dim() == 2, need_grad_x=need_grad_x)
 
 
 class _LauncherLayer(torch.autograd.Function):
@@ -138,9 +142,9 @@ class _LauncherLayer(torch.autograd.Function):
     def backward(ctx, grad_y, _grad_z):
         x, preps, y, z = ctx.saved_tensors
         grad_preps = torch.zeros_like(preps)
-        gx, gz = cuda_layer_backward(ctx.kind, grad_y.contiguous(), x, preps, y, z, ctx.geom, ctx.act, grad_preps)
-        return (None, gx if ctx.needs_input_grad[1] else None, grad_preps, gz if ctx.has_residual else None, None,
-                None)
+        gx, gz = cuda_layer_backward(ctx.kind, grad_y.contiguous(), x, preps, y, z, ctx.geom, ctx.act, grad_preps,
+                                     ctx.needs_input_grad[1])
+        return (None, gx, grad_preps, gz if ctx.has_residual else None, None, None)
 
 
 def _run(op: str, kind: str, ref, x, preps, geom: tuple, act: int, residual, backend):

@@ -477,7 +477,7 @@ def _choose_split(M: int, tiles: int, B: int, BM: int, device: torch.device, spl
 
 
 def _backward(kind, grad_y, x, preps, y, z, w_off, b_off, cout, cin, k, stride, padding, act, grad_preps, x_shared,
-              spatial, tf32, split):
+              spatial, tf32, split, need_grad_x=True):
     B, N, H, W, Ho, Wo, shared = _check_layer(kind, x, preps, w_off, b_off, cout, cin, k, stride, padding, act,
                                               spatial)
     device = preps.device
@@ -522,9 +522,12 @@ def _backward(kind, grad_y, x, preps, y, z, w_off, b_off, cout, cin, k, stride, 
             _act_backward_kernel[(triton.cdiv(total, BLOCK),)](
                 grad_y, y.contiguous() if act == ACT_LEAKY else grad_y, z.contiguous() if act == ACT_SIN else grad_y,
                 grad_z, total, ACT=act, BLOCK=BLOCK)
-    grad_x = torch.empty(tuple(x.shape), dtype=torch.float32, device=device)
+    if not isinstance(need_grad_x, bool):
+        raise TypeError(f"need_grad_x: expected a bool, got {type(need_grad_x).__name__}")
+    grad_x = torch.empty(tuple(x.shape), dtype=torch.float32, device=device) if need_grad_x else None
     if B == 0:
-        grad_x.zero_()
+        if grad_x is not None:
+            grad_x.zero_()
         return grad_x, grad_z
 
     on_gpu = device.type == "cuda"
@@ -557,9 +560,9 @@ def _backward(kind, grad_y, x, preps, y, z, w_off, b_off, cout, cin, k, stride, 
         _grad_reduce_kernel[(triton.cdiv(L, RB), B)](
             ws, grad_preps, S, L, numel, B * L, L, grad_preps.stride(0), grad_preps.stride(1), w_off, b_off, BLOCK=RB)
 
-    # input gradient
+    # input gradient (not computed at all unless asked for: the network input's, when x needs none)
     MX = N * H * W
-    if MX:
+    if MX and need_grad_x:
         if on_gpu:
             BM, BN, BK2 = 64, _np2(cin, 16, 64), 32
         else:
@@ -588,16 +591,17 @@ def conv2d_forward(x: torch.Tensor, preps: torch.Tensor, w_off: int, b_off: int,
 def conv2d_backward(grad_y: torch.Tensor, x: torch.Tensor, preps: torch.Tensor, y: torch.Tensor | None,
                     z: torch.Tensor | None, w_off: int, b_off: int, cout: int, cin: int, k: int, stride: int,
                     padding: int, act: int, grad_preps: torch.Tensor, x_shared: bool, *, tf32: bool | None = None,
-                    split: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    split: int | None = None, need_grad_x: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Backward of conv2d_forward. Writes the weight and bias gradients into
     ``grad_preps[:, w_off:w_off + cout*cin*k*k]`` and ``grad_preps[:, b_off:b_off + cout]``
     (overwrite; nothing else of grad_preps is touched). Returns (grad_x, grad_z): grad_x of x's shape
     (summed over networks for a shared x), grad_z = the gradient of the pre-activation = of the
     residual. y is needed for act == 1, z for act == 2 (otherwise they may be None). With act == 0,
     grad_z IS grad_y (made contiguous), not a copy. ``split``: the number of programs the reduction
-    over N*Ho*Wo is split into (None: chosen from the device)."""
+    over N*Ho*Wo is split into (None: chosen from the device). ``need_grad_x=False``: grad_x is not
+    computed (its kernel is not launched) and None is returned in its place."""
     return _backward("conv2d", grad_y, x, preps, y, z, w_off, b_off, cout, cin, k, stride, padding, act, grad_preps,
-                     x_shared, True, tf32, split)
+                     x_shared, True, tf32, split, need_grad_x)
 
 
 def linear_forward(x: torch.Tensor, preps: torch.Tensor, w_off: int, b_off: int, out_features: int,
@@ -611,10 +615,10 @@ def linear_forward(x: torch.Tensor, preps: torch.Tensor, w_off: int, b_off: int,
 def linear_backward(grad_y: torch.Tensor, x: torch.Tensor, preps: torch.Tensor, y: torch.Tensor | None,
                     z: torch.Tensor | None, w_off: int, b_off: int, out_features: int, in_features: int, act: int,
                     grad_preps: torch.Tensor, x_shared: bool, *, tf32: bool | None = None,
-                    split: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    split: int | None = None, need_grad_x: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Backward of linear_forward; as conv2d_backward."""
     return _backward("linear", grad_y, x, preps, y, z, w_off, b_off, out_features, in_features, 1, 1, 0, act,
-                     grad_preps, x_shared, False, tf32, split)
+                     grad_preps, x_shared, False, tf32, split, need_grad_x)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -644,7 +648,7 @@ def conv2d_backward_op(grad_y, x, preps, y, z, w_off: int, b_off: int, cout: int
     """(grad_x or an empty tensor, grad_z) of conv2d_backward; z is read only when act == 2."""
     grad_y = grad_y.contiguous()
     gx, gz = conv2d_backward(grad_y, x, preps, y, z if act == ACT_SIN else None, w_off, b_off, cout, cin, k, stride,
-                             padding, act, grad_preps, x.dim() == 4)
+                             padding, act, grad_preps, x.dim() == 4, need_grad_x=bool(need_grad_x))
     return (gx if need_grad_x else x.new_empty((0,))), _fresh(gz, grad_y)
 
 
@@ -660,7 +664,7 @@ def linear_backward_op(grad_y, x, preps, y, z, w_off: int, b_off: int, out_featu
     """(grad_x or an empty tensor, grad_z) of linear_backward."""
     grad_y = grad_y.contiguous()
     gx, gz = linear_backward(grad_y, x, preps, y, z if act == ACT_SIN else None, w_off, b_off, out_features,
-                             in_features, act, grad_preps, x.dim() == 2)
+                             in_features, act, grad_preps, x.dim() == 2, need_grad_x=bool(need_grad_x))
     return (gx if need_grad_x else x.new_empty((0,))), _fresh(gz, grad_y)
 
 

@@ -139,6 +139,11 @@ def _instance_ids(p: Preset, arch: str, k: int) -> list[str]:
     return [f"{arch}-r{k}-e{e:03d}" for e in p.snapshots] if p.protocol == "single" else [f"{arch}-{k:03d}"]
 
 
+def _rank_of(mine: range, B: int, world: int) -> int:
+    """The rank whose block of the B instances is ``mine`` (netspace_fast.zoo.distributed.shard)."""
+    return next(r for r in range(world) if shard(B, r, world) == mine)
+
+
 def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits, pad, done, device, progress, job,
                writer=None, world: int = 1) -> None:
     seeds = seeds_all[mine.start:mine.stop]
@@ -165,7 +170,11 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
         for g, s in zip(order.gens, state["gens"]):
             g.set_state(s.cpu())  # CPU generators: their states were mapped to ``device`` with the rest
         best_acc, best_state, start = state["best_acc"].cpu(), state["best_state"], state["epoch"]
-        _log(progress, f"{arch}: resuming after epoch {start}")
+        if world > 1:  # every rank says it (a rerun must prove each rank resumed), not only rank 0
+            print(f"{arch}: rank {_rank_of(mine, len(seeds_all), world)} of {world}: resuming after epoch {start}",
+                  file=sys.stderr, flush=True)
+        else:
+            _log(progress, f"{arch}: resuming after epoch {start}")
     xtr, ytr = splits["train"]
     # single protocol: which split each (run, snapshot) instance goes to, 100:16:16, from the seed
     if p.protocol == "single":

@@ -113,6 +113,82 @@ def dead_branch_spec() -> ArchSpec:
     return ArchSpec("deadbranch", None, (2, 4, 4), 2, layers)
 
 
+def leaky_output_spec() -> ArchSpec:
+    """A network whose output layer has an activation (LeakyReLU): its backward reads the output
+    itself, so an in-place change of the output after the forward must be an autograd error."""
+    layers = (
+        LayerSpec("conv", 0, 1, name="c1", in_features=2, out_features=3, kernel=3, stride=1, padding=1,
+                  act="leaky_relu"),
+        LayerSpec("flatten", 1, 2),
+        LayerSpec("linear", 2, 3, name="fc", in_features=3 * 4 * 4, out_features=2, act="leaky_relu"),
+    )
+    return ArchSpec("leakyout", None, (2, 4, 4), 2, layers)
+
+
+def residual_output_spec(last: str) -> ArchSpec:
+    """The output layer (no activation) adds a residual whose value also feeds an earlier layer: the
+    output's gradient reaches the residual as it is, and the other branch's gradient is summed into
+    it afterwards. ``last``: "linear" (the output layer is linear) or "conv" (a conv, then flatten)."""
+    if last == "linear":
+        layers = (
+            LayerSpec("linear", 0, 1, name="f1", in_features=3, out_features=4, act="leaky_relu"),
+            LayerSpec("linear", 1, 2, name="f2", in_features=4, out_features=4, act="leaky_relu"),
+            LayerSpec("linear", 2, 3, name="f3", in_features=4, out_features=4, residual=1),
+        )
+        return ArchSpec("resout_linear", None, (3,), 4, layers)
+    layers = (
+        LayerSpec("conv", 0, 1, name="c1", in_features=2, out_features=3, kernel=3, stride=1, padding=1,
+                  act="leaky_relu"),
+        LayerSpec("conv", 1, 2, name="c2", in_features=3, out_features=3, kernel=3, stride=1, padding=1,
+                  act="leaky_relu"),
+        LayerSpec("conv", 2, 3, name="c3", in_features=3, out_features=3, kernel=3, stride=1, padding=1,
+                  residual=1),
+        LayerSpec("flatten", 3, 4),
+    )
+    return ArchSpec("resout_conv", None, (2, 4, 4), 3 * 4 * 4, layers)
+
+
+def check_inplace_changes_are_errors(backend: str, shared: bool, device="cpu") -> None:
+    """Tensors the backward reads (the input x, the output when its activation needs it) are saved
+    with save_for_backward: changing one in place after the forward is autograd's error, not a
+    silently wrong PRep gradient."""
+    spec = tiny_spec()
+    H, W = nf.prep_shape(spec.num_params, 8)
+    preps = (torch.randn(2, H, W, device=device) * 0.3).requires_grad_()
+    x = make_x(spec, 2, 2, shared).to(device)  # no gradient: x may be changed in place
+    y = batched_forward(spec, preps, x, backend=backend)
+    x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(y.sum(), preps)
+
+    spec = leaky_output_spec()
+    H, W = nf.prep_shape(spec.num_params, 8)
+    preps = (torch.randn(2, H, W, device=device) * 0.3).requires_grad_()
+    y = batched_forward(spec, preps, make_x(spec, 2, 2, shared).to(device), backend=backend)
+    y.mul_(-1.0)  # flips the sign LeakyReLU's backward reads
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(y.sum(), preps)
+
+
+def check_callers_gradient_unchanged(backend: str, last: str, shared: bool, device="cpu") -> None:
+    """The gradient the caller passes to backward is read, never written, even where the engine would
+    hand it on as it is (the residual's gradient of an output layer without activation) and then
+    accumulate the other path's gradient into it; the gradients still match the reference."""
+    spec = residual_output_spec(last)
+    torch.manual_seed(0)
+    H, W = nf.prep_shape(spec.num_params, 8)
+    preps = (torch.randn(2, H, W, device=device) * 0.3).requires_grad_()
+    x = make_x(spec, 2, 3, shared).to(device).requires_grad_()
+    y = batched_forward(spec, preps, x, backend=backend)
+    y_ref = batched_forward_reference(spec, preps, x)
+    g = torch.randn_like(y)
+    keep = g.clone()
+    grads = torch.autograd.grad(y, (preps, x), g)
+    assert torch.equal(g, keep), "backward wrote into the caller's gradient"
+    for a, b in zip(grads, torch.autograd.grad(y_ref, (preps, x), g)):
+        assert rel(a, b) <= 1e-4
+
+
 def poison_uninitialized(monkeypatch) -> None:
     """``torch.empty`` and ``Tensor.new_empty`` return NaN-filled floating-point tensors for the rest of
     the test, so a result that includes memory nobody wrote shows up as NaN (fresh pages from the
@@ -392,3 +468,16 @@ def test_callers_gradient_is_not_modified():
     keep = g.clone()
     y.backward(g)
     assert torch.equal(g, keep)
+
+
+@native
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+def test_inplace_change_after_forward_is_an_error(shared):
+    check_inplace_changes_are_errors("cpp", shared)
+
+
+@native
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+@pytest.mark.parametrize("last", ["linear", "conv"])
+def test_callers_gradient_is_not_modified_residual_output(last, shared):
+    check_callers_gradient_unchanged("cpp", last, shared)

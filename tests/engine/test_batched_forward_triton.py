@@ -18,7 +18,8 @@ if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
 
 from conftest import assert_prep_grad_close, rel_norm  # noqa: E402
 from test_batched_forward import (  # noqa: E402
-    check_prep_grad_zero_without_gradient, poison_uninitialized, rel, tiny_spec)
+    check_callers_gradient_unchanged, check_inplace_changes_are_errors, check_prep_grad_zero_without_gradient,
+    poison_uninitialized, rel, tiny_spec)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 2e-2 if DEVICE == "cuda" else 1e-4  # TF32 on the GPU, exact float32 under the interpreter
@@ -50,6 +51,60 @@ def test_batched_forward_triton_prep_grad_zero_where_no_gradient_flows(monkeypat
     PRep gradient, never leftover memory (tests/engine/test_batched_forward.py, on the CPU path)."""
     poison_uninitialized(monkeypatch)
     check_prep_grad_zero_without_gradient("triton", shared, DEVICE)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+def test_batched_forward_triton_inplace_change_after_forward_is_an_error(shared):
+    """x and the activations the backward reads are saved with save_for_backward (version counters)."""
+    check_inplace_changes_are_errors("triton", shared, DEVICE)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+@pytest.mark.parametrize("last", ["linear", "conv"])
+def test_batched_forward_triton_callers_gradient_is_not_modified(last, shared):
+    """With act 0 the layer backward hands grad_y on as the residual's gradient; the engine must not
+    then accumulate into the caller's tensor."""
+    check_callers_gradient_unchanged("triton", last, shared, DEVICE)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per_network"])
+@pytest.mark.parametrize("x_grad", [False, True], ids=["x_no_grad", "x_grad"])
+def test_batched_forward_triton_skips_first_input_grad(monkeypatch, shared, x_grad):
+    """The input gradient of the first layer (dgrad kernel) is computed only when x requires grad;
+    when it does, it still matches the reference."""
+    from netspace_fast.ops import batched_layers_triton as bt
+
+    launches = []
+    real = bt._batched_conv_dgrad_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launch = real[grid]
+
+            def call(*args, **kw):
+                launches.append(args[2].shape)  # grad_x
+                return launch(*args, **kw)
+
+            return call
+
+    monkeypatch.setattr(bt, "_batched_conv_dgrad_kernel", Spy())
+    spec = tiny_spec()
+    torch.manual_seed(0)
+    B, N = 2, 2
+    H, W = prep_shape(spec.num_params, 8)
+    preps = (torch.randn(B, H, W, device=DEVICE) * 0.3).requires_grad_()
+    shape = (N, *spec.input_shape) if shared else (B, N, *spec.input_shape)
+    x = torch.randn(shape, device=DEVICE, requires_grad=x_grad)
+    y = batched_forward(spec, preps, x, backend="triton")
+    g = torch.randn_like(y)
+    inputs = (preps, x) if x_grad else (preps,)
+    grads = torch.autograd.grad(y, inputs, g)
+    layers = sum(1 for layer in spec.layers if layer.kind in ("conv", "linear"))
+    assert len(launches) == (layers if x_grad else layers - 1)
+    assert (tuple(x.shape) in [tuple(s) for s in launches]) == x_grad
+    y_ref = batched_forward_reference(spec, preps, x)
+    for a, b in zip(grads, torch.autograd.grad(y_ref, inputs, g)):
+        assert rel(a, b) <= TOL
 
 
 _GPU_ARCHS = [("lenetlike", "cifar10"), ("vanillacnn", "cifar10"), ("resnet8", "cifar10"), ("resnet8", "tinyimagenet"),

@@ -286,6 +286,49 @@ def test_conv_empty_batches():
     assert gx.shape == (1, 2, 4, 4) and not gx.any()
 
 
+def _count_dgrad(monkeypatch) -> list:
+    """Replaces the dgrad kernel by a counting wrapper; returns the list its launches append to."""
+    launches = []
+    real = bt._batched_conv_dgrad_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(bt, "_batched_conv_dgrad_kernel", Spy())
+    return launches
+
+
+@pytest.mark.parametrize("spatial", [True, False], ids=["conv", "linear"])
+def test_backward_without_input_grad_skips_dgrad(monkeypatch, spatial):
+    """need_grad_x=False: grad_x is None and its kernel never launches; the weight/bias gradients and
+    grad_z are those of need_grad_x=True. Through batched_conv2d / batched_linear (backend='triton'),
+    an x that needs no gradient launches no dgrad either."""
+    from netspace_fast.ops import batched_conv2d, batched_linear
+
+    launches = _count_dgrad(monkeypatch)
+    c = make_case(2, 3, 2, 3, 1, False, False, spatial=spatial, H=4, W=4, k=3 if spatial else 1,
+                  padding=1 if spatial else 0, seed=2)
+    x, preps = _f32(c["x"]), _f32(c["preps"])
+    fwd, bwd = (bt.conv2d_forward, bt.conv2d_backward) if spatial else (bt.linear_forward, bt.linear_backward)
+    geom = ((c["w_off"], c["b_off"], 3, 2, 3, 1, 1) if spatial else (c["w_off"], c["b_off"], 3, 2))
+    y, z = fwd(x, preps, *geom, 1)
+    out = []
+    for need in (True, False):
+        gp = torch.zeros_like(preps)
+        gx, gz = bwd(_f32(c["gy"]), x, preps, y, z, *geom, 1, gp, False, need_grad_x=need)
+        out.append((gx, gz, gp))
+    assert len(launches) == 1 and out[1][0] is None and out[0][0].shape == x.shape
+    assert torch.equal(out[0][1], out[1][1]) and torch.equal(out[0][2], out[1][2])
+
+    launches.clear()
+    op = batched_conv2d if spatial else batched_linear
+    p = preps.clone().requires_grad_()
+    (gp,) = torch.autograd.grad(op(x, p, *geom, 1, backend="triton"), p, _f32(c["gy"]))
+    assert not launches and torch.equal(gp, out[0][2])
+
+
 # ------------------------------------------------------------------------------------------------
 # linear
 
