@@ -12,8 +12,12 @@ variable                   values (default first)   effect
 ``NETSPACE_CONV_LAYOUT``   auto, grouped, split     the batched engine's layout of convolutions
                                                     (netspace_fast.engine.layout): auto = the rule
                                                     measured per layer (CPU), grouped on GPUs.
-``NETSPACE_TF32``          1, 0                     TF32 products in the Triton kernels on CUDA
-                                                    (0: IEEE float32).
+``NETSPACE_TF32``          (unset), 1, 0            TF32 products in the Triton kernels on CUDA
+                                                    (0: IEEE float32). Unset: torch's float32
+                                                    matmul setting (``torch.backends.cuda.matmul.
+                                                    allow_tf32``; torch's default: full float32,
+                                                    which SIREN/SDF work needs: sin(30x)
+                                                    multiplies rounding errors by 30).
 ``NETSPACE_TUNE_MALLOC``   1, 0                     whether the training commands of the ``netspace``
                                                     CLI call :func:`tune_malloc` (below).
 =========================  =======================  ===============================================
@@ -37,6 +41,8 @@ import ctypes
 import ctypes.util
 import os
 import sys
+
+import torch
 
 BACKENDS = ("auto", "cpp", "cuda", "triton", "torch")
 CONV_LAYOUTS = ("auto", "grouped", "split")
@@ -69,8 +75,12 @@ def conv_layout() -> str:
 
 
 def tf32() -> bool:
-    """NETSPACE_TF32: TF32 products in the Triton kernels on CUDA (default on)."""
-    return _flag("NETSPACE_TF32", True)
+    """TF32 products in the Triton kernels on CUDA: ``NETSPACE_TF32`` (1 or 0) when set, else what torch
+    uses for float32 matmuls (``torch.backends.cuda.matmul.allow_tf32 = True`` or
+    ``torch.set_float32_matmul_precision("high")`` turn it on; torch's default is full float32)."""
+    # the legacy getter reads every API's setting (torch.get_float32_matmul_precision raises once the
+    # legacy and the new API were both used)
+    return _flag("NETSPACE_TF32", bool(torch.backends.cuda.matmul.allow_tf32))
 
 
 def tune_malloc_in_cli() -> bool:

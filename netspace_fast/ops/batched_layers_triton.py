@@ -34,8 +34,9 @@ spatial index math folds away.
 Launches per call: forward 1; backward <= 4 (activation gradient unless act == 0, weight/bias
 gradient, reduction when S > 1, input gradient), whatever B.
 
-Precision: tl.dot with float32 accumulation. On CUDA the products use TF32 by default
-(``NETSPACE_TF32``, netspace_fast.settings; ``tf32=False`` in a launcher asks for IEEE float32); the interpreter computes in
+Precision: tl.dot with float32 accumulation. On CUDA the products follow torch's float32 matmul
+setting (netspace_fast.settings.tf32: IEEE float32 unless ``torch.backends.cuda.matmul.allow_tf32``
+or ``NETSPACE_TF32=1``; ``tf32=`` in a launcher decides for one call); the interpreter computes in
 float32. sin(30 z) and cos(30 z) reduce their argument to [-pi, pi] first (Cody-Waite), so a fast
 hardware sin stays accurate for large arguments.
 
