@@ -45,12 +45,14 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "${NETSPACE_DEVICE_TESTS:-1}" != 0 ]; then
   echo "== GPU tests"
-  files=${NETSPACE_DEVICE_TEST_FILES-$(grep -l "mark.gpu" tests/test_*.py tests/*/test_*.py | tr '\n' ' ')}
+  # the gpu-marked tests and the Triton-marked ones (on the device their kernels are compiled for the GPU,
+  # not interpreted as in make test)
+  files=${NETSPACE_DEVICE_TEST_FILES-$(grep -lE "mark\.(gpu|triton)" tests/test_*.py tests/*/test_*.py | tr '\n' ' ')}
   : >"$OUT_DIR/tests.log"
   for f in $files; do
     t0=$(date +%s)
     echo "---- $f" >>"$OUT_DIR/tests.log"
-    timeout 150 "$PY" -m pytest -q -m gpu "$f" -p no:cacheprovider -rfE --tb=short >>"$OUT_DIR/tests.log" 2>&1
+    timeout 150 "$PY" -m pytest -q -m "gpu or triton" "$f" -p no:cacheprovider -rfE --tb=short >>"$OUT_DIR/tests.log" 2>&1
     rc=$?
     summary=$(sed -n "/^---- ${f//\//\\/}\$/,\$p" "$OUT_DIR/tests.log" | grep -E "passed|failed|error|Segmentation|Fatal" | tail -1)
     status+=("$(basename "$f")|$([ "$rc" = 0 ] && echo ok || echo "FAILED")|rc=$rc ${summary} ($(( $(date +%s) - t0 )) s)")
