@@ -26,17 +26,23 @@ class SpacePreset:
     lr: float = 1e-4
     val_every: int = 1
     clip_grad: float = 0.0  #: > 0: the gradients' global norm is clipped to it before each step (0: off, the paper)
+    lr_milestones: tuple[int, ...] = ()  #: epochs after which the learning rate is multiplied by 0.1 (the paper: none)
     space: dict = field(default_factory=dict)
     archs: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, d: dict) -> "SpacePreset":
         """The preset a run recorded (:meth:`to_json`)."""
-        return cls(**{**d, "archs": tuple(d["archs"])})
+        return cls(**{**d, "archs": tuple(d["archs"]), "lr_milestones": tuple(d.get("lr_milestones", ()))})
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (1-based): ``lr`` times 0.1 per milestone already passed."""
+        return self.lr * 0.1 ** sum(epoch > m for m in self.lr_milestones)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["archs"] = list(self.archs)
+        d["lr_milestones"] = list(self.lr_milestones)
         return d
 
 

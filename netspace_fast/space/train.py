@@ -232,6 +232,8 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
                        state["epoch"], n_epochs)
     for epoch in range(state["epoch"] + 1, n_epochs + 1):
         enc.train(), dec.train()
+        for group in opt.param_groups:  # a function of the epoch alone: a resumed run gets the same
+            group["lr"] = p.lr_at(epoch)
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(M, generator=g)
         losses, terms = [], {}

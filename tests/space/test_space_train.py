@@ -237,3 +237,14 @@ def test_space_presets_follow_the_issue():
         if p.protocol == "multi":
             assert p.archs == ("lenetlike", "vanillacnn", "resnet8", "resnet32"), name
     assert {"digits-single", "digits-multi", "digits-unseen", "cifar10-unseen"} <= set(P)
+
+
+def test_lr_milestones_are_a_function_of_the_epoch():
+    """lr_milestones: x0.1 after each milestone epoch, computed from the epoch alone (so a resumed run
+    continues with the same rate); a recipe recorded before the field existed reads as none."""
+    p = space_presets.SpacePreset("t", "digits", "single", 1024, epochs=10, meta_batch=8, image_batch=8, lr=1e-3,
+                                  lr_milestones=(4, 7))
+    assert [round(p.lr_at(e), 12) for e in (1, 4, 5, 7, 8, 10)] == [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
+    assert space_presets.SpacePreset.from_json(p.to_json()) == p
+    old = {k: v for k, v in p.to_json().items() if k != "lr_milestones"}
+    assert space_presets.SpacePreset.from_json(old).lr_milestones == ()
