@@ -94,16 +94,20 @@ def tiny_spec() -> ArchSpec:
     return ArchSpec("tiny", None, (2, 4, 4), 2, layers)
 
 
+def _conv3x3(src: int, dst: int, name: str, cin: int, cout: int = 3, stride: int = 1, act: str = "leaky_relu",
+             **kw) -> LayerSpec:
+    """A 3x3 conv, padding 1, of the small test graphs below."""
+    return LayerSpec("conv", src, dst, name=name, in_features=cin, out_features=cout, kernel=3, stride=stride,
+                     padding=1, act=act, **kw)
+
+
 def dead_branch_spec() -> ArchSpec:
     """A graph whose layers ``dead`` (conv) and ``deadfc`` (linear, after it) do not reach the output:
     their PRep slices receive no gradient at all (their backward never runs)."""
     layers = (
-        LayerSpec("conv", 0, 1, name="c1", in_features=2, out_features=3, kernel=3, stride=1, padding=1,
-                  act="leaky_relu"),
-        LayerSpec("conv", 1, 2, name="dead", in_features=3, out_features=3, kernel=3, stride=1, padding=1,
-                  act="leaky_relu"),
-        LayerSpec("conv", 1, 3, name="c2", in_features=3, out_features=3, kernel=3, stride=2, padding=1,
-                  act="leaky_relu"),
+        _conv3x3(0, 1, "c1", 2),
+        _conv3x3(1, 2, "dead", 3),
+        _conv3x3(1, 3, "c2", 3, stride=2),
         LayerSpec("flatten", 2, 4),
         LayerSpec("linear", 4, 5, name="deadfc", in_features=3 * 4 * 4, out_features=5),
         LayerSpec("avgpool", 3, 6, kernel=2, stride=2),
@@ -117,8 +121,7 @@ def leaky_output_spec() -> ArchSpec:
     """A network whose output layer has an activation (LeakyReLU): its backward reads the output
     itself, so an in-place change of the output after the forward must be an autograd error."""
     layers = (
-        LayerSpec("conv", 0, 1, name="c1", in_features=2, out_features=3, kernel=3, stride=1, padding=1,
-                  act="leaky_relu"),
+        _conv3x3(0, 1, "c1", 2),
         LayerSpec("flatten", 1, 2),
         LayerSpec("linear", 2, 3, name="fc", in_features=3 * 4 * 4, out_features=2, act="leaky_relu"),
     )
@@ -137,12 +140,9 @@ def residual_output_spec(last: str) -> ArchSpec:
         )
         return ArchSpec("resout_linear", None, (3,), 4, layers)
     layers = (
-        LayerSpec("conv", 0, 1, name="c1", in_features=2, out_features=3, kernel=3, stride=1, padding=1,
-                  act="leaky_relu"),
-        LayerSpec("conv", 1, 2, name="c2", in_features=3, out_features=3, kernel=3, stride=1, padding=1,
-                  act="leaky_relu"),
-        LayerSpec("conv", 2, 3, name="c3", in_features=3, out_features=3, kernel=3, stride=1, padding=1,
-                  residual=1),
+        _conv3x3(0, 1, "c1", 2),
+        _conv3x3(1, 2, "c2", 3),
+        _conv3x3(2, 3, "c3", 3, act="none", residual=1),
         LayerSpec("flatten", 3, 4),
     )
     return ArchSpec("resout_conv", None, (2, 4, 4), 3 * 4 * 4, layers)
