@@ -286,11 +286,11 @@ def test_compile_fullgraph(backend):
 
 @pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 def test_compile_pack_preps_models():
-    """A whole pack_preps call on models compiles (graph breaks allowed: backend selection queries
-    the dispatcher in Python) and matches eager."""
+    """A whole pack_preps call on models compiles with fullgraph=True (no graph break) and matches
+    eager."""
     torch._dynamo.reset()
     m = make_model("resnet8")
-    compiled = torch.compile(lambda: pack_preps(m, width=64, backend="cpp"), backend="eager")
+    compiled = torch.compile(lambda: pack_preps(m, width=64, backend="cpp"), backend="eager", fullgraph=True)
     with torch.no_grad():
         assert torch.equal(compiled(), pack_preps(m, width=64, backend="cpp"))
 
