@@ -15,12 +15,13 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import secrets
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
 
-__all__ = ["TMP_PREFIX", "atomic_write_bytes", "fsync_dir", "locked", "sha256_bytes", "sha256_file"]
+__all__ = ["TMP_PREFIX", "atomic_write_bytes", "fsync_dir", "load_error_reason", "locked", "sha256_bytes", "sha256_file"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -91,3 +92,25 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch's messages
+
+
+def load_error_reason(e: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, on one line (at most 300 characters):
+    the unpickler's own words (which global, which opcode), without torch's advice to trust the file."""
+    lines = [line.strip() for line in _ANSI.sub("", str(e)).splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Weights only load failed"):
+        return f"{type(e).__name__}: {' '.join(lines)}"[:300]
+    why = []
+    for line in lines[1:]:
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        elif line.startswith(("(1)", "(2)", "Check the documentation")):
+            continue
+        line = line.split(" Please use", 1)[0]
+        if line:
+            why.append(line)
+    return (f"{type(e).__name__}: it pickles objects other than tensors, numbers and containers, which "
+            f"weights_only refuses" + (f": {' '.join(why)}" if why else ""))[:300]

@@ -69,9 +69,7 @@ def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Ten
     saved, blocks = state
     B = preps2d.shape[0]
     grad_preps = prep_grad_buffer(preps2d)
-    if program[-1][0] == "conv":  # conv backward works in place on its gradient: never on the caller's
-        grad_out = grad_out.clone()
-    grads = ValueGrads(program[-1][2], grad_out)
+    grads = ValueGrads(program[-1][2], grad_out)  # a copy: the in-place backwards never touch the caller's
 
     def acc(v: int, g) -> None:
         """Accumulate a gradient (tensor or per-network list) in the form already stored for v."""
@@ -201,17 +199,14 @@ def _split_block_backward(preps2d, program, saved, start, stop, grads, acc, shar
             acc(v, gs)
 
 
-def _backward_reads(out: torch.Tensor, program, saved: list) -> bool:
-    """Whether a LeakyReLU layer's recorded output, which its backward reads, is (memory of) the
-    network's output."""
-    ptr = out.untyped_storage().data_ptr()
-    for step, rec in zip(program, saved):
-        if rec is None or step[4] != ACT_LEAKY:
-            continue
-        ys = rec[2] if isinstance(rec[2], list) else [rec[2]]
-        if any(isinstance(y, torch.Tensor) and y.untyped_storage().data_ptr() == ptr for y in ys):
-            return True
-    return False
+def _output_read_by_backward(program) -> bool:
+    """Whether the backward reads the network's output itself: the layer that makes it (through any
+    flatten after it) has LeakyReLU, whose backward reads its recorded output."""
+    producer = {step[2]: step for step in program}
+    step = program[-1]
+    while step[0] == "flatten":
+        step = producer[step[1]]
+    return step[0] in ("conv", "linear") and step[4] == ACT_LEAKY
 
 
 class GroupedNet(torch.autograd.Function):
@@ -229,8 +224,7 @@ class GroupedNet(torch.autograd.Function):
         # The activations kept in ``saved`` are our own, except x (saved here) and the output when
         # the last layer's backward reads it (LeakyReLU): save that too, so an in-place change of
         # the output after the forward is autograd's error instead of a wrong gradient.
-        # (under torch.compile the memory cannot be compared: save it, the conservative choice)
-        if torch.compiler.is_compiling() or _backward_reads(out, program, saved[0]):
+        if _output_read_by_backward(program):
             ctx.save_for_backward(preps2d, x, out)
         else:
             ctx.save_for_backward(preps2d, x)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .. import archs as archs_mod
+from ..storage import load_error_reason
 from .nets import Decoder, Encoder, SpaceConfig
 from .presets import SPACE_PRESETS
 from .run import Run
@@ -37,7 +38,7 @@ def import_original_checkpoint(path, out, archs: list[str], dataset: str, *, zoo
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused or a broken file: one clear message
         raise ValueError(f"checkpoint: {str(path)!r} is not a readable checkpoint of the original code "
-                         f"(torch.load with weights_only=True failed: {e})") from None
+                         f"(torch.load with weights_only=True failed: {load_error_reason(e)})") from None
     if not isinstance(ckpt, dict) or not {"0", "1"} <= set(ckpt):
         got = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"checkpoint: expected the original's dict with keys 'epoch', 'best_score', '0' (encoder), "

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from .. import archs
+from ..storage import load_error_reason
 
 __all__ = ["ORIGINAL_CLASSES", "ORIGINAL_DATASETS", "OriginalEntry", "import_original_zoo", "load_original",
            "parse_list", "split_of_list"]
@@ -58,7 +59,6 @@ _TYPES = {"d": "an int", "f": "a float", "s": "a string", "l": "a list"}
 _RESNET_DEPTHS = tuple(int(n[len("resnet"):]) for n in archs.ARCH_NAMES if n.startswith("resnet"))
 _SPLIT_WORDS = ("train", "val", "test")
 _PROTOCOL = "original"  # the protocol recorded for imported networks
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch's messages
 
 
 @dataclass(frozen=True)
@@ -211,11 +211,8 @@ def load_original(entry: OriginalEntry) -> archs.SpecNet:
     try:
         state = torch.load(entry.path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        msg = " ".join(_ANSI.sub("", str(e)).split())
-        if "Weights only load failed" in msg:  # torch's long advice on trusting the file: not ours to give
-            msg = "it pickles objects other than tensors and containers (a whole module?), which weights_only refuses"
         raise ValueError(f"{where} is not a state dict torch.load(..., weights_only=True) can read "
-                         f"({type(e).__name__}: {msg[:300]})") from None
+                         f"({load_error_reason(e)})") from None
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                  for k, v in state.items()):
         raise ValueError(f"{where}: expected a state dict (a mapping of names to tensors), found "

@@ -5,7 +5,6 @@ one batched job, checkpoints atomically after every epoch, writes finished insta
 from __future__ import annotations
 
 import io
-import re
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from .. import archs, data
 from ..killpoint import after_checkpoint
 from ..monitor import progress_bar, tensorboard_writer
-from ..storage import atomic_write_bytes
+from ..storage import atomic_write_bytes, load_error_reason
 from . import format as zoo_format
 from .augment import NORMALIZED_BLACK
 from .distributed import setup_distributed, shard
@@ -25,7 +24,6 @@ from .presets import PRESETS, Preset
 __all__ = ["train_zoo"]
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch's messages
 _CHECKPOINT_KEYS = frozenset({"net", "opt", "sched", "gens", "best_acc", "best_state", "epoch"})
 
 
@@ -34,24 +32,6 @@ def _save_checkpoint(state: dict, path) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def _load_error(e: Exception) -> str:
-    """The reason in torch.load's error, on one line, without torch's advice to trust the file."""
-    lines = [line.strip() for line in _ANSI.sub("", str(e)).splitlines() if line.strip()]
-    if not lines or not lines[0].startswith("Weights only load failed"):
-        return " ".join(lines)
-    why = []
-    for line in lines[1:]:  # the unpickler's own words (which global, which opcode), in any torch's layout
-        if "WeightsUnpickler error:" in line:
-            line = line.split("WeightsUnpickler error:", 1)[1].strip()
-        elif line.startswith(("(1)", "(2)", "Check the documentation")):
-            continue
-        line = line.split(" Please use", 1)[0]
-        if line:
-            why.append(line)
-    return ("it pickles objects other than tensors, numbers and containers, which weights_only refuses"
-            + (f": {' '.join(why)}" if why else ""))
 
 
 def _load_checkpoint(path: Path, device) -> dict:
@@ -63,7 +43,7 @@ def _load_checkpoint(path: Path, device) -> dict:
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
         raise ValueError(f"checkpoint {str(path)!r}: expected a zoo job checkpoint that "
                          f"torch.load(..., weights_only=True) can read, got a file it refuses "
-                         f"({type(e).__name__}: {_load_error(e)[:300]}); delete it to restart this job from "
+                         f"({load_error_reason(e)}); delete it to restart this job from "
                          f"epoch 0") from None
     if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
         got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
@@ -123,7 +103,7 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
                 _log(show, f"{arch}: all {len(ids)} instances{' of rank 0' if world > 1 else ''} already in the zoo")
                 continue
             _train_job(out, p, arch, (n_train, n_val, n_test), seeds, mine, splits, pad, done, device, show, job,
-                       writer, world)
+                       writer, rank, world)
     finally:
         if writer is not None:
             writer.close()
@@ -139,13 +119,8 @@ def _instance_ids(p: Preset, arch: str, k: int) -> list[str]:
     return [f"{arch}-r{k}-e{e:03d}" for e in p.snapshots] if p.protocol == "single" else [f"{arch}-{k:03d}"]
 
 
-def _rank_of(mine: range, B: int, world: int) -> int:
-    """The rank whose block of the B instances is ``mine`` (netspace_fast.zoo.distributed.shard)."""
-    return next(r for r in range(world) if shard(B, r, world) == mine)
-
-
 def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits, pad, done, device, progress, job,
-               writer=None, world: int = 1) -> None:
+               writer=None, rank: int = 0, world: int = 1) -> None:
     seeds = seeds_all[mine.start:mine.stop]
     B = len(seeds)
     models = []
@@ -171,7 +146,7 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
             g.set_state(s.cpu())  # CPU generators: their states were mapped to ``device`` with the rest
         best_acc, best_state, start = state["best_acc"].cpu(), state["best_state"], state["epoch"]
         if world > 1:  # every rank says it (a rerun must prove each rank resumed), not only rank 0
-            print(f"{arch}: rank {_rank_of(mine, len(seeds_all), world)} of {world}: resuming after epoch {start}",
+            print(f"{arch}: rank {rank} of {world}: resuming after epoch {start}",
                   file=sys.stderr, flush=True)
         else:
             _log(progress, f"{arch}: resuming after epoch {start}")
@@ -182,8 +157,8 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seeds_all[0]))
         n_val = n_test = max(1, round(n * 16 / 132))
         where = {}
-        for rank, k in enumerate(perm.tolist()):
-            where[k] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+        for pos, k in enumerate(perm.tolist()):
+            where[k] = "val" if pos < n_val else "test" if pos < n_val + n_test else "train"
     who = f"{B} instances" + (f", rank 0 of {world}" if world > 1 else "")
     bar = progress_bar(progress, f"{arch} ({who})", start, p.epochs)
     for epoch in range(start + 1, p.epochs + 1):
