@@ -139,7 +139,9 @@ def _load_weights(encoder: nn.Module, decoder: nn.Module, tensors: dict[str, tor
         try:
             module.load_state_dict(sd, strict=True)
         except RuntimeError as e:
-            raise ValueError(f"checkpoint: the {prefix[:-1]}'s weights do not fit this configuration: {e}") from None
+            why = " ".join(str(e).split())  # torch's message, on one line
+            raise ValueError(f"checkpoint: the {prefix[:-1]}'s weights do not fit this configuration "
+                             f"(PRep size or network sizes differ): {why[:400]}") from None
 
 
 def _opt_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -248,3 +248,22 @@ def test_lr_milestones_are_a_function_of_the_epoch():
     assert space_presets.SpacePreset.from_json(p.to_json()) == p
     old = {k: v for k, v in p.to_json().items() if k != "lr_milestones"}
     assert space_presets.SpacePreset.from_json(old).lr_milestones == ()
+
+
+def test_bad_zoos_and_sizes(tiny_zoo, multi_zoo, tmp_path):
+    """Issue 9's bad input, each one clear line: a zoo whose architectures do not fit the preset, an
+    empty split, and weights of another PRep size."""
+    from netspace_fast.space.run import Run
+    from netspace_fast.space.train import build_space, load_space_data
+
+    single = space_presets.SPACE_PRESETS["digits-tiny-single"]
+    with pytest.raises(ValueError, match="a Single-Architecture run needs one architecture in the train split"):
+        load_space_data(multi_zoo, single)
+    multi = space_presets.SPACE_PRESETS["digits-tiny-multi"]
+    with pytest.raises(ValueError, match=r"zoo: split 'test' of .* has no networks of"):
+        load_space_data(multi_zoo, multi, splits=("test",))  # the test split holds only the teacher
+    run = train_space(tmp_path / "run", tiny_zoo, "single", "digits-tiny-single", epochs=1, progress=False)
+    enc, dec = build_space(single, 12, 0)  # PReps of 12 rows, the run's are 64
+    with pytest.raises(ValueError, match=r"checkpoint: the (encoder|decoder)'s weights do not fit this configuration") as e:
+        Run.open(run.path).load_weights(enc, dec)
+    assert "\n" not in str(e.value)
