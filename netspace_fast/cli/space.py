@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .base import CliError, cli, user_errors
+from .base import CliError, cli, config_option, user_errors
 
 __all__ = ["eval_run", "train"]
 
@@ -53,7 +53,7 @@ def _train_options(f):
     f = click.option("--no-progress", is_flag=True, help="No progress lines.")(f)
     f = click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
                      help="Also write per-epoch scalars for TensorBoard (needs the tensorboard package).")(f)
-    return f
+    return config_option(f)
 
 
 @train.command("single")
@@ -85,6 +85,7 @@ def _fmt(v) -> str:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the rows to this CSV file.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@config_option
 def eval_run(run_dir: Path, split: str, csv_path: Path | None, device: str) -> None:
     """Evaluate the best weights of RUN: one row per network (input vs decoded accuracy on the test
     images), then per-architecture means, the mean absolute gap and the Spearman correlation."""
@@ -97,6 +98,9 @@ def eval_run(run_dir: Path, split: str, csv_path: Path | None, device: str) -> N
         run = Run.open(run_dir)
         if not run.command.startswith("train "):
             raise ValueError(f"run: {str(run_dir)!r} is a {run.command!r} run, not a NetSpace training run")
+        if run.command == "train sdf":
+            raise ValueError(f"run: {str(run_dir)!r} is an SDF run: its metric is the fraction of points within 0.01 "
+                             f"(recorded in its state.json and best.json); eval is for classification runs")
         cfg = run.config
         if cfg.get("zoo") is None:
             raise ValueError(f"run: {str(run_dir)!r} names no zoo to evaluate on (import it with --zoo ZOO)")
