@@ -19,6 +19,8 @@ import re
 import secrets
 from pathlib import Path
 
+from .killpoint import reached
+
 TMP_PREFIX = ".tmp-"
 
 __all__ = ["TMP_PREFIX", "atomic_write_bytes", "fsync_dir", "load_error_reason", "locked", "sha256_bytes", "sha256_file"]
@@ -61,11 +63,13 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        reached(f"write-tmp{path.suffix}")  # test hook (netspace_fast.killpoint): a kill inside the write
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    reached(f"write-done{path.suffix}")
     fsync_dir(directory)
 
 

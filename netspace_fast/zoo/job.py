@@ -5,6 +5,7 @@ one batched job, checkpoints atomically after every epoch, writes finished insta
 from __future__ import annotations
 
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from .. import archs, data
 from ..killpoint import after_checkpoint
 from ..monitor import progress_bar, tensorboard_writer
-from ..storage import atomic_write_bytes, load_error_reason
+from ..storage import TMP_PREFIX, atomic_write_bytes, load_error_reason, locked
 from . import format as zoo_format
 from .augment import NORMALIZED_BLACK
 from .distributed import setup_distributed, shard
@@ -71,8 +72,11 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
     the K ranks (contiguous blocks; gloo on CPU, NCCL on CUDA): each rank trains its block as one
     batched job and writes its instances into the same manifest (manifest updates are serialized
     by a file lock), so the result is one zoo with the same instances as a one-process run (every
-    instance has its own seed and data order). Resuming needs the same K (checkpoints are per
-    block); instances already in the manifest are never retrained, whatever K.
+    instance has its own seed and data order). Checkpoints are per block of instances: a rerun with
+    another K whose blocks differ is refused (one line naming both counts) while a checkpoint holds
+    instances not yet in the zoo, rather than training them again from epoch 0; instances already in
+    the manifest are never retrained, whatever K. Temporary files of writes cut by a kill are removed
+    on the rerun.
     ``tensorboard``: a log directory for per-epoch scalars (needs the ``tensorboard`` package).
     """
 
@@ -87,6 +91,10 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
               "snapshots": list(p.snapshots), "milestones": list(p.milestones), "batch_size": p.batch_size,
               "crop_pad": p.crop_pad, "flip": p.flip}
     zoo_format.init_zoo(out, config)
+    with locked(out):  # every writer of the zoo's files writes under this lock: a temporary file seen
+        for tmp in out.glob(f"{TMP_PREFIX}*"):  # here is a killed writer's (zoo verify would report it)
+            tmp.unlink(missing_ok=True)
+    _refuse_other_rank_count(out, p, world)
     splits = {s: data.tensors(p.dataset, s, root=root, seed=seed) for s in ("train", "val", "test")}
     splits = {s: (x.to(device), y.to(device)) for s, (x, y) in splits.items()}
     (out / ".checkpoints").mkdir(exist_ok=True)
@@ -99,6 +107,8 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
             mine = shard(B, rank, world)
             done = {e["id"] for e in zoo_format.Zoo.open(out).instances()}
             ids = [i for k in mine for i in _instance_ids(p, arch, k)]
+            for tmp in (out / ".checkpoints").glob(f"{TMP_PREFIX}{_checkpoint(out, job, arch, mine, B).name}.*"):
+                tmp.unlink(missing_ok=True)  # a killed write's (only this rank writes this checkpoint)
             if all(i in done for i in ids):  # (a rank with an empty block has nothing to do)
                 _log(show, f"{arch}: all {len(ids)} instances{' of rank 0' if world > 1 else ''} already in the zoo")
                 continue
@@ -112,6 +122,35 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
         if owned:
             dist.destroy_process_group()
     return out
+
+
+def _checkpoint(out: Path, job: int, arch: str, mine: range, B: int) -> Path:
+    """The resume checkpoint of block ``mine`` of job ``job`` (its B members)."""
+    block = "" if len(mine) == B else f"-{mine.start}-{mine.stop}"
+    return out / ".checkpoints" / f"{job}-{arch}{block}.pt"
+
+
+def _refuse_other_rank_count(out: Path, p: Preset, world: int) -> None:
+    """ValueError (one line) if a job's checkpoint was written for another number of ranks and holds
+    instances not yet in the zoo: this run would silently train them again from epoch 0."""
+    done = {e["id"] for e in zoo_format.Zoo.open(out).instances()}
+    for job, (arch, n_train, n_val, n_test) in enumerate(p.archs):
+        B = p.runs if p.protocol == "single" else n_train + n_val + n_test
+        blocks = {(b.start, b.stop) for b in (shard(B, r, world) for r in range(world)) if len(b)}
+        for f in sorted((out / ".checkpoints").glob(f"{job}-{arch}*.pt")):
+            m = re.fullmatch(rf"{job}-{re.escape(arch)}(?:-(\d+)-(\d+))?\.pt", f.name)
+            if m is None:
+                continue
+            block = (int(m[1]), int(m[2])) if m[1] else (0, B)
+            if block in blocks or all(i in done for k in range(*block) for i in _instance_ids(p, arch, k)):
+                continue  # ours, or finished: nothing to lose
+            k = next((k for k in range(1, B + 1) if block in {(b.start, b.stop) for b in
+                                                            (shard(B, r, k) for r in range(k))}), None)
+            were = f"{k} rank{'s' if k != 1 else ''}" if k else "another number of ranks"
+            what = "runs" if p.protocol == "single" else "instances"
+            raise ValueError(f"checkpoint {str(f)!r} holds {arch} {what} {block[0]}..{block[1] - 1} as trained "
+                             f"by {were}; this run has {world} rank{'s' if world != 1 else ''}: rerun with {were} "
+                             f"to resume them, or delete that file to train them again from epoch 0")
 
 
 def _instance_ids(p: Preset, arch: str, k: int) -> list[str]:
@@ -134,8 +173,7 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
     best_acc = torch.full((B,), -1.0)
     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     start = 0
-    block = "" if len(mine) == len(seeds_all) else f"-{mine.start}-{mine.stop}"
-    ckpt = out / ".checkpoints" / f"{job}-{arch}{block}.pt"
+    ckpt = _checkpoint(out, job, arch, mine, len(seeds_all))
     if ckpt.exists():  # resume from the last completed epoch
         state = _load_checkpoint(ckpt, device)
         net.load_state_dict(state["net"])
