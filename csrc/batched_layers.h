@@ -10,8 +10,10 @@
 namespace netspace_fast {
 
 enum Act : int64_t { kActNone = 0, kActLeaky = 1, kActSin = 2 };
-constexpr float kLeakySlope = 0.01f;
-constexpr float kSinW0 = 30.0f;
+// double, cast to the kernel's dtype where used: a float constant would make the float64 kernels
+// use 0.009999999776 (float(0.01)) as the slope instead of the reference's 0.01
+constexpr double kLeakySlope = 0.01;
+constexpr double kSinW0 = 30.0;
 
 std::tuple<at::Tensor, at::Tensor> batched_conv2d_cpu(const at::Tensor& x, const at::Tensor& preps, int64_t w_off,
                                                       int64_t b_off, int64_t cout, int64_t cin, int64_t k,

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Configure, build and run the native C++ tests (CMakeLists.txt: the CPU kernels + test_pack_preps).
+# Configure, build and run the native C++ tests (CMakeLists.txt: the CPU kernels + test_pack_preps,
+# test_gather_grouped, test_batched_layers).
 #
 #   bash scripts/cmake_test.sh            # Release build in build/cmake
 #   bash scripts/cmake_test.sh sanitize   # Debug build with ASan + UBSan in build/sanitize

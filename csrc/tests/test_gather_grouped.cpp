@@ -1,7 +1,8 @@
 // C++ test of netspace_fast::gather_grouped through the dispatcher: a fuzz over shapes, strides,
 // padding wider than the image, flips and empty batches against a scalar definition, and bad
 // input refused with an exception (never an out-of-bounds access: run under ASan/UBSan by
-// `make sanitize`). Python-level tests of the op: tests/test_gather.py.
+// `make sanitize`). Python-level tests of the op: tests/ops/test_gather_grouped.py (the Triton
+// kernel: tests/ops/test_gather_grouped_triton.py).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 

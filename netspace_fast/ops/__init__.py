@@ -10,7 +10,7 @@ op                         CPU                           CUDA
 ``batched_conv2d``,        C++ (batched_layers_cpu.cpp)  Triton (batched_layers_triton.py)
 ``batched_linear`` (+
 ``_backward``)
-``gather_grouped``         C++ (gather_grouped_cpu.cpp)  the PyTorch reference
+``gather_grouped``         C++ (gather_grouped_cpu.cpp)  Triton (gather_grouped_triton.py)
 =========================  ============================  ====================================
 
 Each op's wrapper is the function of its module's name (``netspace_fast.ops.pack_preps.pack_preps``,

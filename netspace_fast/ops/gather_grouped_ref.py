@@ -13,20 +13,26 @@ Every instance ``b`` of a zoo job draws its own sample ``index[b, j]`` for batch
 i.e. a random crop of the image padded by ``pad`` at offset (oy, ox), then mirrored; ``fill``
 (one value per channel, default 0) is the padding value: for normalized images, pass the
 normalized black, ``-mean / std``, to pad as torchvision's ``RandomCrop(padding=...)`` does before
-normalization. The C++
-CPU kernel writes this in one pass over the batch; the pure-PyTorch reference
-(:func:`gather_grouped_ref`, also the path on other devices) does it with index + pad + gather +
-relayout. A data-loading op: not differentiable (images are data).
+normalization. The C++ CPU kernel writes this in one pass over the batch, as does the Triton
+kernel on CUDA; the pure-PyTorch reference (:func:`gather_grouped_ref`) does it with index + gathers + relayout. A
+data-loading op: not differentiable (images are data).
+
+Values out of range: the CPU paths refuse an index outside [0, M) or an offset outside
+[0, 2*pad] (a ValueError; reading CPU values is free). On CUDA nothing reads them on the host
+(that would be a device sync per minibatch): the kernel masks, an index outside [0, M) gives that
+sample as fill, offsets follow the formula (fill outside the image); the reference does the same,
+and nothing ever reads out of bounds.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def check_gather_args(images, index, offsets, flips, pad, fill=None) -> None:
-    """ValueError/TypeError naming the argument, before any kernel runs."""
+    """ValueError/TypeError naming the argument, before any kernel runs: types, shapes, dtypes and
+    devices only (free: no tensor value is read, so no device sync and no graph break under
+    torch.compile). The values of index and offsets: :func:`check_gather_values`."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images: expected an (M, C, H, W) tensor, got {got}")
@@ -42,21 +48,17 @@ def check_gather_args(images, index, offsets, flips, pad, fill=None) -> None:
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
         raise ValueError(f"pad: expected an int >= 0, got {pad!r}")
     B, n = index.shape
+    for name, t in (("offsets", offsets), ("flips", flips)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a tensor or None, got {type(t).__name__}")
     for name, t in (("index", index), ("offsets", offsets), ("flips", flips)):
         if t is not None and t.device != images.device:
             raise ValueError(f"{name}: expected a tensor on {images.device} (the device of images), got {t.device}")
-    M = images.shape[0]
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= M):
-        raise ValueError(f"index: values must lie in [0, {M}) (the images), got min {int(index.min())}, "
-                         f"max {int(index.max())}")
     if offsets is not None:
         if offsets.dtype != torch.int64:
             raise TypeError(f"offsets: expected int64, got {offsets.dtype}")
         if tuple(offsets.shape) != (B, n, 2):
             raise ValueError(f"offsets: expected shape (B, n, 2) = {(B, n, 2)}, got {tuple(offsets.shape)}")
-        if offsets.numel() and (int(offsets.min()) < 0 or int(offsets.max()) > 2 * pad):
-            raise ValueError(f"offsets: values must lie in [0, 2*pad] = [0, {2 * pad}], got min "
-                             f"{int(offsets.min())}, max {int(offsets.max())}")
     if fill is not None:
         if not isinstance(fill, (list, tuple)) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                           for v in fill):
@@ -70,29 +72,53 @@ def check_gather_args(images, index, offsets, flips, pad, fill=None) -> None:
             raise ValueError(f"flips: expected shape (B, n) = {(B, n)}, got {tuple(flips.shape)}")
 
 
+def check_gather_values(images, index, offsets, pad) -> None:
+    """ValueError unless every index lies in [0, M) and every offset in [0, 2*pad]. Reads the
+    values: meant for CPU tensors (on CUDA it would be a device sync per minibatch; the GPU kernel
+    masks instead). Call after :func:`check_gather_args`."""
+    M = images.shape[0]
+    if index.numel():
+        lo, hi = torch.aminmax(index)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi >= M:
+            raise ValueError(f"index: values must lie in [0, {M}) (the images), got min {lo}, max {hi}")
+    if offsets is not None and offsets.numel():
+        lo, hi = torch.aminmax(offsets)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi > 2 * pad:
+            raise ValueError(f"offsets: values must lie in [0, 2*pad] = [0, {2 * pad}], got min {lo}, max {hi}")
+
+
 def gather_grouped_ref(images: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor | None = None,
                        flips: torch.Tensor | None = None, pad: int = 0, fill=None) -> torch.Tensor:
-    """Pure-PyTorch reference (the oracle, and the path on devices without a kernel)."""
+    """Pure-PyTorch reference (the oracle, and the path on devices without a kernel).
+
+    Reads nothing out of range whatever the values: an index outside [0, M) gives that sample as
+    fill, offsets outside [0, 2*pad] follow the formula (fill outside the image), as the Triton
+    kernel does. (The wrappers refuse such values where they can read them for free: on the CPU.)"""
     M, C, H, W = images.shape
     B, n = index.shape
-    x = images[index.reshape(-1)]  # (B*n, C, H, W)
+    dev, BN = images.device, B * n
+    k = index.reshape(-1)
+    ok = (k >= 0) & (k < M)
+    x = (images[k.clamp(0, M - 1)] if M else images.new_zeros(BN, C, H, W))  # (B*n, C, H, W)
+    fv = (torch.tensor(fill, dtype=images.dtype).to(dev) if fill is not None
+          else images.new_zeros(C)).view(1, C, 1, 1)
+    valid = ok.view(BN, 1, 1, 1)
     if offsets is not None or flips is not None or pad:
         off = (offsets.reshape(-1, 2) if offsets is not None
-               else torch.full((B * n, 2), pad, dtype=torch.int64, device=images.device))
-        xp = F.pad(x, (pad, pad, pad, pad))
-        if fill is not None and pad:
-            inside = torch.zeros(H + 2 * pad, W + 2 * pad, dtype=torch.bool, device=x.device)
-            inside[pad:pad + H, pad:pad + W] = True
-            fv = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, C, 1, 1)
-            xp = torch.where(inside, xp, fv)
-        rows = (off[:, 0:1] + torch.arange(H, device=x.device))[:, None, :, None].expand(B * n, C, H, W + 2 * pad)
-        x = xp.gather(2, rows)
-        cols = off[:, 1:2] + torch.arange(W, device=x.device)
+               else torch.full((BN, 2), pad, dtype=torch.int64, device=dev))
+        sy = off[:, 0:1] - pad + torch.arange(H, device=dev)  # (B*n, H) source rows
+        cols = torch.arange(W, device=dev).expand(BN, W)
         if flips is not None:
-            cols = torch.where(flips.reshape(-1, 1), cols.flip(1), cols)
-        x = x.gather(3, cols[:, None, None, :].expand(B * n, C, H, W))
-    return (x.view(B, n, C, H, W).transpose(0, 1).reshape(n, B * C, H, W)
+            cols = torch.where(flips.reshape(-1, 1), W - 1 - cols, cols)
+        sx = off[:, 1:2] - pad + cols  # (B*n, W) source columns
+        x = x.gather(2, sy.clamp(0, max(H - 1, 0))[:, None, :, None].expand(BN, C, H, W))
+        x = x.gather(3, sx.clamp(0, max(W - 1, 0))[:, None, None, :].expand(BN, C, H, W))
+        valid = (valid & ((sy >= 0) & (sy < H))[:, None, :, None] & ((sx >= 0) & (sx < W))[:, None, None, :])
+    x = torch.where(valid, x, fv)
+    return (x.reshape(B, n, C, H, W).transpose(0, 1).reshape(n, B * C, H, W)
             .contiguous(memory_format=torch.channels_last))
 
 
-__all__ = ["check_gather_args", "gather_grouped_ref"]
+__all__ = ["check_gather_args", "check_gather_values", "gather_grouped_ref"]

@@ -10,9 +10,9 @@ functionalized in-place ``grad_preps`` of the backward ops) and then runs the sa
 (so results are bit-identical), plus a check that every native op call in both graphs returned
 the shapes, dtypes and strides its fake kernel promised. One test (``test_inductor_batched_linear``)
 uses the default Inductor backend, which generates and compiles C++ (about 10 s on a cold cache
-on 2 cores, under 1 s warm). The public ``gather_grouped`` wrapper validates the index values
-against the images (data-dependent), so it compiles with a graph break; the op itself compiles
-with ``fullgraph=True``. ``batched_forward``: tests/engine/test_batched_forward_compile.py.
+on 2 cores, under 1 s warm). The public ``gather_grouped`` wrapper compiles with
+``fullgraph=True`` too (its checks read no tensor value under compile). ``batched_forward``:
+tests/engine/test_batched_forward_compile.py.
 """
 
 from __future__ import annotations
@@ -236,10 +236,26 @@ def test_gather_grouped_op_fullgraph(aug, fill):
     assert torch.equal(out, want)
 
 
-def test_gather_grouped_wrapper_compiles():
-    """The public wrapper checks index values against the images (data-dependent: a graph break, so
-    not fullgraph) and still matches eager under compile."""
+@pytest.mark.parametrize("backend", [None, "torch"], ids=["auto", "torch"])  # auto: the C++ kernel here
+@pytest.mark.parametrize("fill", [None, [0.5, -1.0, 2.0]], ids=["zero", "fill"])
+def test_gather_grouped_wrapper_fullgraph(backend, fill):
+    """The public wrapper in one graph (no graph break: its checks read no tensor value under
+    compile; the index values are the kernel's to check) and the eager result."""
     images, index, offsets, flips = _gather_case(True)
-    f = lambda im, ix, off, fl: gather_grouped(im, ix, off, fl, 2) * 1.0  # noqa: E731
-    assert torch.equal(compiled(f, fullgraph=False)(images, index, offsets, flips), f(images, index, offsets, flips))
-    assert_fake_checked("gather_grouped")
+
+    def f(im, ix, off, fl):
+        return gather_grouped(im, ix, off, fl, 2, fill, backend=backend) * 1.0
+
+    got, want = compiled(f)(images, index, offsets, flips), f(images, index, offsets, flips)
+    if backend != "torch":
+        assert_fake_checked("gather_grouped")
+    assert torch.equal(got, want) and got.shape == (4, 9, 5, 6)
+
+
+def test_gather_grouped_wrapper_fullgraph_refuses_bad_index():
+    """Under compile the C++ kernel still refuses an index outside the images (nothing read out of bounds)."""
+    images, index, offsets, flips = _gather_case(True)
+    f = compiled(lambda im, ix, off, fl: gather_grouped(im, ix, off, fl, 2))
+    f(images, index, offsets, flips)
+    with pytest.raises(ValueError, match="index: values must lie in"):
+        f(images, index.clone().fill_(7), offsets, flips)

@@ -19,7 +19,8 @@ native = pytest.mark.skipif(not nf.backends()["cpu"]["compiled"], reason="native
 
 
 def definition(images, index, offsets, flips, pad, fill=None):
-    """out[j, b*C + c, y, x], element by element, straight from the docstring."""
+    """out[j, b*C + c, y, x], element by element, straight from the docstring (an index outside
+    [0, M) gives fill, as the reference and the Triton kernel define it)."""
     M, C, H, W = images.shape
     B, n = index.shape
     out = torch.zeros(n, B * C, H, W, dtype=images.dtype)
@@ -32,7 +33,7 @@ def definition(images, index, offsets, flips, pad, fill=None):
             for y in range(H):
                 for x in range(W):
                     sy, sx = y + oy - pad, (W - 1 - x if fl else x) + ox - pad
-                    if 0 <= sy < H and 0 <= sx < W:
+                    if 0 <= int(index[b, j]) < M and 0 <= sy < H and 0 <= sx < W:
                         out[j, b * C:(b + 1) * C, y, x] = images[index[b, j], :, sy, sx]
     return out
 
@@ -50,6 +51,42 @@ def test_reference_matches_the_definition():
     for aug in (False, True):
         args = case(aug=aug)
         assert torch.equal(gather_grouped_ref(*args), definition(*args))
+        assert torch.equal(gather_grouped_ref(*args, [0.5, -1.0, 2.0]), definition(*args, [0.5, -1.0, 2.0]))
+
+
+def out_of_range_case(pad=2, aug=True):
+    """Index values outside [0, M) (one far outside) and offsets outside [0, 2*pad], both signs."""
+    images, index, offsets, flips, pad = case(pad=pad, aug=aug)
+    index[0, 1], index[1, 0], index[2, 3] = -1, 7, 2 ** 40
+    if offsets is not None:
+        offsets[0, 2] = torch.tensor([-3, 2 * pad + 4])
+        offsets[1, 1] = torch.tensor([2 * pad + 1, -(2 ** 40)])
+    return images, index, offsets, flips, pad
+
+
+@pytest.mark.parametrize("aug", [False, True])
+def test_reference_masks_out_of_range_values(aug):
+    """What the GPU kernel does where nothing checks the values (see gather_grouped_ref): the
+    reference, on the same values, reads nothing out of range and follows the definition: an
+    index outside [0, M) gives its sample as fill, offsets outside [0, 2*pad] give fill where they
+    leave the image."""
+    args = out_of_range_case(aug=aug)
+    fill = [0.5, -1.0, 2.0]
+    got = gather_grouped_ref(*args, fill)
+    assert torch.equal(got, definition(*args, fill))
+    assert (got[1, 0:3] == torch.tensor(fill).view(3, 1, 1)).all()  # index[0, 1] = -1: all fill
+    assert torch.equal(gather_grouped_ref(*args), definition(*args))
+
+
+def test_wrapper_reads_no_values_off_the_cpu():
+    """The wrapper's checks read no tensor value unless it lives on the CPU (on CUDA, reading one
+    is a device sync per minibatch): on meta tensors (no values at all) the call goes through,
+    with the output's shape and channels-last layout."""
+    images, index, offsets, flips, pad = case()
+    meta = [t.to("meta") for t in (images, index, offsets, flips)]
+    out = gather_grouped(*meta, pad, [0.5, -1.0, 2.0])
+    assert out.device.type == "meta" and out.shape == (4, 9, 5, 6)
+    assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 @native

@@ -296,6 +296,25 @@ def test_nonfinite_fold(where, backend):
     assert_nonfinite_as_oracle(prep, m)
 
 
+def assert_nonfinite_only_at(prep: torch.Tensor, reference: torch.Tensor, spec, param: str, flat_index: int,
+                             net: int, value: float) -> None:
+    """A PRep batch packed with ``allow_nonfinite=True`` from networks whose only non-finite
+    parameter is ``param`` (flattened) at ``flat_index`` of network ``net``: that one position
+    holds ``value`` (NaN, +Inf or -Inf), found from the PRep layout of ``spec``; every other
+    position is finite and as the ``reference`` pack's (a count of non-finite values would pass
+    with the value in the wrong place)."""
+    flat = prep.detach().cpu().reshape(prep.shape[0], -1)
+    ref = reference.detach().cpu().reshape(prep.shape[0], -1)
+    e = next(e for e in nf.PRepLayout.for_spec(spec, prep.shape[-1]).entries if e.name == param)
+    at = e.offset + flat_index
+    where = (~torch.isfinite(flat)).nonzero().tolist()
+    assert where == [[net, at]], f"non-finite values at {where[:10]}, expected only [{net}, {at}] ({param})"
+    got = flat[net, at].item()
+    assert (math.isnan(value) and math.isnan(got)) or got == value, (got, value)
+    finite = torch.isfinite(flat)
+    assert_fold_close(flat[finite], ref[finite])
+
+
 def assert_nonfinite_as_oracle(prep: torch.Tensor, model: archs.SpecNet) -> None:
     """The PRep of ``model`` (BN channel 5 of layer3.0 made non-finite) has NaN, +Inf and -Inf exactly
     where the float64 oracle (conftest.manual_fold_flat) has them, all inside channel 5 of

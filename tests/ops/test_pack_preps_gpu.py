@@ -11,6 +11,7 @@ import netspace_fast as nf
 from netspace_fast import archs, fold_bn, pack_preps
 from netspace_fast.ops.pack_preps_ref import COPY, FOLD_B, FOLD_W, pack_preps_reference
 from conftest import all_forms, assert_fold_close, form_id, make_model, random_input, rel_err
+from test_pack_preps import assert_nonfinite_only_at
 
 pytestmark = pytest.mark.gpu
 
@@ -104,11 +105,12 @@ def test_cuda_nonfinite_refused(backend):
     models = [make_model("resnet8") for _ in range(2)]
     with torch.no_grad():
         models[1].fc.weight[0, 0] = float("nan")
+    ref = pack_preps(models, width=64, backend="torch", allow_nonfinite=True)  # on CPU
     models = [m.to(CUDA) for m in models]
     with pytest.raises(ValueError, match="non-finite"):
         pack_preps(models, width=64, backend=backend)
     out = pack_preps(models, width=64, backend=backend, allow_nonfinite=True)
-    assert int(torch.isnan(out).sum()) == 1
+    assert_nonfinite_only_at(out, ref, models[0].spec, "fc.weight", 0, net=1, value=float("nan"))  # fc.weight[0, 0]
 
 
 def test_cuda_gradients_vs_reference():

@@ -29,7 +29,7 @@ from netspace_fast.ops.pack_preps_triton import BLOCK, pack_preps_forward  # noq
 from hypothesis import given, settings  # noqa: E402
 
 from conftest import assert_fold_close, make_model, plans  # noqa: E402
-from test_pack_preps import assert_nonfinite_as_oracle  # noqa: E402
+from test_pack_preps import assert_nonfinite_as_oracle, assert_nonfinite_only_at  # noqa: E402
 
 DEVICE = torch.device("cpu") if INTERPRET else torch.device("cuda")
 
@@ -161,12 +161,12 @@ def test_triton_nonfinite_refused(value):
     models = [archs.build("lenetlike") for _ in range(2)]
     with torch.no_grad():
         models[1].fc3.bias[4] = value
+    ref = pack_preps(models, width=64, backend="torch", allow_nonfinite=True)  # on CPU, before _to
     models = _to(models)
     with pytest.raises(ValueError, match="non-finite"):
         pack_preps(models, width=64, backend="triton")
     out = pack_preps(models, width=64, backend="triton", allow_nonfinite=True)
-    assert int((~torch.isfinite(out)).sum()) == 1
-    assert torch.isfinite(out[0]).all()
+    assert_nonfinite_only_at(out, ref, models[0].spec, "fc3.bias", 4, net=1, value=value)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inside the interpreter: sqrt(-2), inf * 0

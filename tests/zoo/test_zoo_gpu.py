@@ -1,5 +1,5 @@
 """CUDA checks of batched zoo training (marked gpu; skipped without a CUDA device; run by
-scripts/device_check.sh): the gather on CUDA (reference path) equals the CPU op, and an epoch of
+scripts/device_check.sh): the gather on CUDA (its Triton kernel) equals the CPU op, and an epoch of
 batched training on CUDA matches the same epoch on CPU (TF32 off, float32 tolerance)."""
 
 from __future__ import annotations
