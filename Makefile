@@ -25,7 +25,7 @@ $(VENV)/.installed: $(VENV)/.torch $(NATIVE_SOURCES)
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m netspace_fast.demo --out demo_out
+	$(PY) -m netspace_fast.cli demo --out runs/demo
 
 test-python: install
 	$(PY) -m pytest -q -m "not triton and not accept" tests
@@ -50,4 +50,4 @@ bench: install
 	$(PY) -m pytest -q benchmarks --benchmark-columns=min,median,mean,rounds
 
 clean:
-	rm -rf build *.egg-info netspace_fast/_C*.so demo_out
+	rm -rf build *.egg-info netspace_fast/_C*.so runs/demo

@@ -1,93 +1,322 @@
-"""`make demo`: the PRep core end to end on the embedded default (digits geometry), on CPU, in seconds.
+"""`netspace demo` (`make demo`): the NetSpace story end to end on the embedded digits data, on CPU, in minutes.
 
-Builds every architecture, checks parameter counts against the seed's Table I, folds BatchNorm
-(one native call per architecture) and checks the folded networks against the BN networks in
-eval mode, packs a batch of PReps per architecture, evaluates all of them from their PReps in one
-batched call (checked against each BN network), saves one PRep as a PNG image and prints a table. Later issues grow this into the full NetSpace demo.
+Stages, each timed and written into ``OUT/report.md`` (every number in it is measured by this run):
+
+1. ``selfcheck``: the PRep core (parameter counts against the paper's Table I, BN folding, packing,
+   batched evaluation from PReps), one network per architecture.
+2. ``zoo``: a Single-Architecture zoo of LeNetLike snapshots trained in batched jobs (zoo preset
+   ``digits-demo``).
+3. ``space``: NetSpace Single-Architecture trained on it (space preset ``digits-demo``).
+4. ``evaluate``: every test network encoded, decoded and evaluated next to its input.
+5. ``interpolate``: embedding vs raw-weight interpolation between the weakest and the strongest test
+   network.
+6. ``optimize``: latent optimization from a random embedding (decoder frozen, distillation).
+7. ``images``: input and decoded PReps as images.
+
+A second run reuses what the first finished (the zoo, the trained space: both resume where they
+stopped) unless ``fresh``; the cheap stages after them are run again. Deterministic given the seed
+on one machine (same thread count).
 """
 
 from __future__ import annotations
 
-import argparse
+import csv
+import json
 import os
+import platform
+import shutil
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from . import archs, backends, batched_forward, fold_bn, pack_preps, unpack_prep, PRepLayout
-from .prep.image import save_prep_png
-
-TABLE_I = {"lenetlike": 62_006, "vanillacnn": 68_818, "resnet8": 78_042, "resnet32": 466_906, "resnet56": 855_770}
+__all__ = ["DemoSettings", "SETTINGS", "run_demo"]
 
 
-def _randomize_bn(model: torch.nn.Module, gen: torch.Generator) -> None:
-    """Stand-in for training (the zoo comes in a later issue): BN statistics that are not identity."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.normal_(0, 0.1, generator=gen)
-    model.eval()
+class DemoSettings:
+    """What one demo size runs: zoo and space presets and the exploration budgets."""
+
+    def __init__(self, zoo_preset: str, space_preset: str, interp_steps: int, opt_steps: int, opt_eval_every: int,
+                 selfcheck_width: int) -> None:
+        self.zoo_preset, self.space_preset = zoo_preset, space_preset
+        self.interp_steps, self.opt_steps, self.opt_eval_every = interp_steps, opt_steps, opt_eval_every
+        self.selfcheck_width = selfcheck_width
+
+
+SETTINGS = {
+    "full": DemoSettings("digits-demo", "digits-demo", interp_steps=100, opt_steps=3000, opt_eval_every=150,
+                         selfcheck_width=10_000),
+    # CI: every stage at its smallest (seconds); the numbers mean nothing
+    "smoke": DemoSettings("digits-demo-smoke", "digits-tiny-single", interp_steps=5, opt_steps=4, opt_eval_every=2,
+                          selfcheck_width=1024),
+}
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{model}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads{gpu}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool = False, device: str = "cpu",
+             progress: bool = True, size: str = "full") -> dict:
+    """Run every stage into ``out``; returns the summary (also written as ``summary.json``)."""
+    from . import archs
+    from .explore import interpolate, optimize, visualize
+    from .explore.interpolate import summary_lines
+    from .selfcheck import run_checks
+    from .space import Space
+    from .space.evaluate import summarize
+    from .space.train import train_space
+    from .storage import atomic_write_bytes
+    from .zoo.format import Zoo
+    from .zoo.job import train_zoo
+
+    if size not in SETTINGS:
+        raise ValueError(f"size: expected one of {sorted(SETTINGS)}, got {size!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    s = SETTINGS[size]
+    out = Path(out)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    zoo_dir, run_dir = out / "zoo", out / "space"
+    times: dict[str, float] = {}
+    reused: dict[str, bool] = {}
+    summary: dict = {"seed": seed, "size": size, "machine": _machine(), "device": device,
+                     "zoo_preset": s.zoo_preset, "space_preset": s.space_preset}
+    t_all = time.perf_counter()
+
+    _say(progress, "[1/7] PRep core self-check")
+    t0 = time.perf_counter()
+    check_text, check_ok, check_png = run_checks(out / "selfcheck", "digits", 1, s.selfcheck_width)
+    times["selfcheck"] = time.perf_counter() - t0
+    if not check_ok:
+        raise RuntimeError(f"the PRep core self-check failed:\n{check_text}")
+
+    _say(progress, f"[2/7] zoo (preset {s.zoo_preset}) -> {zoo_dir}")
+    t0 = time.perf_counter()
+    reused["zoo"] = _zoo_complete(zoo_dir, s.zoo_preset)
+    train_zoo(zoo_dir, s.zoo_preset, seed=seed, device=device, progress=progress)
+    times["zoo"] = time.perf_counter() - t0
+    zoo = Zoo.open(zoo_dir)
+    zoo_rows = {sp: [e for e in zoo.instances(sp)] for sp in ("train", "val", "test")}
+
+    _say(progress, f"[3/7] NetSpace Single-Architecture (preset {s.space_preset}) -> {run_dir}")
+    t0 = time.perf_counter()
+    reused["space"] = _run_complete(run_dir)
+    train_space(run_dir, zoo_dir, "single", s.space_preset, seed=seed, device=device, progress=progress)
+    times["space"] = time.perf_counter() - t0
+    space = Space.load(run_dir, device=device)
+
+    _say(progress, "[4/7] decoded vs input networks (test split)")
+    t0 = time.perf_counter()
+    rows = space.evaluate("test")
+    stats = summarize(rows)
+    _write_csv(out / "evaluate.csv", rows)
+    times["evaluate"] = time.perf_counter() - t0
+
+    test = sorted(rows, key=lambda r: r["input_acc"])
+    weakest, strongest = test[0]["network"], test[-1]["network"]
+    _say(progress, f"[5/7] interpolation {weakest} -> {strongest} ({s.interp_steps} steps)")
+    t0 = time.perf_counter()
+    it = interpolate(run_dir, weakest, strongest, steps=s.interp_steps, out=out / "interpolate", device=device,
+                     progress=progress)
+    e_acc = [r["embedding_acc"] for r in it.rows]
+    w_acc = [r["weights_acc"] for r in it.rows]
+    interp = {"a": weakest, "b": strongest, "steps": s.interp_steps, "a_acc": it.input_acc[weakest],
+              "b_acc": it.input_acc[strongest], "min_embedding_acc": min(e_acc), "mean_embedding_acc": _mean(e_acc),
+              "min_weight_acc": min(w_acc), "mean_weight_acc": _mean(w_acc), "lines": summary_lines(it),
+              "csv": os.path.relpath(it.files["csv"], out), "png": os.path.relpath(it.files["png"], out)}
+    times["interpolate"] = time.perf_counter() - t0
+
+    _say(progress, f"[6/7] latent optimization from a random embedding ({s.opt_steps} steps)")
+    t0 = time.perf_counter()
+    o = optimize(run_dir, start="random", steps=s.opt_steps, lr=1e-4, eval_every=s.opt_eval_every, seed=seed,
+                 out=out / "optimize", device=device, progress=progress)
+    opt = {"steps": s.opt_steps, "lr": 1e-4, "teacher": o.teacher, "first": o.rows[0], "best": o.best,
+           "last": o.rows[-1], "best_acc": o.best["test_acc"], "csv": os.path.relpath(o.files["csv"], out),
+           "png": os.path.relpath(o.files["png"], out), "network": os.path.relpath(o.files["network"], out)}
+    times["optimize"] = time.perf_counter() - t0
+
+    _say(progress, "[7/7] PRep images")
+    t0 = time.perf_counter()
+    image = visualize(run_dir, strongest, out / "prep_images.png", device=device)
+    times["images"] = time.perf_counter() - t0
+    times["total"] = time.perf_counter() - t_all
+
+    spec = archs.spec("lenetlike", "digits")
+    summary.update({
+        "times_s": times, "reused": reused,
+        "zoo": {sp: {"networks": len(v), "min_test_acc": min((e["test_acc"] for e in v), default=None),
+                     "max_test_acc": max((e["test_acc"] for e in v), default=None)} for sp, v in zoo_rows.items()},
+        "num_params": spec.num_params,
+        "evaluate": {"networks": stats["networks"], "mean_abs_gap": stats.get("mean_abs_gap"),
+                     "spearman": stats.get("spearman"), "mean_input_acc": _mean(r["input_acc"] for r in rows),
+                     "mean_decoded_acc": stats.get("mean_decoded_acc")},
+        "interpolate": interp, "optimize": opt, "images": {k: (os.path.relpath(v, out) if k == "path" else v) for k, v in image.items()},
+        "selfcheck_png": None if check_png is None else os.path.relpath(check_png, out),
+    })
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
+                       .encode())
+    atomic_write_bytes(out / "report.md", _report(summary, rows, check_text).encode())
+    return summary
+
+
+def _zoo_complete(zoo_dir: Path, preset: str) -> bool:
+    from .zoo.presets import PRESETS
+
+    p = PRESETS[preset]
+    try:
+        from .zoo.format import Zoo
+
+        n = len(Zoo.open(zoo_dir).instances())
+    except (OSError, ValueError):
+        return False
+    want = sum(p.runs * len(p.snapshots) if p.protocol == "single" else a + b + c for _, a, b, c in p.archs)
+    return n == want
+
+
+def _run_complete(run_dir: Path) -> bool:
+    try:
+        cfg = json.loads((run_dir / "run.json").read_text())
+        state = json.loads((run_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("epoch") == cfg.get("config", {}).get("epochs")
+
+
+def _mean(values) -> float | None:
+    v = list(values)
+    return sum(v) / len(v) if v else None
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    from io import StringIO
+
+    from .storage import atomic_write_bytes
+
+    buf = StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["network"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _report(s: dict, rows: list[dict], check_text: str) -> str:
+    t, ev, it, op, im = s["times_s"], s["evaluate"], s["interpolate"], s["optimize"], s["images"]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    lines = [
+        "# netspace_fast demo report", "",
+        f"Written {stamp} by `netspace demo` (seed {s['seed']}, size {s['size']}, device {s['device']}).",
+        f"Machine: {s['machine']}.", "",
+        "Every number below was measured by this run.", "",
+        "## Stages", "",
+        "| stage | seconds | note |", "|---|---:|---|",
+    ]
+    notes = {"zoo": "reused (resumed a finished zoo)" if s["reused"].get("zoo") else f"preset {s['zoo_preset']}",
+             "space": "reused (resumed a finished run)" if s["reused"].get("space") else f"preset {s['space_preset']}"}
+    for k in ("selfcheck", "zoo", "space", "evaluate", "interpolate", "optimize", "images", "total"):
+        lines.append(f"| {k} | {t[k]:.1f} | {notes.get(k, '')} |")
+    z = s["zoo"]
+    lines += ["", "## The zoo", "",
+              f"LeNetLike ({s['num_params']:,} parameters, BN-free) snapshots of Adam runs on the digits data "
+              f"(zoo preset `{s['zoo_preset']}`).", "",
+              "| split | networks | test accuracy min | max |", "|---|---:|---:|---:|"]
+    for sp in ("train", "val", "test"):
+        lo, hi = z[sp]["min_test_acc"], z[sp]["max_test_acc"]
+        lines.append(f"| {sp} | {z[sp]['networks']} | {_pct(lo) if lo is not None else '-'} | "
+                     f"{_pct(hi) if hi is not None else '-'} |")
+    lines += ["", "## Decoded vs input networks (test split)", "",
+              f"Mean absolute accuracy gap **{100 * ev['mean_abs_gap']:.2f} points** over {ev['networks']} test "
+              f"networks; Spearman correlation of input and decoded accuracy {ev['spearman']:.3f}; mean input "
+              f"accuracy {_pct(ev['mean_input_acc'])}, mean decoded {_pct(ev['mean_decoded_acc'])}.", "",
+              "| network | input | decoded | gap (points) |", "|---|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["input_acc"]):
+        lines.append(f"| {r['network']} | {_pct(r['input_acc'])} | {_pct(r['decoded_acc'])} | "
+                     f"{100 * (r['decoded_acc'] - r['input_acc']):+.1f} |")
+    lines += ["", "CSV: `evaluate.csv`.", "", "## Interpolation", "",
+              f"{it['steps']} evenly spaced embeddings between the weakest test network `{it['a']}` "
+              f"({_pct(it['a_acc'])}) and the strongest `{it['b']}` ({_pct(it['b_acc'])}), each decoded and "
+              f"evaluated; next to it, linear interpolation of the two input PReps (raw weights).", "",
+              "| path | min accuracy | mean accuracy |", "|---|---:|---:|",
+              f"| decoded embeddings | {_pct(it['min_embedding_acc'])} | {_pct(it['mean_embedding_acc'])} |",
+              f"| raw weights | {_pct(it['min_weight_acc'])} | {_pct(it['mean_weight_acc'])} |", "",
+              _interp_verdict(it), "",
+              f"CSV: `{it['csv']}`.", "", f"![interpolation]({it['png']})", "",
+              "## Latent optimization from a random embedding", "",
+              f"Decoder frozen; a random embedding (normal, with the per-dimension mean and std of the training "
+              f"networks' embeddings) optimized with Adam (lr {op['lr']:g}, {op['steps']} steps of 128 training "
+              f"images) to distill the teacher `{op['teacher']}` (the training network best on validation). "
+              f"The best step is chosen on validation accuracy.", "",
+              "| | step | validation accuracy | test accuracy |", "|---|---:|---:|---:|",
+              f"| start | {op['first']['step']} | {_pct(op['first']['val_acc'])} | {_pct(op['first']['test_acc'])} |",
+              f"| best | {op['best']['step']} | {_pct(op['best']['val_acc'])} | {_pct(op['best']['test_acc'])} |",
+              f"| last | {op['last']['step']} | {_pct(op['last']['val_acc'])} | {_pct(op['last']['test_acc'])} |", "",
+              f"CSV: `{op['csv']}`; the best network as a plain state dict: `{op['network']}` "
+              f"(`netspace_fast.explore.load_network`).", "", f"![latent optimization]({op['png']})", "",
+              "## PRep images", "",
+              f"Input (left, test accuracy {_pct(im['input_acc'])}) and decoded (right, {_pct(im['decoded_acc'])}) "
+              f"PRep of `{it['b']}`: parameters in a near-square layout, one colour range for both, clipped to the "
+              f"1st-99th percentiles.", "", f"![PRep images]({im['path']})", "",
+              "## PRep core self-check", "", "```", check_text, "```", ""]
+    return "\n".join(lines)
+
+
+def _interp_verdict(it: dict) -> str:
+    """What the two curves show, in one sentence (whatever they show)."""
+    lo = min(it["a_acc"], it["b_acc"])
+    e, w = it["min_embedding_acc"], it["min_weight_acc"]
+    if e >= lo - 0.01 and w < lo - 0.01:
+        return (f"The decoded path stays at or above the weaker end's accuracy all the way (minimum {_pct(e)}), "
+                f"while the raw weights lose accuracy midway (minimum {_pct(w)}): the space holds good networks "
+                f"between the two.")
+    if e < lo - 0.01 and w < lo - 0.01:
+        return (f"Both paths dip below the weaker end ({_pct(lo)}): decoded embeddings to {_pct(e)}, raw weights "
+                f"to {_pct(w)}.")
+    if e < lo - 0.01:
+        return (f"Here the decoded path dips below the weaker end ({_pct(lo)}) to {_pct(e)}, while the raw "
+                f"weights do not (minimum {_pct(w)}).")
+    return (f"Neither path loses accuracy below the weaker end ({_pct(lo)}): minimum {_pct(e)} along the "
+            f"embeddings, {_pct(w)} along the raw weights.")
+
+
+def _table(s: dict) -> str:
+    """The summary table printed at the end."""
+    ev, op, it, t = s["evaluate"], s["optimize"], s["interpolate"], s["times_s"]
+    rows = [("decoded vs input: mean |gap| (test)", f"{100 * ev['mean_abs_gap']:.2f} points"),
+            ("decoded vs input: Spearman", f"{ev['spearman']:.3f}"),
+            ("interpolation: min accuracy, embeddings", _pct(it["min_embedding_acc"])),
+            ("interpolation: min accuracy, raw weights", _pct(it["min_weight_acc"])),
+            ("latent optimization from random: best test acc", _pct(op["best_acc"])),
+            ("total time", f"{t['total']:.0f} s")]
+    w = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m netspace_fast.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="demo_out", help="folder for the PRep image (default: demo_out)")
-    parser.add_argument("--dataset", default="digits", choices=sorted(archs.DATASETS))
-    parser.add_argument("--batch", type=int, default=8, help="networks per architecture (default: 8)")
-    parser.add_argument("--width", type=int, default=10_000, help="PRep width, a multiple of 8 (default: 10000)")
-    args = parser.parse_args(argv)
-    if args.batch < 1:
-        parser.error(f"--batch: expected a positive number of networks, got {args.batch}")
-    os.makedirs(args.out, exist_ok=True)
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    print(f"netspace_fast backends: {backends()}")
-    ds = args.dataset
-    x = torch.randn(16, *archs.spec("lenetlike", ds).input_shape, generator=gen)
-    rows = []
-    image_path = None
-    for name in TABLE_I:
-        spec = archs.spec(name, ds)
-        models = [archs.build(name, ds) for _ in range(args.batch)]
-        for m in models:
-            _randomize_bn(m, gen)
-        count = sum(p.numel() for p in models[0].parameters())
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            folded = fold_bn(models)
-            t_fold = time.perf_counter() - t0
-            err = max(((a(x) - b(x)).abs().max() / a(x).abs().max()).item() for a, b in zip(models, folded))
-            t0 = time.perf_counter()
-            preps = pack_preps(models, width=args.width)
-            t_pack = time.perf_counter() - t0
-            layout = PRepLayout.for_spec(spec, args.width)
-            # the PRep is the folded network: its views are the folded parameters
-            same = all(torch.equal(v, p) for v, p in zip(unpack_prep(preps[0], layout).values(),
-                                                           folded[0].parameters()))
-            # all B networks at once, straight from their PReps, against each BN model in eval mode
-            t0 = time.perf_counter()
-            ys = batched_forward(spec, preps, x)
-            t_eval = time.perf_counter() - t0
-            err_eval = max(((ys[b] - m(x)).abs().max() / m(x).abs().max()).item() for b, m in enumerate(models))
-        if name == "resnet8":
-            image_path = save_prep_png(preps[0], os.path.join(args.out, f"prep_{name}_{ds}.png"), spec.num_params)
-        rows.append((name, count, TABLE_I[name], spec.num_params, tuple(preps.shape), err, same,
-                     1e3 * t_fold, 1e3 * t_pack, err_eval, 1e3 * t_eval))
-    header = (f"{'arch':<11}{'params':>9}{'Table I':>9}{'BN-free':>9}  {'PRep batch':<18}{'fold rel err':>13}"
-              f"{'PRep=fold':>10}{'fold ms':>9}{'pack ms':>9}{'batched err':>12}{'eval ms':>9}")
-    print(f"\n{ds}: {args.batch} networks per architecture, PRep width {args.width}; batched eval of all of them "
-          f"on {x.shape[0]} images in one call\n{header}\n{'-' * len(header)}")
-    ok = True
-    for name, count, table, bnfree, shape, err, same, tf, tp, err_eval, te in rows:
-        ok &= count == table and err <= 1e-5 and same and err_eval <= 1e-4
-        print(f"{name:<11}{count:>9,}{table:>9,}{bnfree:>9,}  {str(shape):<18}{err:>13.2e}{str(same):>10}"
-              f"{tf:>9.1f}{tp:>9.1f}{err_eval:>12.2e}{te:>9.1f}")
-    print(f"\nPRep image: {image_path}")
-    print("all checks passed" if ok else "CHECK FAILED")
-    return 0 if ok else 1
+    """``python -m netspace_fast.demo``: the same as ``netspace demo``."""
+    from .cli import main as cli_main
+
+    cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+    return 0
 
 
 if __name__ == "__main__":

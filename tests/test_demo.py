@@ -1,92 +1,118 @@
-"""`make demo` (netspace_fast/demo.py) as a smoke test at its smallest setting: one network per
-architecture (``--batch 1``; the default width). The demo runs as ``make demo`` runs it
-(``python -m netspace_fast.demo``) and in-process; it must pass its own checks, print its table and
-write its PRep image, a valid PNG of ResNet8's PRep. Its checks must be able to fail: a wrong
-parameter count or a wrong batched evaluation turns the exit status to 1."""
+"""`netspace demo` (`make demo`) at its smoke size (every stage at its smallest: seconds). The full
+size is measured by `make accept` (tests/space/test_demo_accept.py) and recorded in BENCHMARKS.md.
+
+What must hold whatever the numbers: every stage runs and writes its files; the report states the
+figures of summary.json, which are those of the stage outputs (evaluate.csv, the interpolation and
+optimization CSVs); a second run reuses the zoo and the space (files untouched) and reports the
+same figures; a fresh run with the same seed reproduces the zoo bit for bit and the same figures."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from netspace_fast import archs, demo
-
-ARCHS = ("lenetlike", "vanillacnn", "resnet8", "resnet32", "resnet56")
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def check_png(path) -> np.ndarray:
-    with open(path, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:
-        assert im.format == "PNG"
-        px = np.asarray(im.convert("RGBA"))
-    # ResNet8's 77,706 folded parameters, near square: 279 x 279, the last 135 pixels transparent padding
-    assert px.shape == (279, 279, 4)
-    alpha = px.reshape(-1, 4)[:, 3]
-    assert (alpha[:77706] == 255).all() and (alpha[77706:] == 0).all()
-    assert len(np.unique(px.reshape(-1, 4)[:77706], axis=0)) > 100  # a picture, not a flat colour
-    return px
+def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "netspace_fast.cli", "demo", "--size", "smoke", "--out", str(out),
+                           "--no-progress", *extra], capture_output=True, text=True, timeout=600, env=ENV)
 
 
-def test_demo_command_smoke(tmp_path):
-    """``python -m netspace_fast.demo --batch 1``: exit 0, every architecture in the table, the PNG."""
-    out = tmp_path / "demo_out"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "netspace_fast.demo", "--out", str(out), "--batch", "1"],
-                       capture_output=True, text=True, timeout=300, env=env)
+def _sha(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.safetensors"))}
+
+
+def _figures(summary: dict) -> dict:
+    """summary.json without the timings and the stage notes that legitimately change between runs."""
+    s = {k: v for k, v in summary.items() if k not in ("times_s", "reused")}
+    for k in ("first", "best", "last"):
+        s["optimize"][k] = {kk: vv for kk, vv in s["optimize"][k].items() if kk != "seconds"}
+    return s
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "runs" / "demo"
+    r = _demo(out)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "all checks passed" in r.stdout and "CHECK FAILED" not in r.stdout
-    for name in ARCHS:
-        assert f"\n{name} " in r.stdout, name
-    assert "(1, 8, 10000)" in r.stdout  # the PRep batch of one LeNetLike at the default width
-    png = out / "prep_resnet8_digits.png"
-    assert f"PRep image: {png}" in r.stdout
-    assert sorted(os.listdir(out)) == ["prep_resnet8_digits.png"]
-    check_png(png)
+    return out, r
 
 
-def test_demo_main_in_process(tmp_path, capsys):
-    """main() at width 1024 on cifar10: the image is the first network's PRep, whatever the width."""
-    assert demo.main(["--out", str(tmp_path), "--batch", "1", "--width", "1024", "--dataset", "cifar10"]) == 0
-    text = capsys.readouterr().out
-    assert "all checks passed" in text and "(1, 76, 1024)" in text  # ResNet8: 77,706 values, 76 rows of 1024
-    check_png(tmp_path / "prep_resnet8_cifar10.png")
+def test_demo_writes_every_stage(first):
+    out, r = first
+    for f in ("report.md", "summary.json", "evaluate.csv", "interpolate/interpolation.csv",
+              "interpolate/interpolation.png", "optimize/curve.csv", "optimize/curve.png",
+              "optimize/best.safetensors", "prep_images.png", "selfcheck/prep_resnet8_digits.png",
+              "zoo/manifest.json", "space/best.safetensors"):
+        assert (out / f).is_file(), f
+    for png in ("interpolate/interpolation.png", "optimize/curve.png", "prep_images.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    assert "report: " in r.stdout and "decoded vs input: mean |gap| (test)" in r.stdout
 
 
-def test_demo_checks_can_fail(tmp_path, capsys, monkeypatch):
-    """A parameter count that disagrees with Table I, or a batched evaluation that is off by 1%,
-    makes the demo report CHECK FAILED and exit 1."""
-    monkeypatch.setitem(demo.TABLE_I, "lenetlike", 62_007)
-    assert demo.main(["--out", str(tmp_path), "--batch", "1", "--width", "1024"]) == 1
-    assert "CHECK FAILED" in capsys.readouterr().out
-    monkeypatch.setitem(demo.TABLE_I, "lenetlike", 62_006)
-    real = demo.batched_forward
-    monkeypatch.setattr(demo, "batched_forward", lambda spec, preps, x: real(spec, preps, x) * 1.01)
-    assert demo.main(["--out", str(tmp_path), "--batch", "1", "--width", "1024"]) == 1
-    assert "CHECK FAILED" in capsys.readouterr().out
+def test_demo_report_states_the_measured_figures(first):
+    out, _ = first
+    s = json.loads((out / "summary.json").read_text())
+    rows = list(csv.DictReader((out / "evaluate.csv").open()))
+    assert len(rows) == s["evaluate"]["networks"] == s["zoo"]["test"]["networks"] >= 2
+    gap = sum(abs(float(r["input_acc"]) - float(r["decoded_acc"])) for r in rows) / len(rows)
+    assert s["evaluate"]["mean_abs_gap"] == pytest.approx(gap, abs=1e-12)
+    interp = list(csv.DictReader((out / "interpolate/interpolation.csv").open()))
+    assert len(interp) == 5
+    assert s["interpolate"]["min_embedding_acc"] == pytest.approx(min(float(r["embedding_acc"]) for r in interp))
+    assert s["interpolate"]["min_weight_acc"] == pytest.approx(min(float(r["weights_acc"]) for r in interp))
+    curve = list(csv.DictReader((out / "optimize/curve.csv").open()))
+    assert min(abs(s["optimize"]["best_acc"] - float(r["test_acc"])) for r in curve) < 1e-6
+    # a and b are the weakest and the strongest test networks
+    accs = {r["network"]: float(r["input_acc"]) for r in rows}
+    assert accs[s["interpolate"]["a"]] == min(accs.values()) and accs[s["interpolate"]["b"]] == max(accs.values())
+    report = (out / "report.md").read_text()
+    assert f"**{100 * gap:.2f} points**" in report
+    for r in rows:
+        assert f"| {r['network']} | {100 * float(r['input_acc']):.1f}% | {100 * float(r['decoded_acc']):.1f}% |" in report
+    for k in ("selfcheck", "zoo", "space", "evaluate", "interpolate", "optimize", "images", "total"):
+        assert f"| {k} | {s['times_s'][k]:.1f} |" in report
+    assert "all checks passed" in report and s["machine"] in report
+
+
+def test_demo_second_run_reuses_and_fresh_reproduces(first, tmp_path):
+    out, _ = first
+    s1 = json.loads((out / "summary.json").read_text())
+    zoo_sha = _sha(out / "zoo")
+    stamps = {p: p.stat().st_mtime_ns for p in [*(out / "zoo").iterdir(), *(out / "space").iterdir()]}
+    r = _demo(out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s2 = json.loads((out / "summary.json").read_text())
+    assert s2["reused"] == {"zoo": True, "space": True} and s1["reused"] == {"zoo": False, "space": False}
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing of the zoo or the space rewritten
+    assert _figures(s2) == _figures(s1)
+    # --fresh in the same folder: starts over (nothing reused) and, with the same seed, the same zoo
+    # bit for bit and the same figures
+    r = _demo(out, "--fresh")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s3 = json.loads((out / "summary.json").read_text())
+    assert s3["reused"] == {"zoo": False, "space": False}
+    assert _sha(out / "zoo") == zoo_sha
+    assert _figures(s3) == _figures(s1)
 
 
 def test_demo_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit) as e:
-        demo.main(["--out", str(tmp_path), "--batch", "0"])
-    assert e.value.code == 2
-    with pytest.raises(SystemExit):
-        demo.main(["--out", str(tmp_path), "--dataset", "mnist"])
+    r = _demo(tmp_path / "d", "--seed", "-1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--seed" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "netspace_fast.cli", "demo", "--size", "huge"], capture_output=True,
+                       text=True, env=ENV)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--size" in r.stderr
+    with pytest.raises(ValueError, match="size"):
+        from netspace_fast.demo import run_demo
 
-
-def test_demo_randomize_bn_is_not_identity():
-    """The demo's stand-in for training gives BN statistics that make folding non-trivial."""
-    m = archs.build("resnet8")
-    demo._randomize_bn(m, torch.Generator().manual_seed(0))
-    assert not m.training
-    bn = m.get_submodule("layer1.0.bn1")
-    assert not torch.equal(bn.running_var, torch.ones_like(bn.running_var))
-    assert not torch.equal(bn.weight, torch.ones_like(bn.weight))
+        run_demo(tmp_path / "d", size="huge")

@@ -15,6 +15,7 @@
     netspace optimize RUN (--from ID | --random) [--arch NAME] [--steps N] [--lr 1e-4] --out DIR
     netspace export RUN (--id ID | --embedding FILE) --out FILE.safetensors
     netspace visualize RUN --id ID --out FILE.png
+    netspace demo [--out runs/demo] [--seed S] [--fresh]   the whole story on digits, with a report
 
 Every command of ``train`` and the exploration commands takes ``--config FILE``: a YAML mapping of
 option names to values (flags on the command line win); see :func:`.base.config_option`.
@@ -29,6 +30,7 @@ One module per command group: :mod:`.zoo`, :mod:`.space`, :mod:`.explore` (next:
 
 from __future__ import annotations
 
+from . import demo as _demo_commands  # noqa: F401  (registers ``netspace demo``)
 from . import explore as _explore_commands  # noqa: F401  (interpolate, sample-unseen, optimize, export, visualize)
 from . import space as _space_commands  # noqa: F401  (registers ``netspace train|eval ...``)
 from . import zoo as _zoo_commands  # noqa: F401  (registers ``netspace zoo ...``)

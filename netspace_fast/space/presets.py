@@ -52,6 +52,10 @@ _TINY = {"embed": 256, "view": 16, "dec_a": 8, "dec_b": 16, "dec_c": 8, "prep_sc
 SPACE_PRESETS: dict[str, SpacePreset] = {
     "digits-single": SpacePreset("Single-Architecture on a digits zoo (CPU, minutes)", "digits", "single", 1024,
                                  epochs=200, meta_batch=8, image_batch=128, lr=1e-3, val_every=5, space=_SMALL),
+    # the demo's space (`netspace demo`, on the digits-demo zoo): digits-single, shorter
+    "digits-demo": SpacePreset("Single-Architecture for the demo on the digits-demo zoo (CPU, ~3 min)", "digits",
+                               "single", 1024, epochs=120, meta_batch=8, image_batch=128, lr=1e-3, val_every=5,
+                               space=_SMALL),
     "digits-tiny-single": SpacePreset("smoke test: a tiny Single space on a digits zoo, 3 epochs", "digits", "single",
                                       1024, epochs=3, meta_batch=2, image_batch=512, lr=1e-3, space=_TINY),
     "digits-tiny-multi": SpacePreset("smoke test: a tiny Multi space on a digits zoo, 2 epochs", "digits", "multi",

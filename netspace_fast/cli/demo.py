@@ -1,0 +1,34 @@
+"""``netspace demo``: the whole NetSpace story on the embedded digits data (:mod:`netspace_fast.demo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .base import check_device, cli, config_option, device_option, user_errors
+
+__all__ = ["demo_cmd"]
+
+
+@cli.command("demo")
+@click.option("--out", "out_dir", default=Path("runs/demo"), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Folder for the zoo, the run and report.md.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every stage.")
+@click.option("--fresh", is_flag=True, help="Start over: delete OUT first (default: reuse the finished zoo and space).")
+@click.option("--size", type=click.Choice(["full", "smoke"]), default="full", show_default=True,
+              help="smoke: every stage at its smallest (seconds; for CI, the numbers mean nothing).")
+@device_option
+@click.option("--no-progress", is_flag=True, help="No stage lines or progress bars.")
+@config_option
+def demo_cmd(out_dir, seed, fresh, size, device, no_progress) -> None:
+    """Train a small zoo (batched), train NetSpace Single-Architecture on it, evaluate decoded vs input
+    networks, interpolate (embeddings vs raw weights), optimize a random embedding, render PRep images,
+    and write OUT/report.md with every figure measured in this run."""
+    from ..demo import _table, run_demo
+
+    with user_errors():
+        s = run_demo(out_dir, seed=seed, fresh=fresh, device=check_device(device), progress=not no_progress,
+                     size=size)
+    click.echo(_table(s))
+    click.echo(f"report: {out_dir / 'report.md'}")
