@@ -6,6 +6,10 @@ A zoo is a directory holding
   guard), one entry per instance (id, architecture, dataset, class_id, protocol, seed, epoch,
   train/val/test accuracy, parameter count, file, sha256, split) and the train/val/test split as
   lists of instance ids;
+- optional per-instance fields of SDF zoos (``netspace zoo fit-sdf``, :mod:`netspace_fast.sdf`):
+  ``shape`` (the shape the SIREN was fitted to, as named at its source), ``sdf_mse`` and
+  ``sdf_within_0.01`` (MSE and fraction of held-out points with |prediction - sdf| <= 0.01). Entries
+  without them (every classification zoo) are unchanged; when present, all three are.
 - one ``<id>.safetensors`` file per instance: the state dict of the network *as trained* (the
   BatchNorm form, buffers such as running statistics and ``num_batches_tracked`` included). The
   folded (BN-free) form is derived on load (:meth:`Zoo.model` with ``folded=True``).
@@ -46,6 +50,7 @@ __all__ = [
     "MANIFEST_NAME",
     "READABLE_SCHEMA_VERSIONS",
     "SCHEMA_VERSION",
+    "SDF_FIELDS",
     "SPLITS",
     "Zoo",
     "init_zoo",
@@ -59,6 +64,8 @@ MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test")
 _SUFFIX = ".safetensors"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+#: optional fields of an SDF zoo's entries: all three or none
+SDF_FIELDS = ("shape", "sdf_mse", "sdf_within_0.01")
 _ENTRY_KEYS = ("id", "architecture", "dataset", "class_id", "protocol", "seed", "epoch", "train_acc", "val_acc",
                "test_acc", "num_params", "file", "sha256", "split")
 
@@ -117,6 +124,9 @@ def _validate_manifest(manifest: Any, path: Path) -> dict:
             raise bad(f"instance {entry['id']!r}: file {entry['file']!r} is not {entry['id'] + _SUFFIX!r}")
         if entry["split"] not in SPLITS:
             raise bad(f"instance {entry['id']!r}: split {entry['split']!r} is not one of {SPLITS}")
+        problem = _sdf_fields_problem(entry)
+        if problem:
+            raise bad(f"instance {entry['id']!r}: {problem}")
         ids.add(entry["id"])
     splits = manifest["splits"]
     if not isinstance(splits, dict) or set(splits) != set(SPLITS):
@@ -139,6 +149,23 @@ def _validate_manifest(manifest: Any, path: Path) -> dict:
     if seen != ids:
         raise bad(f"instances missing from 'splits': {sorted(ids - seen)}")
     return manifest
+
+
+def _sdf_fields_problem(entry: dict) -> str | None:
+    """What is wrong with the optional SDF fields of a manifest entry (None: absent, or all fine)."""
+    present = [k for k in SDF_FIELDS if k in entry]
+    if not present:
+        return None
+    if len(present) != len(SDF_FIELDS):
+        return f"has {present} but not {[k for k in SDF_FIELDS if k not in entry]} (SDF fields come together)"
+    if not isinstance(entry["shape"], str) or not entry["shape"]:
+        return f"'shape' must be a non-empty str, got {entry['shape']!r}"
+    mse, within = entry["sdf_mse"], entry["sdf_within_0.01"]
+    if isinstance(mse, bool) or not isinstance(mse, (int, float)) or not math.isfinite(mse) or mse < 0:
+        return f"'sdf_mse' must be a finite number >= 0, got {mse!r}"
+    if isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 <= within <= 1:
+        return f"'sdf_within_0.01' must be a number in [0, 1], got {within!r}"
+    return None
 
 
 def _read_manifest(zoo_dir: Path) -> dict:
@@ -248,11 +275,13 @@ def _expected_shapes(arch: str, dataset: str) -> dict[str, tuple[tuple[int, ...]
 
 def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arch: str, dataset: str,
                    protocol: str, seed: int | None, epoch: int | None, acc: Mapping[str, float | None],
-                   split: str) -> dict:
+                   split: str, sdf: Mapping[str, Any] | None = None) -> dict:
     """Write one trained instance into the zoo and record it in the manifest; returns its entry.
 
     ``seed``, ``epoch`` and any accuracy may be None: not recorded (networks imported from the
-    original code's zoo).
+    original code's zoo). ``sdf``: the fit quality of an SDF network, a mapping with exactly the
+    keys ``shape`` (str), ``sdf_mse`` (finite, >= 0) and ``sdf_within_0.01`` (in [0, 1]), recorded
+    as fields of the entry (SDF zoos store ``epoch`` = Adam steps).
 
     The state dict (BN form, buffers included) is stored as ``<id>.safetensors``, atomically; then
     the manifest is updated atomically. The zoo directory and manifest are created (config None)
@@ -277,6 +306,16 @@ def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arc
     if unknown:
         raise ValueError(f"acc: unknown keys {sorted(map(str, unknown))}; expected keys among {SPLITS}")
     accs = {s: (_check_finite_number(acc[s], f"acc[{s!r}]") if acc.get(s) is not None else None) for s in SPLITS}
+    if sdf is not None:
+        if not isinstance(sdf, Mapping):
+            raise TypeError(f"sdf: expected a mapping with keys {SDF_FIELDS}, got {type(sdf).__name__}")
+        if set(sdf) != set(SDF_FIELDS):
+            raise ValueError(f"sdf: expected exactly the keys {SDF_FIELDS}, got {sorted(map(str, sdf))}")
+        sdf = {k: (float(v) if k != "shape" and isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+               for k, v in sdf.items()}
+        problem = _sdf_fields_problem(dict(sdf))
+        if problem:
+            raise ValueError(f"sdf: {problem}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if isinstance(model, archs.SpecNet) and (model.spec.name, model.spec.dataset) != (arch, dataset):
@@ -305,6 +344,8 @@ def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arc
         "train_acc": accs["train"], "val_acc": accs["val"], "test_acc": accs["test"],
         "num_params": num_params, "file": id + _SUFFIX, "sha256": sha, "split": split,
     }
+    if sdf is not None:
+        entry.update({k: sdf[k] for k in SDF_FIELDS})
     entry = _normalize_json(entry, "entry")
 
     zoo.mkdir(parents=True, exist_ok=True)
