@@ -56,8 +56,13 @@ def test_paper_presets_follow_the_method():
     multi = PRESETS["cifar10-multi"]
     assert multi.epochs == 300 and multi.milestones == (150, 180, 210) and multi.lr == 0.05
     assert [(a, n) for a, n, _, _ in multi.archs] == [("lenetlike", 60), ("vanillacnn", 50), ("resnet8", 60),
-                                                      ("resnet32", 100)]
-    assert [(a, n) for a, n, _, _ in PRESETS["cifar10-unseen"].archs] == [("lenetlike", 40), ("resnet32", 80)]
+                                                      ("resnet32", 100), ("resnet56", 1)]
+    assert [(a, n) for a, n, _, _ in PRESETS["cifar10-unseen"].archs] == [("lenetlike", 40), ("resnet32", 80),
+                                                                          ("resnet56", 1)]
+    # every multi preset trains the ResNet56 teacher its NetSpace run distills from, into the same zoo
+    for name, p in PRESETS.items():
+        if p.protocol == "multi" and len(p.archs) > 1:
+            assert p.archs[-1] == ("resnet56", 1, 0, 0), name
     single = PRESETS["cifar10-single"]
     assert single.lr == 1e-4 and single.snapshots[:3] == (1, 2, 3) and single.snapshots[-1] == 600
     assert 100 in single.snapshots and 102 in single.snapshots and 550 in single.snapshots
