@@ -1,13 +1,18 @@
 """Issue 11: batched SIREN fitting throughput (shape-steps per second), CPU, all in one run.
 
-One round = one Adam step of 16 SIRENs (3 -> 256 -> 256 -> 1, sin(30 x)) on 2,048 points each
-(its own points per network; the points are drawn once, outside the timing, alike for everyone).
-Providers (group "sdf fit 16x2048"):
+One round = one Adam step of K SIRENs (3 -> 256 -> 256 -> 1, sin(30 x)) on N points each (its own
+points per network; the points are drawn once, outside the timing, alike for everyone). Two
+scenarios, each one group: "sdf fit 16x2048" (K=16, N=2,048: every hidden activation is exactly
+32 MiB, glibc's largest mmap threshold, so with the default malloc each one is a fresh mmap and
+pays its page faults every step) and "sdf fit 24x1024" (the small preset's group and points: 24 MiB
+activations, from the heap, which glibc still trims when a step frees ~100 MB at once). Run it with
+glibc's default malloc and with ``NETSPACE_BENCH_TUNE_MALLOC=1`` (what the CLI applies). Providers:
 
-- ours: :class:`netspace_fast.sdf.SirenFitter`'s step with the default CPU kernel ("fused":
-  batched GEMMs with the 30 folded in, vectorized sin/cos, one (K, P) gradient) and fused Adam
-  over the (K, H, 64) PRep batch;
-- ours via the batched linear op (kernel "op": ``batched_forward``, the C++ op's sin epilogue);
+- ours: :class:`netspace_fast.sdf.SirenFitter`'s step with the default kernel ("op":
+  ``batched_forward``, the C++ batched linear op with its vectorized sin(30 z) epilogue, one (K, P)
+  gradient) and fused Adam over the (K, H, 64) PRep batch;
+- ours with kernel "fused" (:class:`netspace_fast.sdf.fit.SirenStack`: batched GEMMs with the 30
+  folded in, ATen's vectorized sin/cos);
 - the original way: 4 MLPs at a time with ``torch.bmm`` (``baddbmm``), plain ``torch.sin``,
   autograd, ``torch.optim.Adam`` per group of 4 (goal: ours >= 1.2x);
 - one at a time: ``archs.build("siren")`` modules and ``torch.optim.Adam``.
@@ -25,30 +30,34 @@ import torch
 from netspace_fast import archs
 from netspace_fast.sdf import ProceduralChairs, SirenFitter
 
-K, N, ROUNDS = 16, 2048, 5
-GROUP = f"sdf fit {K}x{N}"
-FLOP_PER_SHAPE_STEP = 3 * 2 * N * (3 * 256 + 256 * 256 + 256)
-_results: dict[str, float] = {}
+SHAPES = [(16, 2048), (24, 1024)]
+ROUNDS = 5
+_results: dict[tuple, float] = {}
 _cache: dict = {}
 
 
-def _data():
-    if "data" not in _cache:
+def _flop_per_shape_step(N: int) -> int:
+    return 3 * 2 * N * (3 * 256 + 256 * 256 + 256)
+
+
+def _data(K: int, N: int):
+    if (K, N) not in _cache:
         g = torch.Generator().manual_seed(0)
-        _cache["data"] = (torch.rand(K, N, 3, generator=g) * 2 - 1, torch.rand(K, N, generator=g) * 0.2 - 0.1)
-        _cache["shapes"] = ProceduralChairs(K, pool_size=100, heldout_size=10)  # pools unused: fixed data
-    return _cache["data"]
+        _cache[K, N] = (torch.rand(K, N, 3, generator=g) * 2 - 1, torch.rand(K, N, generator=g) * 0.2 - 0.1)
+    if "shapes" not in _cache:
+        _cache["shapes"] = ProceduralChairs(max(k for k, _ in SHAPES), pool_size=100, heldout_size=10)  # unused
+    return _cache[K, N]
 
 
-def _ours(kernel):
-    x, y = _data()
+def _ours(kernel, K, N):
+    x, y = _data(K, N)
     f = SirenFitter(_cache["shapes"], list(range(K)), points=N, lr=1e-4, kernel=kernel)
     f.batch = lambda: (x, y)  # the same fixed points as the peers
     return f.train_step
 
 
-def _bmm4():
-    x, y = _data()
+def _bmm4(K, N):
+    x, y = _data(K, N)
     groups = []
     for s in range(0, K, 4):
         ms = []
@@ -72,8 +81,8 @@ def _bmm4():
     return step
 
 
-def _one_at_a_time():
-    x, y = _data()
+def _one_at_a_time(K, N):
+    x, y = _data(K, N)
     nets = []
     for i in range(K):
         torch.manual_seed(i)
@@ -90,18 +99,21 @@ def _one_at_a_time():
     return step
 
 
-PROVIDERS = {"ours": lambda: _ours("fused"), "ours via batched_linear op": lambda: _ours("op"),
+PROVIDERS = {"ours": lambda K, N: _ours("op", K, N),
+             "ours, kernel fused (SirenStack)": lambda K, N: _ours("fused", K, N),
              "original: 4 at a time, bmm": _bmm4, "one at a time": _one_at_a_time}
 GOALS = {"original: 4 at a time, bmm": 1.2}
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{k}x{n}" for k, n in SHAPES])
 @pytest.mark.parametrize("provider", list(PROVIDERS))
-def test_sdf_fit_step(benchmark, measure, provider):
-    benchmark.group = GROUP
+def test_sdf_fit_step(benchmark, measure, provider, shape):
+    K, N = shape
+    benchmark.group = f"sdf fit {K}x{N}"
     benchmark.extra_info["shape_steps"] = K
-    step = PROVIDERS[provider]()
+    step = PROVIDERS[provider](K, N)
     measure(step, rounds=ROUNDS, provider=provider, goal=GOALS.get(provider), grad=True)
-    _results[provider] = benchmark.stats.stats.median
+    _results[shape, provider] = benchmark.stats.stats.median
 
 
 def test_sgemm(benchmark, measure):
@@ -112,14 +124,19 @@ def test_sgemm(benchmark, measure):
 
 
 def test_summary(capsys):
-    if "sgemm" not in _results or "ours" not in _results:
+    if "sgemm" not in _results or not any(k[1] == "ours" for k in _results if k != "sgemm"):
         pytest.skip("run with the other benchmarks of this module")
     rate = 2 * 2048 ** 3 / _results["sgemm"]
     with capsys.disabled():
         print(f"\nsgemm: {rate / 1e9:.1f} GFLOP/s")
-        for name, t in _results.items():
-            if name == "sgemm":
+        for K, N in SHAPES:
+            if ((K, N), "ours") not in _results:
                 continue
-            flops = K * FLOP_PER_SHAPE_STEP / t
-            print(f"{name:<30} {K / t:7.1f} shape-steps/s  {flops / 1e9:6.1f} GFLOP/s  {flops / rate:5.1%} of sgemm"
-                  f"  ours speedup {t / _results['ours']:.2f}x")
+            print(f"{K} networks x {N} points:")
+            for name in PROVIDERS:
+                t = _results.get(((K, N), name))
+                if t is None:
+                    continue
+                flops = K * _flop_per_shape_step(N) / t
+                print(f"  {name:<32} {K / t:7.1f} shape-steps/s  {flops / 1e9:6.1f} GFLOP/s  {flops / rate:5.1%} of "
+                      f"sgemm  ours speedup {t / _results[(K, N), 'ours']:.2f}x")

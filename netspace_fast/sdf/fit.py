@@ -10,13 +10,17 @@ network's MSE, so every network gets exactly the gradient it would get alone.
 Two kernels compute the K networks (``kernel=``):
 
 - ``"op"``: :func:`netspace_fast.batched_forward`, i.e. the batched linear op with the fused
-  bias + sin(30 z) epilogue (C++ on CPU, Triton on CUDA). The default on CUDA.
+  bias + sin(30 z) epilogue (C++ on CPU, Triton on CUDA). The default on every device: on CPU its
+  epilogue's sin(30 z) and 30 cos(30 z) are vectorized (csrc/sincos_f32.h, ~0.4 ns a value), and
+  with malloc tuned as the CLI does (:func:`netspace_fast.tune_malloc`) it measured 1.2x faster
+  than ``"fused"`` and 1.3x than the 4-at-a-time bmm way, one thread. With glibc's default malloc
+  and activations of 32 MiB or more (K x points x 1 KiB), every step pays page faults for fresh
+  mmaps instead, and the 4-at-a-time way (4x smaller buffers) is faster (BENCHMARKS.md, "SDF
+  fitting").
 - ``"fused"``: :class:`SirenStack`, the SIREN-specific path in PyTorch: batched GEMMs with the
   factor 30 folded into them (``baddbmm(.., beta=30, alpha=30)``), ATen's vectorized sin/cos, the
   activation gradient as one in-place multiply, weight and bias gradients straight into the (K, P)
-  gradient. The default on CPU: the C++ op's epilogue evaluates ``std::sin``/``std::cos`` one value
-  at a time (~5 ns a value against ~1 ns for ATen's vectorized sin), which made it slower than
-  plain PyTorch there (BENCHMARKS.md, "SDF fitting").
+  gradient. Kept as a peer and as a second implementation to test against.
 
 Both compute in float32 on every backend: the fit turns TF32 off for its duration (sin(30 x)
 multiplies rounding error by 30).
@@ -135,7 +139,8 @@ def siren_forward(preps: torch.Tensor, x: torch.Tensor, kernel: str | None = Non
 
 
 def default_kernel(device) -> str:
-    return "fused" if torch.device(device).type == "cpu" else "op"
+    """``"op"`` on every device (the CPU choice measured: BENCHMARKS.md, "SDF fitting")."""
+    return "op"
 
 
 @contextlib.contextmanager

@@ -122,3 +122,71 @@ def test_layer_op_bad_arguments_never_touch_memory():
         torch.ops.netspace_fast.batched_linear(torch.randn(3, 2, 3), preps, 0, 40, 2, 3, 1, None)
     with pytest.raises(ValueError, match="smaller than the kernel"):
         torch.ops.netspace_fast.batched_conv2d(torch.randn(2, 1, 2, 2), preps, 0, 40, 1, 1, 5, 1, 0, 1, None)
+
+
+def _f32_ulp(ref: torch.Tensor) -> torch.Tensor:
+    """The float32 spacing at |ref| (float64 ref): one ulp of the float32 result."""
+    r = ref.abs().float()
+    return (torch.nextafter(r, torch.tensor(float("inf"))).double() - r.double())
+
+
+@native
+@pytest.mark.parametrize("shared", [True, False])
+def test_sin_epilogue_float32_accuracy(shared):
+    """The float32 sin(30 z) epilogue and 30 cos(30 z) activation gradient (csrc/sincos_f32.h:
+    double-precision Cody-Waite reduction + polynomials, libm beyond |30 z| = 1e6) against float64
+    torch.sin / torch.cos of the same float32 argument a = fl(30 z).
+
+    Tolerance: <= 1 ulp of float32 for both (the kernel's bound: the double-precision result has
+    relative error ~1e-11 and is rounded once, so the error is <= 0.5 ulp + 1e-4 ulp; measured
+    0.5001 ulp over 25 M float32 arguments |a| <= 1e6, and for the gradient, where the product
+    g * 30 * cos is also formed in double, over 4 M). NaN exactly where float64 gives NaN (+-inf,
+    NaN, and fl(30 z) = inf)."""
+    g = torch.Generator().manual_seed(0)
+    half_pi = torch.pi / 2
+    z = torch.cat([
+        torch.linspace(-1e4 / 30, 1e4 / 30, 100_003, dtype=torch.float64).float(),  # |30 z| up to 1e4
+        (torch.pow(10.0, torch.rand(50_000, generator=g, dtype=torch.float64) * 10 - 7) / 3
+         * torch.randint(0, 2, (50_000,), generator=g).mul(2).sub(1)).float(),       # |30 z| 1e-6 .. 1e4, both signs
+        (torch.arange(-6400, 6401, dtype=torch.float64) * half_pi / 30).float(),      # 30 z near k pi/2: sin or cos ~ 0
+        torch.tensor([0.0, -0.0, 1e-40, -1e-40, 1e-30, float("inf"), float("-inf"), float("nan"), 1e30, -1e30,
+                      3.4e38, 4e4, -4e4, 33_333.3, 1e6 / 30, 1e7, 2.0**-149]),      # specials, libm fallback
+    ])
+    F = 1024  # a full chunk per (network, point) row: the vectorized body runs
+    n = z.numel()
+    rows = -(-n // F)
+    zz = torch.zeros(rows * F)
+    zz[:n] = z
+    res = zz.view(1, rows, F)
+    preps = torch.zeros(1, 2 * F)  # weight 0, bias 0: the pre-activation is the residual exactly
+    x = torch.zeros((rows, 1) if shared else (1, rows, 1))
+    y, zo = torch.ops.netspace_fast.batched_linear(x, preps, 0, F, F, 1, 2, res)
+    torch.testing.assert_close(zo.view(-1)[:n], z, rtol=0, atol=0, equal_nan=True)
+    a = (torch.tensor(30.0) * z).double()  # fl(30 z), as the kernel and the reference round it
+    ref = torch.sin(a)
+    got = y.view(-1)[:n]
+    nan = ref.isnan()
+    assert torch.equal(got.isnan(), nan)
+    err = (got.double() - ref).abs()[~nan] / _f32_ulp(ref)[~nan]
+    assert err.max() <= 1.0, (err.max(), a[~nan][err.argmax()])
+    gx, gz = torch.ops.netspace_fast.batched_linear_backward(torch.ones(1, rows, F), x, preps, y, zo, 0, F, F, 1, 2,
+                                                             torch.zeros(1, 2 * F), False)
+    ref = 30 * torch.cos(a)
+    got = gz.view(-1)[:n]
+    nan = ref.isnan()
+    assert torch.equal(got.isnan(), nan)
+    err = (got.double() - ref).abs()[~nan] / _f32_ulp(ref)[~nan]
+    assert err.max() <= 1.0, (err.max(), a[~nan][err.argmax()])
+
+
+@native
+@pytest.mark.parametrize("shared", [True, False])
+def test_linear_gradcheck_float64_fewer_inputs(shared):
+    """The weight gradient's other orientation (in_features < out_features: x^T @ grad_z, transposed)."""
+    torch.manual_seed(3)
+    B, N = 2, 3
+    preps = (torch.randn(B, 40, dtype=torch.float64) * 0.3).requires_grad_()
+    x = torch.randn((N, 2) if shared else (B, N, 2), dtype=torch.float64, requires_grad=True)
+    for act in (0, 2):
+        lin = lambda p, xx: batched_linear(xx, p, 3, 30, 7, 2, act, backend="cpp")  # noqa: E731
+        assert torch.autograd.gradcheck(lin, (preps, x))
