@@ -248,6 +248,7 @@ def _report(s: dict, rows: list[dict], check_text: str) -> str:
               f"Mean absolute accuracy gap **{100 * ev['mean_abs_gap']:.2f} points** over {ev['networks']} test "
               f"networks; Spearman correlation of input and decoded accuracy {ev['spearman']:.3f}; mean input "
               f"accuracy {_pct(ev['mean_input_acc'])}, mean decoded {_pct(ev['mean_decoded_acc'])}.", "",
+              _eval_verdict(rows), "",
               "| network | input | decoded | gap (points) |", "|---|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: r["input_acc"]):
         lines.append(f"| {r['network']} | {_pct(r['input_acc'])} | {_pct(r['decoded_acc'])} | "
@@ -270,6 +271,7 @@ def _report(s: dict, rows: list[dict], check_text: str) -> str:
               f"| start | {op['first']['step']} | {_pct(op['first']['val_acc'])} | {_pct(op['first']['test_acc'])} |",
               f"| best | {op['best']['step']} | {_pct(op['best']['val_acc'])} | {_pct(op['best']['test_acc'])} |",
               f"| last | {op['last']['step']} | {_pct(op['last']['val_acc'])} | {_pct(op['last']['test_acc'])} |", "",
+              _opt_verdict(op), "",
               f"CSV: `{op['csv']}`; the best network as a plain state dict: `{op['network']}` "
               f"(`netspace_fast.explore.load_network`).", "", f"![latent optimization]({op['png']})", "",
               "## PRep images", "",
@@ -278,6 +280,32 @@ def _report(s: dict, rows: list[dict], check_text: str) -> str:
               f"1st-99th percentiles.", "", f"![PRep images]({im['path']})", "",
               "## PRep core self-check", "", "```", check_text, "```", ""]
     return "\n".join(lines)
+
+
+def _eval_verdict(rows: list[dict]) -> str:
+    """How the decoded accuracies spread compared with the inputs' (whatever they show)."""
+    if not rows:
+        return ""
+    i = [r["input_acc"] for r in rows]
+    d = [r["decoded_acc"] for r in rows]
+    text = (f"Input accuracies span {_pct(min(i))}-{_pct(max(i))} ({100 * (max(i) - min(i)):.1f} points), decoded "
+            f"ones {_pct(min(d))}-{_pct(max(d))} ({100 * (max(d) - min(d)):.1f} points).")
+    if max(d) - min(d) < 0.5 * (max(i) - min(i)):
+        text += (" The decoded networks are closer to each other than their inputs are: weak inputs come out "
+                 "better, strong ones slightly worse (the space pulls towards the zoo's typical network), so the "
+                 "ranking of the inputs is only partly kept.")
+    return text
+
+
+def _opt_verdict(op: dict) -> str:
+    gain = op["best"]["test_acc"] - op["first"]["test_acc"]
+    if gain < 0.01:
+        return (f"The random embedding already decodes to a {_pct(op['first']['test_acc'])} network, and the "
+                f"optimization changes the test accuracy by {100 * gain:+.1f} points: in this space almost every "
+                f"embedding near the training networks' decodes to a working network, so there is little left to "
+                f"optimize.")
+    return (f"The optimization raises the test accuracy from {_pct(op['first']['test_acc'])} to "
+            f"{_pct(op['best']['test_acc'])} ({100 * gain:+.1f} points) in {op['best']['step']} steps.")
 
 
 def _interp_verdict(it: dict) -> str:
