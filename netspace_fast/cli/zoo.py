@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .base import CliError, cli, user_errors
+from .base import CliError, cli, config_option, user_errors
 
 __all__ = ["zoo"]
 
@@ -130,6 +130,7 @@ def _load_trainer() -> tuple[Callable[..., Any], dict[str, Any] | None]:
 @click.option("--no-progress", is_flag=True, help="Do not show progress.")
 @click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
               help="Also write per-epoch scalars for TensorBoard to LOGDIR (needs the tensorboard package).")
+@config_option
 def zoo_train(preset: str, out_dir: Path, root: Path | None, seed: int | None, device: str | None,
               no_progress: bool, tensorboard: Path | None) -> None:
     """Train a zoo of networks from a preset into --out (resumable: completed instances are kept).
@@ -201,6 +202,7 @@ def zoo_import(lists: tuple[Path, ...], out_dir: Path, root: Path | None, base: 
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Fitting device.")
 @click.option("--no-progress", is_flag=True, help="Do not show progress.")
+@config_option
 def zoo_fit_sdf(shapes: str, out_dir: Path, preset: str, seed: int, device: str, no_progress: bool) -> None:
     """Fit one SIREN MLP per shape to its signed distances (K networks at once) into the zoo --out.
 

@@ -207,6 +207,19 @@ def test_train_tensorboard_option(fake_zoo, tmp_path):
     assert fake_zoo.calls == [(tmp_path / "o", "tiny", {"progress": True, "tensorboard": tmp_path / "tb"})]
 
 
+def test_train_config_file(fake_zoo, tmp_path):
+    """``--config FILE``: the YAML's values are the options (the required --preset included); a flag
+    on the command line wins over the file; an unknown key is one error line, exit 2."""
+    cfg = tmp_path / "zoo.yaml"
+    cfg.write_text(f"preset: paper\nout: {tmp_path / 'o'}\nseed: 3\nno-progress: true\n")
+    r = _runner().invoke(cli, ["zoo", "train", "--config", str(cfg), "--seed", "5"])
+    assert r.exit_code == 0, r.output
+    assert fake_zoo.calls == [(tmp_path / "o", "paper", {"seed": 5, "progress": False})]
+    cfg.write_text("preset: paper\nepochz: 3\n")
+    r = _runner().invoke(cli, ["zoo", "train", "--config", str(cfg), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "unknown key 'epochz'" in r.output and "Traceback" not in r.output
+
+
 def test_train_defaults_left_to_trainer(fake_zoo, tmp_path):
     r = _runner().invoke(cli, ["zoo", "train", "--preset", "paper", "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
