@@ -33,6 +33,7 @@ from __future__ import annotations
 from . import demo as _demo_commands  # noqa: F401  (registers ``netspace demo``)
 from . import explore as _explore_commands  # noqa: F401  (interpolate, sample-unseen, optimize, export, visualize)
 from . import space as _space_commands  # noqa: F401  (registers ``netspace train|eval ...``)
+from . import sdf as _sdf_commands  # noqa: F401  (registers ``netspace train sdf``)
 from . import zoo as _zoo_commands  # noqa: F401  (registers ``netspace zoo ...``)
 from .base import CliError, cli
 

@@ -35,6 +35,9 @@ class Space:
         from .train import build_space
 
         run = Run.open(run_dir)
+        if run.command == "train sdf":
+            raise ValueError(f"run: {str(run_dir)!r} is an SDF run (train sdf); load it with "
+                             f"netspace_fast.sdf.space.SdfSpace.load")
         cfg = run.config
         p = SpacePreset.from_json(cfg["recipe"])
         height = _height(run)
