@@ -44,11 +44,13 @@ def _summary(z) -> dict:
     archs: dict[str, dict] = {}
     for e in entries:
         a = archs.setdefault(e["architecture"], {"instances": 0, "datasets": set(),
-                                                 "splits": {s: 0 for s in SPLITS}, "test_acc": []})
+                                                 "splits": {s: 0 for s in SPLITS}, "test_acc": [], "sdf": []})
         a["instances"] += 1
-        a["datasets"].add(e["dataset"])
+        a["datasets"].add(e["dataset"] if e["dataset"] is not None else "-")  # SIREN MLPs have no image dataset
         a["splits"][e["split"]] += 1
         a["test_acc"].append(e["test_acc"])
+        if e.get("sdf_within_0.01") is not None:
+            a["sdf"].append(e["sdf_within_0.01"])
     return {
         "path": str(z.path),
         "schema_version": z.manifest["schema_version"],
@@ -57,7 +59,8 @@ def _summary(z) -> dict:
         "splits": per_split,
         "architectures": {
             name: {"instances": a["instances"], "datasets": sorted(a["datasets"]), "splits": a["splits"],
-                   "test_acc": _acc_stats(a["test_acc"])}
+                   "test_acc": _acc_stats(a["test_acc"]),
+                   **({"sdf_within_0.01": _acc_stats(a["sdf"])} if a["sdf"] else {})}
             for name, a in sorted(archs.items())
         },
     }
@@ -82,6 +85,11 @@ def zoo_info(zoo_dir: Path, as_json: bool) -> None:
     for name, a in s["architectures"].items():
         click.echo(f"  {name} [{', '.join(a['datasets'])}]: {a['instances']} instances ("
                    + ", ".join(f"{k} {v}" for k, v in a["splits"].items()) + ")")
+        if "sdf_within_0.01" in a:
+            w = a["sdf_within_0.01"]
+            click.echo(f"    held-out points within 0.01 of the SDF: min {w['min']:.4f}  mean {w['mean']:.4f}  "
+                       f"max {w['max']:.4f}")
+            continue
         acc = a["test_acc"]
         if acc is None:
             click.echo("    test_acc: none recorded")

@@ -242,3 +242,17 @@ def test_accept_small_preset_median_within_001(tmp_path):
     print(f"\nsdf small preset: {len(within)} chairs in {took:.0f} s; held-out within 0.01: median {median:.4f}, "
           f"min {within[0]:.4f}, max {within[-1]:.4f}")
     assert median >= 0.9
+
+
+def test_zoo_info_on_an_sdf_zoo(tmp_path):
+    """`netspace zoo info` on an SDF zoo (no image dataset, no accuracies): the SDF fit quality, no traceback."""
+    m = archs.build("siren")
+    for i, w in enumerate((0.90, 0.96)):
+        write_instance(tmp_path, m, id=f"s{i}", arch="siren", dataset=None, protocol="sdf", seed=i, epoch=10, acc={},
+                       split="train", sdf={"shape": f"s{i}", "sdf_mse": 1e-4, "sdf_within_0.01": w})
+    r = CliRunner().invoke(cli, ["zoo", "info", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "siren [-]: 2 instances" in r.output and "min 0.9000  mean 0.9300  max 0.9600" in r.output
+    r = CliRunner().invoke(cli, ["zoo", "info", str(tmp_path), "--json"])
+    s = json.loads(r.output)["architectures"]["siren"]
+    assert r.exit_code == 0 and s["sdf_within_0.01"]["n"] == 2 and s["test_acc"] is None
