@@ -51,8 +51,10 @@ def interpolate_cmd(run_dir, a, b, steps, out_dir, chunk, device, no_progress) -
         for line in summary_lines(r):
             click.echo(line)
         click.echo(f"done: {r.files['csv']} and {r.files['png']}")
-    else:
-        click.echo(f"done: SDF interpolation written to {str(out_dir)!r}")
+    else:  # an SDF run: meshes, a picture and a CSV (netspace_fast.sdf.mesh.ShapeInterpolation)
+        for line in r.summary_lines():
+            click.echo(line)
+        click.echo(f"done: SDF interpolation (meshes, interpolation.png, interpolation.csv) written to {str(out_dir)!r}")
 
 
 @cli.command("sample-unseen")

@@ -184,3 +184,18 @@ def test_png_shows_evenly_spaced_steps():
     assert len(shown) == 10 and shown[0] == 0 and shown[-1] == 99
     gaps = [b - a for a, b in zip(shown, shown[1:])]
     assert max(gaps) - min(gaps) <= 1
+
+
+def test_netspace_interpolate_cli_on_an_sdf_run(sphere_run, tmp_path):
+    """``netspace interpolate`` hands an SDF run to interpolate_shapes and prints its summary."""
+    from click.testing import CliRunner
+
+    from netspace_fast.cli import cli
+
+    run_dir, set_decoder_output = sphere_run
+    set_decoder_output(sphere_mlp(0.45))
+    r = CliRunner().invoke(cli, ["interpolate", str(run_dir), "--a", "sphere-a", "--b", "sphere-b", "--steps", "5",
+                                 "--out", str(tmp_path / "cli"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "5 of 5 decoded steps give a non-empty closed mesh" in r.output
+    assert (tmp_path / "cli" / "interpolation.png").is_file() and (tmp_path / "cli" / "step_004.ply").is_file()
