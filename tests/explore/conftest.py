@@ -21,8 +21,8 @@ def _few_tensors(name, split, root=None, seed=0):
     return x[:N_IMAGES], y[:N_IMAGES]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _small_splits():
+@pytest.fixture(scope="package", autouse=True)
+def _small_splits():  # package scope: undone when the exploration tests end (the other tests see full splits)
     mp = pytest.MonkeyPatch()
     mp.setattr(data, "tensors", _few_tensors)
     yield
