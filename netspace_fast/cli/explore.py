@@ -4,25 +4,17 @@ records. Every command takes ``--config FILE`` (YAML option values) and ``--devi
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
 
 from .base import CliError, check_device, cli, config_option, device_option, user_errors
+from .space import _fmt
 
 __all__ = ["export_cmd", "interpolate_cmd", "optimize_cmd", "sample_unseen_cmd", "visualize_cmd"]
 
 _RUN = click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 _NO_PROGRESS = click.option("--no-progress", is_flag=True, help="No progress bar.")
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4f}"
-    return str(v)
 
 
 @cli.command("interpolate")

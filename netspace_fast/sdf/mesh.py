@@ -220,14 +220,6 @@ def _shown_steps(steps: int, panels: int) -> list[int]:
     return sorted({round(i * (steps - 1) / (panels - 1)) for i in range(panels)})
 
 
-def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps: expected an int >= 2, got {type(steps).__name__}")
-    if steps < 2:
-        raise ValueError(f"steps: expected an int >= 2 (the two ends included), got {steps}")
-    return steps
-
-
 def interpolate_shapes(run_dir, a: str, b: str, steps: int, out=None, device: str = "cpu", *,
                        resolution: int = 64, bound: float = 1.0, max_panels: int = 12,
                        which: str = "last") -> ShapeInterpolation:
@@ -241,6 +233,8 @@ def interpolate_shapes(run_dir, a: str, b: str, steps: int, out=None, device: st
     weights (default: the paper stops training when the training MLPs reach the target and uses that
     model) or its ``"best"`` (best validation metric) weights."""
     from .space import SdfSpace
+
+    from ..explore.interpolate import _check_steps  # the same rule as netspace interpolate on other runs
 
     steps = _check_steps(steps)
     resolution = _check_resolution(resolution)
