@@ -225,11 +225,12 @@ def test_progress_lines_when_not_a_terminal(tiny_zoo, tmp_path, capsys):
 
 
 def test_space_presets_follow_the_issue():
-    """Issue 9: Single meta-batch 8; Multi 2 and 1 for the unseen presets; the paper's Adam lr 1e-4 and
-    exact configuration (no `space` overrides: E = 4096, width 10,000, the original's bias init)."""
+    """Issue 9: Single meta-batch 8; Multi 2 and 1 for the paper's unseen preset (digits-unseen: 2, so that
+    L_gamma has pairs; see the next test); the paper's Adam lr 1e-4 and exact configuration (no `space`
+    overrides: E = 4096, width 10,000, the original's bias init)."""
     P = space_presets.SPACE_PRESETS
     for name, p in P.items():
-        expected = 8 if p.protocol == "single" else 1 if "unseen" in name else 2
+        expected = 8 if p.protocol == "single" else 1 if name == "cifar10-unseen" else 2
         if "tiny" not in name:
             assert p.meta_batch == expected, name
         if name.startswith(("cifar10", "tinyimagenet")):
@@ -267,3 +268,15 @@ def test_bad_zoos_and_sizes(tiny_zoo, multi_zoo, tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint: the (encoder|decoder)'s weights do not fit this configuration") as e:
         Run.open(run.path).load_weights(enc, dec)
     assert "\n" not in str(e.value)
+
+
+def test_digits_unseen_meta_batch_can_form_an_l_gamma_pair():
+    """The unseen experiment decodes VanillaCNN / ResNet8 from interpolations only because L_gamma
+    trains the ClassId head on interpolated LeNetLike-ResNet32 embeddings: a meta-batch must be able to
+    hold both (at meta-batch 1 the plan is always empty)."""
+    from netspace_fast.space.losses import gamma_plan
+
+    p = space_presets.SPACE_PRESETS["digits-unseen"]
+    assert p.meta_batch >= 2
+    assert [t for _, _, _, t in gamma_plan([0, 3][:p.meta_batch], len(p.archs))] == [1, 2]
+    assert gamma_plan([0], len(p.archs)) == []
