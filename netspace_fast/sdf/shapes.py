@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..storage import atomic_write_bytes
+from ..storage import atomic_write_bytes, sha256_file
 
 __all__ = [
     "MESH_SUFFIXES",
@@ -370,14 +370,6 @@ def _load_mesh(path: Path):
     return mesh
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _unique_ids(names: list[str]) -> list[str]:
     ids, seen = [], set()
     for n in names:
@@ -421,7 +413,7 @@ class MeshShapes(ShapeSet):
         self.seed, self.pool_size, self.heldout_size = int(seed), int(pool_size), int(heldout_size)
         self.names = [p.name for p in self.files]
         self.ids = _unique_ids([p.stem for p in self.files])
-        self.sha = [_sha256(p) for p in self.files]
+        self.sha = [sha256_file(p) for p in self.files]
         for i, p in enumerate(self.files):  # fail early, naming the file (a cached mesh was read before)
             cached = self._cache_path(i)
             if cached is None or not cached.is_file():
@@ -527,7 +519,7 @@ class NpzShapes(ShapeSet):
         self.seed, self.heldout_fraction, self.max_heldout = int(seed), float(heldout_fraction), int(max_heldout)
         self.names = [p.name for p in self.files]
         self.ids = _unique_ids([p.stem for p in self.files])
-        self.sha = [_sha256(p) for p in self.files]
+        self.sha = [sha256_file(p) for p in self.files]
         for p in self.files:
             _read_samples(p)
 
