@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -207,11 +208,16 @@ def zoo_import(lists: tuple[Path, ...], out_dir: Path, root: Path | None, base: 
               help="Fitting preset: small (minutes on 2 CPU cores), paper (1,000 shapes, the original protocol), "
                    "tiny (smoke test).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of shapes, initializations and samples.")
+@click.option("--init", type=click.Choice(["shared", "per-shape"]), default=None,
+              help="Initialization of the networks: one random SIREN for all (shared; the small preset: NetSpace "
+                   "learns such a zoo much faster) or one per shape (per-shape; the original code, the paper "
+                   "preset). Default: the preset's.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Fitting device.")
 @click.option("--no-progress", is_flag=True, help="Do not show progress.")
 @config_option
-def zoo_fit_sdf(shapes: str, out_dir: Path, preset: str, seed: int, device: str, no_progress: bool) -> None:
+def zoo_fit_sdf(shapes: str, out_dir: Path, preset: str, seed: int, init: str | None, device: str,
+                no_progress: bool) -> None:
     """Fit one SIREN MLP per shape to its signed distances (K networks at once) into the zoo --out.
 
     Resumable after a kill (rerun the same command); the manifest records each network's shape,
@@ -228,9 +234,10 @@ def zoo_fit_sdf(shapes: str, out_dir: Path, preset: str, seed: int, device: str,
 
     if settings.tune_malloc_in_cli():
         settings.tune_malloc()
+    recipe = SDF_PRESETS[preset] if init is None else dataclasses.replace(SDF_PRESETS[preset], init=init)
     try:
         with user_errors():
-            fit_sdf_zoo(out_dir, shapes, preset, seed=seed, device=device, progress=not no_progress)
+            fit_sdf_zoo(out_dir, shapes, recipe, seed=seed, device=device, progress=not no_progress)
     except KeyboardInterrupt:
         click.echo(f"interrupted; networks completed so far are kept in {str(out_dir)!r}", err=True)
         sys.exit(130)

@@ -52,11 +52,11 @@ from ..prep import pack_preps
 from ..prep.layout import PRepLayout, unpack_prep
 from ..storage import atomic_write_bytes
 from ..zoo import format as zoo_format
-from .presets import SDF_PRESETS, SdfPreset
+from .presets import INITS, SDF_PRESETS, SdfPreset
 from .shapes import ShapeSet, open_shapes
 
-__all__ = ["KERNELS", "PREP_WIDTH", "WITHIN", "SirenFitter", "SirenStack", "fit_sdf_zoo", "network_seed",
-           "siren_forward"]
+__all__ = ["INITS", "KERNELS", "PREP_WIDTH", "WITHIN", "SirenFitter", "SirenStack", "fit_sdf_zoo", "network_seed",
+           "shared_init_seed", "siren_forward"]
 
 SIREN = archs.spec("siren")
 PREP_WIDTH = 64
@@ -165,8 +165,14 @@ def full_fp32():
 
 
 def network_seed(seed: int, index: int) -> int:
-    """The initialization seed of shape ``index``'s network (its sampling generator uses this + 1)."""
+    """The seed of shape ``index``'s network: its initialization (unless the zoo shares one, see
+    :func:`shared_init_seed`) and, + 1, its sampling generator."""
     return int(seed) * 1_000_003 + int(index)
+
+
+def shared_init_seed(seed: int) -> int:
+    """The initialization seed of every network of a zoo fitted with ``init="shared"``."""
+    return int(seed) * 1_000_003 - 1
 
 
 def _init_preps(seeds: list[int]) -> torch.Tensor:
@@ -189,12 +195,15 @@ def _adam(param: torch.Tensor, lr: float) -> torch.optim.Adam:
 class SirenFitter:
     """K SIRENs, one per shape ``indices[k]`` of ``shapes``, fitted together.
 
-    Network k is initialized from :func:`network_seed` ``(seed, indices[k])`` and draws its points
-    with its own generator, so a network's trajectory does not depend on which others share its
-    group (batched == one at a time, tested). ``lr_at(t)`` = lr * lr_decay ** (t // decay_every)."""
+    Network k is initialized from :func:`network_seed` ``(seed, indices[k])`` (``init="per-shape"``,
+    each its own random SIREN) or from :func:`shared_init_seed` ``(seed)`` (``init="shared"``: every
+    network starts from the same random SIREN), and draws its points with its own generator, so a
+    network's trajectory does not depend on which others share its group (batched == one at a time,
+    tested). ``lr_at(t)`` = lr * lr_decay ** (t // decay_every)."""
 
     def __init__(self, shapes: ShapeSet, indices, *, seed: int = 0, lr: float = 1e-4, lr_decay: float = 0.9,
-                 decay_every: int = 1_000, points: int = 20_000, device="cpu", kernel: str | None = None) -> None:
+                 decay_every: int = 1_000, points: int = 20_000, device="cpu", kernel: str | None = None,
+                 init: str = "per-shape") -> None:
         if not isinstance(shapes, ShapeSet):
             raise TypeError(f"shapes: expected a ShapeSet (netspace_fast.sdf.shapes), got {type(shapes).__name__}")
         self.indices = [shapes._check_index(i) for i in indices]
@@ -204,6 +213,8 @@ class SirenFitter:
             raise ValueError(f"points: expected a positive int, got {points!r}")
         if not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
+        if init not in INITS:
+            raise ValueError(f"init: expected one of {INITS}, got {init!r}")
         self.device = torch.device(device)
         self.kernel = default_kernel(self.device) if kernel is None else kernel
         if self.kernel not in KERNELS:
@@ -211,7 +222,9 @@ class SirenFitter:
         self.shapes, self.seed = shapes, int(seed)
         self.lr, self.lr_decay, self.decay_every, self.points = float(lr), float(lr_decay), int(decay_every), points
         self.seeds = [network_seed(seed, i) for i in self.indices]
-        self.preps = _init_preps(self.seeds).to(self.device).requires_grad_()
+        self.init = init
+        self.init_seeds = self.seeds if init == "per-shape" else [shared_init_seed(seed)] * len(self.seeds)
+        self.preps = _init_preps(self.init_seeds).to(self.device).requires_grad_()
         self.opt = _adam(self.preps, self.lr)
         self.gens = [torch.Generator().manual_seed(s + 1) for s in self.seeds]
         self.step = 0
@@ -278,6 +291,8 @@ class SirenFitter:
             tensors["exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
         info = {"format": _CKPT_FORMAT, "step": self.step, "adam_step": float(st["step"]) if st else 0.0,
                 "indices": self.indices, "seeds": self.seeds, "meta": meta or {}}
+        if self.init != "per-shape":
+            info["init_seeds"] = self.init_seeds
         return st_save(tensors, metadata={"netspace_sdf_fit": json.dumps(info, sort_keys=True)})
 
     def load_state_bytes(self, data: bytes, path: str = "checkpoint") -> dict:
@@ -290,7 +305,8 @@ class SirenFitter:
         except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as e:
             raise ValueError(f"{path}: not a SIREN fit checkpoint ({type(e).__name__}: {e}); delete it to "
                              f"restart this group") from None
-        if info.get("format") != _CKPT_FORMAT or info.get("indices") != self.indices or info.get("seeds") != self.seeds:
+        if (info.get("format") != _CKPT_FORMAT or info.get("indices") != self.indices or info.get("seeds") != self.seeds
+                or info.get("init_seeds", self.seeds) != self.init_seeds):
             raise ValueError(f"{path}: checkpoint of other networks (indices {info.get('indices')}, expected "
                              f"{self.indices}); delete it to restart this group")
         if tuple(tensors["preps"].shape) != tuple(self.preps.shape):
@@ -364,7 +380,7 @@ def fit_sdf_zoo(out_dir, shapes="procedural", preset: str | SdfPreset = "small",
             _log(progress, f"group {gi + 1}/{len(groups)}: all {len(idx)} networks already in the zoo")
             continue
         fitter = SirenFitter(shapeset, idx, seed=seed, lr=p.lr, lr_decay=p.lr_decay, decay_every=p.decay_every,
-                             points=p.points, device=device, kernel=kernel)
+                             points=p.points, device=device, kernel=kernel, init=p.init)
         ckpt = out / ".checkpoints" / f"sdf-{gi:04d}.safetensors"
         if ckpt.exists():
             fitter.load_state_bytes(ckpt.read_bytes(), str(ckpt))

@@ -2,20 +2,26 @@
 trained on a zoo of SIREN SDF networks with the SDF loss.
 
 - A step: a meta-batch of B input MLPs (PReps) is encoded and decoded; the input and the decoded
-  MLPs are queried at the SAME N points, drawn uniformly in the bounding cube [-1, 1]^3 (the box the
-  shapes are normalized into), each set of B networks by ONE :func:`netspace_fast.batched_forward`
-  call (the input MLPs' outputs without gradient); loss = MSE between the two outputs, averaged over
-  points and networks.
+  MLPs are queried at the SAME points, each set of B networks by ONE
+  :func:`netspace_fast.batched_forward` call (the input MLPs' outputs without gradient); loss = MSE
+  between the two outputs, averaged over points and networks. ``points_from``: ``"uniform"`` (the
+  small preset): N points uniform in the bounding cube [-1, 1]^3 (the box the shapes are normalized
+  into), shared by the B networks; ``"shapes"`` (the original code, ``data/mlpdset.py``, and the
+  paper preset): each MLP's own N points drawn from its shape's SDF samples (the zoo's shapes,
+  rebuilt from its configuration by :func:`zoo_shapes`; DeepSDF files: half ``pos``, half ``neg``),
+  so mostly near the surface.
 - Metric (the paper's): the fraction of points where |decoded - input| <= ``tolerance`` (0.01),
   per network; :func:`within_fraction`. At every validation epoch it is computed for every training
-  and every validation MLP on a fixed set of ``eval_points`` uniform points (seeded by the run's
-  seed, the same at every validation), and averaged over the networks: ``train_within`` and
+  and every validation MLP on fixed points, the same at every validation (:func:`metric_points`:
+  ``eval_points`` uniform points seeded by the run's seed, or each MLP's first ``eval_points``
+  held-out points of its shape), and averaged over the networks: ``train_within`` and
   ``val_within``. Training stops when ``train_within`` reaches ``target`` (0.8 in the paper) or
   after the epoch budget; the weights with the best ``val_within`` are kept (``best.json``).
 - An epoch (our definition: there is no image set): ``passes`` passes over the training MLPs, each
   a random permutation cut into meta-batches of ``meta_batch`` (the last one smaller when
   ``meta_batch`` does not divide the number of training MLPs), every meta-batch with fresh points.
-  The paper preset uses one pass (125 steps per epoch on its 1,000 MLPs at meta-batch 8).
+  The paper preset uses one pass (250 steps per epoch on its 1,000 MLPs at the original's
+  meta-batch 4, 50,000 points per MLP: ``train_mlps.py``).
 - Resumable like the other NetSpace runs (:class:`netspace_fast.space.run.Run`: ``run.json``,
   ``state.json``, safetensors checkpoints, ``best.safetensors`` + ``best.json``; command
   ``"train sdf"``, recipe protocol ``"sdf"``): the permutation and the points of epoch e come from a
@@ -29,7 +35,12 @@ trained on a zoo of SIREN SDF networks with the SDF loss.
   :class:`netspace_fast.space.nets.ScaleLayer`'s initialization. ``prep_lr``: the scale layer's
   own learning rate (its bias is a set of network weights, ~0.005 for SIREN's hidden layers);
   ``lr_decay``: both learning rates times ``lr_decay`` per epoch (a function of the epoch:
-  resume-safe). The small preset's sizes and factors are measured, see ``SDF_SPACE_PRESETS``.
+  resume-safe). ``prep_init="mean"`` (the small preset, for zoos fitted from one shared SIREN
+  initialization, :mod:`netspace_fast.sdf.presets`): the bias starts as the mean training PRep, so
+  the decoder learns each MLP's difference from the mean; ``center``: the encoder sees each PRep
+  minus that mean (:class:`CenteredEncoder`; otherwise the first layer's values, ~100x the hidden
+  layers' and nearly the same in every MLP of such a zoo, dominate the encoder's maxima). The small
+  preset's sizes and factors are measured, see ``SDF_SPACE_PRESETS``.
 
 Python: :func:`train_sdf_space`, :func:`sdf_step`, :func:`within_fraction`, :class:`SdfSpace`
 (``SdfSpace.load(run_dir)``: encode, decode, the zoo's PReps).
@@ -52,13 +63,16 @@ from ..prep import PRepLayout, pack_preps
 from ..space.nets import Decoder, Encoder, SpaceConfig
 from ..space.run import Run
 
-__all__ = ["SDF_ARCH", "SDF_SPACE_PRESETS", "SdfData", "SdfSpacePreset", "SdfSpace", "SdfStep", "build_sdf_space",
-           "eval_points", "load_sdf_data", "sdf_step", "train_sdf_space", "uniform_points", "within_fraction"]
+__all__ = ["SDF_ARCH", "SDF_SPACE_PRESETS", "CenteredEncoder", "SdfData", "SdfSpacePreset", "SdfSpace", "SdfStep",
+           "build_sdf_space", "eval_points", "load_sdf_data", "metric_points", "sdf_step", "step_points",
+           "train_sdf_space", "uniform_points", "within_fraction", "zoo_shapes"]
 
 SDF_ARCH = "siren"
 COMMAND = "train sdf"
 TOLERANCE = 0.01  # the paper's "sufficiently close"
 BOUND = 1.0  # points are drawn in [-BOUND, BOUND]^3
+PREP_INITS = ("paper", "siren", "mean")  # the decoder's scale-layer bias at the start (module doc)
+POINTS_FROM = ("uniform", "shapes")  # where a step's query points come from (module doc)
 
 
 def _check_target(target) -> float:
@@ -89,6 +103,8 @@ class SdfSpacePreset:
     prep_lr: float = 0.0  #: > 0: the learning rate of the decoder's scale layer (0: ``lr``, the paper)
     lr_decay: float = 1.0  #: both learning rates multiplied by this after every epoch (1: constant, the paper)
     prep_init: str = "paper"
+    center: bool = False  #: the encoder sees each PRep minus the training MLPs' mean PRep (module doc)
+    points_from: str = "uniform"  #: "uniform" (the cube) or "shapes" (each MLP's shape samples; module doc)
     space: dict = field(default_factory=dict)
     protocol: str = "sdf"
 
@@ -99,8 +115,10 @@ class SdfSpacePreset:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError(f"lr_decay: expected a factor in (0, 1], got {self.lr_decay!r}")
-        if self.prep_init not in ("paper", "siren"):
-            raise ValueError(f"prep_init: expected 'paper' or 'siren', got {self.prep_init!r}")
+        if self.points_from not in POINTS_FROM:
+            raise ValueError(f"points_from: expected one of {POINTS_FROM}, got {self.points_from!r}")
+        if self.prep_init not in PREP_INITS:
+            raise ValueError(f"prep_init: expected one of {PREP_INITS}, got {self.prep_init!r}")
         _check_target(self.target)
 
     def lr_at(self, epoch: int) -> tuple[float, float]:
@@ -116,29 +134,38 @@ class SdfSpacePreset:
         return asdict(self)
 
 
-# The small preset (our design; measured on 2 CPU cores shared with other jobs): E = 1024, PReps of
-# width 1024 (68 rows for 67,073 values), a SIREN-initialized scale-layer bias, the encoder's input
-# multiplied by 3000 (SIREN weights are ~0.005: at the digits presets' factor 30 the decoder's
-# features differ by ~5% between MLPs and every decoded MLP stays near one shape; 12 MLPs, 450 steps:
-# 0.15 within 0.01 at 30, 0.35 at 300, 0.68 at 1000), decoder channels doubled (dec_b 128, dec_c 64:
-# 18 fitted chairs plateau at 0.44 with 64/32 and 1000), lr 1e-3 for the convolutions, 2e-4 for the
-# scale layer (its bias IS the decoded weights), x0.98 per epoch; an epoch is 4 passes over the
-# training MLPs. On the fit-sdf small zoo (18 training chairs) it reaches 0.65 (not the paper's 0.8)
-# after its 150 epochs (3,000 steps, 47 min).
+# The small preset (our design; measured on 2 CPU cores, BENCHMARKS.md): E = 1024, PReps of width 1024
+# (68 rows for 67,073 values); the points of each MLP drawn from its own shape's samples, as the
+# original does (uniform points in the cube reach 0.8 too, at epoch ~140 instead of ~65, but the
+# decoded chairs are blobs: the uniform metric says little about the surface); for zoos fitted from
+# one shared SIREN initialization (the fit-sdf small preset): the scale-layer bias starts as the mean
+# training PRep and the encoder sees each PRep minus it (module doc), its input multiplied by 3000
+# (the MLPs' differences are ~0.003 per weight; 1000: 0.47 within 0.01 after 40 epochs against 0.53
+# at 3000, uniform points), decoder channels doubled (dec_b 128, dec_c 64: 18 fitted chairs plateau
+# at 0.44 with 64/32), lr 1e-3 for the convolutions, 2e-4 for the scale layer (its bias IS the
+# decoded weights; 5e-5: smoother, 0.8 at epoch 170 instead of 140, uniform points), x0.99 per epoch;
+# an epoch is 4 passes over the training MLPs. On the fit-sdf small zoo (18 training chairs) it
+# reaches 0.8 at epoch ~65 (~2 minutes). With a zoo fitted per shape (every MLP its own random
+# initialization) the same recipe on uniform points stalls at 0.38, and a SIREN-initialized bias
+# (the previous small preset) reached 0.65 after 150 epochs.
 _SMALL = {"embed": 1024, "view": 32, "dec_a": 16, "dec_b": 128, "dec_c": 64, "prep_scale": 3000.0}
 _TINY = {"embed": 256, "view": 16, "dec_a": 8, "dec_b": 16, "dec_c": 8, "prep_scale": 1000.0}
 
 SDF_SPACE_PRESETS: dict[str, SdfSpacePreset] = {
-    "sdf-small": SdfSpacePreset("NetSpace on a few dozen SIREN MLPs (CPU, minutes)", 1024, epochs=150, meta_batch=4,
-                                points=2048, lr=1e-3, prep_lr=2e-4, lr_decay=0.98, passes=4, val_every=5,
-                                eval_points=4096, prep_init="siren", space=_SMALL),
+    "sdf-small": SdfSpacePreset("NetSpace on a few dozen SIREN MLPs (CPU, minutes)", 1024, epochs=300, meta_batch=4,
+                                points=2048, lr=1e-3, prep_lr=2e-4, lr_decay=0.99, passes=4, val_every=5,
+                                eval_points=4096, prep_init="mean", center=True, points_from="shapes",
+                                space=_SMALL),
     "sdf-tiny": SdfSpacePreset("smoke test: a tiny SDF space, 3 epochs", 1024, epochs=3, meta_batch=2, points=256,
                                lr=1e-3, prep_lr=2e-4, eval_points=1024, prep_init="siren", space=_TINY),
-    # the paper (seed Sec. V): SpaceConfig.paper, meta-batch 8, Adam 1e-4, stop at 0.8 (4,000 epochs for
-    # its figures); points per step as its zoo fitting (20,000)
-    "sdf-paper": SdfSpacePreset("NetSpace on 1,000 chair MLPs (paper: E = 4096, width 10,000, meta-batch 8, Adam "
-                                "1e-4, up to 4,000 epochs, stop at 0.8)", 10_000, epochs=4000, meta_batch=8,
-                                points=20_000, lr=1e-4, val_every=10, eval_points=100_000),
+    # the paper (seed Sec. V) as the original code runs it (train_mlps.py, trainers/mlps.py): SpaceConfig.paper
+    # (PReps 8 x 10,000), meta-batch 4, Adam 1e-4, 50,000 points per MLP per step drawn from its shape's
+    # samples (half pos, half neg), stop at 0.8 (4,000 epochs for its figures); the metric on each MLP's
+    # held-out shape points (20,000 with the paper fit-sdf preset)
+    "sdf-paper": SdfSpacePreset("NetSpace on 1,000 chair MLPs (paper: E = 4096, width 10,000, meta-batch 4, Adam "
+                                "1e-4, 50,000 shape points per MLP, up to 4,000 epochs, stop at 0.8)", 10_000,
+                                epochs=4000, meta_batch=4, points=50_000, lr=1e-4, val_every=10, eval_points=20_000,
+                                points_from="shapes"),
 }
 DEFAULT_PRESET = "sdf-small"
 
@@ -166,21 +193,22 @@ def within_fraction(decoded: torch.Tensor, inputs: torch.Tensor, points: torch.T
                     tolerance: float = TOLERANCE, chunk: int = 16, point_chunk: int = 16384) -> torch.Tensor:
     """The paper's metric per network (B,): the fraction of ``points`` (N, 3) where the decoded MLP
     ``decoded[b]`` and the input MLP ``inputs[b]`` (SIREN PReps (B, H, W)) differ by at most
-    ``tolerance``. Both sets evaluated by batched calls of ``chunk`` networks x ``point_chunk``
-    points."""
+    ``tolerance``; with ``points`` (B, N, 3), network b's own points ``points[b]``. Both sets
+    evaluated by batched calls of ``chunk`` networks x ``point_chunk`` points."""
     if not isinstance(decoded, torch.Tensor) or not isinstance(inputs, torch.Tensor):
         raise TypeError("decoded, inputs: expected PRep batches (B, H, W) as Tensors")
     if decoded.dim() != 3 or inputs.dim() != 3 or decoded.shape[0] != inputs.shape[0]:
         raise ValueError(f"decoded, inputs: expected two PRep batches (B, H, W) of the same B, got "
                          f"{tuple(decoded.shape)} and {tuple(inputs.shape)}")
-    if points.dim() != 2 or points.shape[1] != 3:
-        raise ValueError(f"points: expected (N, 3), got {tuple(points.shape)}")
+    shared = points.dim() == 2
+    if not (points.dim() in (2, 3) and points.shape[-1] == 3 and (shared or points.shape[0] == decoded.shape[0])):
+        raise ValueError(f"points: expected (N, 3) or ({decoded.shape[0]}, N, 3), got {tuple(points.shape)}")
     spec = _sdf_spec()
-    B, N = decoded.shape[0], points.shape[0]
+    B, N = decoded.shape[0], points.shape[-2]
     hits = torch.zeros(B, dtype=torch.float64)
     for s in range(0, B, chunk):
         for p in range(0, N, point_chunk):
-            x = points[p:p + point_chunk]
+            x = points[p:p + point_chunk] if shared else points[s:s + chunk, p:p + point_chunk]
             a = batched_forward(spec, decoded[s:s + chunk], x)
             b = batched_forward(spec, inputs[s:s + chunk], x)
             hits[s:s + chunk] += ((a - b).abs() <= tolerance).sum((1, 2)).double().cpu()
@@ -197,8 +225,9 @@ class SdfStep:
 
 def sdf_step(encoder: Encoder, decoder: Decoder, preps: torch.Tensor, points: torch.Tensor, *,
              tolerance: float = TOLERANCE) -> SdfStep:
-    """The SDF loss of a meta-batch ``preps`` (B, H, W) of SIREN MLPs at ``points`` (N, 3): the input
-    MLPs (ONE batched call, no gradient) and the decoded MLPs (ONE batched call) at the same points."""
+    """The SDF loss of a meta-batch ``preps`` (B, H, W) of SIREN MLPs at ``points`` (N, 3), or at
+    per-network points (B, N, 3): the input MLPs (ONE batched call, no gradient) and the decoded MLPs
+    (ONE batched call) at the same points."""
     if preps.dim() != 3:
         raise ValueError(f"preps: expected a meta-batch (B, H, W), got {tuple(preps.shape)}")
     spec = _sdf_spec()
@@ -221,6 +250,40 @@ class SdfData:
     ids: dict[str, list[str]]  #: split -> instance ids
     preps: dict[str, torch.Tensor]  #: split -> (B, H, W) PReps
     height: int
+    shapes: object = None  #: the zoo's ShapeSet (``points_from="shapes"`` only)
+    shape_index: dict = field(default_factory=dict)  #: split -> each MLP's shape index in ``shapes``
+
+
+def zoo_shapes(zoo_dir):
+    """The :class:`~netspace_fast.sdf.shapes.ShapeSet` an SDF zoo was fitted on, rebuilt from its
+    configuration (procedural chairs regenerated; mesh and .npz folders reread, mesh samples from the
+    zoo's cache) and checked against it: a zoo without recorded shapes, a folder that is gone or
+    whose files changed since fitting is a ValueError naming it."""
+    from ..zoo.format import Zoo
+    from .shapes import MeshShapes, NpzShapes, ProceduralChairs
+
+    cfg = Zoo.open(zoo_dir).config
+    d = cfg.get("shapes") if isinstance(cfg, dict) else None
+    if not isinstance(d, dict) or "source" not in d:
+        raise ValueError(f"zoo: {str(zoo_dir)!r} records no shapes (a zoo of `netspace zoo fit-sdf` does); "
+                         f"points_from='shapes' needs them")
+    try:
+        if d["source"] == "procedural":
+            shapes = ProceduralChairs(d["n"], d["seed"], pool_size=d["pool_size"], heldout_size=d["heldout_size"])
+        elif d["source"] == "meshes":
+            shapes = MeshShapes(d["folder"], cache_dir=Path(zoo_dir) / ".sdf_cache", seed=d["seed"],
+                                pool_size=d["pool_size"], heldout_size=d["heldout_size"])
+        elif d["source"] == "deepsdf-npz":
+            shapes = NpzShapes(d["folder"], seed=d["seed"], heldout_fraction=d["heldout_fraction"],
+                               max_heldout=d["max_heldout"])
+        else:
+            raise ValueError(f"unknown shape source {d['source']!r}")
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"zoo: the shapes of {str(zoo_dir)!r} cannot be reopened ({type(e).__name__}: {e})") from None
+    if shapes.describe() != d:
+        raise ValueError(f"zoo: the shapes of {str(zoo_dir)!r} changed since fitting (folder "
+                         f"{d.get('folder', d['source'])!r})")
+    return shapes
 
 
 def check_sdf_zoo(zoo, zoo_dir) -> None:
@@ -233,8 +296,9 @@ def check_sdf_zoo(zoo, zoo_dir) -> None:
                          f"fit-sdf), this zoo holds {', '.join(found)} networks")
 
 
-def load_sdf_data(zoo_dir, width: int, splits=("train", "val"), device="cpu") -> SdfData:
-    """The SIREN PReps of ``splits`` of an SDF zoo; a non-SDF zoo or an empty split is a ValueError."""
+def load_sdf_data(zoo_dir, width: int, splits=("train", "val"), device="cpu", with_shapes: bool = False) -> SdfData:
+    """The SIREN PReps of ``splits`` of an SDF zoo (and, ``with_shapes``, its shapes: :func:`zoo_shapes`);
+    a non-SDF zoo or an empty split is a ValueError."""
     from ..zoo.format import Zoo
 
     zoo = Zoo.open(zoo_dir)
@@ -247,16 +311,47 @@ def load_sdf_data(zoo_dir, width: int, splits=("train", "val"), device="cpu") ->
             raise ValueError(f"zoo: split {split!r} of {str(zoo_dir)!r} has no {SDF_ARCH} MLPs (train sdf needs "
                              f"training and validation MLPs)")
         preps[split] = zoo.preps(split, SDF_ARCH, width, height).to(device)
-    return SdfData(ids, preps, height)
+    data = SdfData(ids, preps, height)
+    if with_shapes:
+        data.shapes = zoo_shapes(zoo_dir)
+        where = {id: i for i, id in enumerate(data.shapes.ids)}
+        for split, names in ids.items():
+            missing = [n for n in names if n not in where]
+            if missing:
+                raise ValueError(f"zoo: instance {missing[0]!r} of {str(zoo_dir)!r} is none of its shapes")
+            data.shape_index[split] = [where[n] for n in names]
+    return data
 
 
-def build_sdf_space(preset: SdfSpacePreset, seed: int, device="cpu") -> tuple[Encoder, Decoder]:
+class CenteredEncoder(Encoder):
+    """The NetSpace encoder applied to ``prep - center`` (``center``: a buffer (H, W), saved with the
+    weights): the mean of the training PReps, set once when a run starts (``SdfSpacePreset.center``)."""
+
+    def __init__(self, config: SpaceConfig) -> None:
+        super().__init__(config)
+        self.register_buffer("center", torch.zeros(config.height, config.width))
+
+    def forward(self, preps: torch.Tensor) -> torch.Tensor:
+        return super().forward(preps - self.center)
+
+
+def build_sdf_space(preset: SdfSpacePreset, seed: int, device="cpu",
+                    train_preps: torch.Tensor | None = None) -> tuple[Encoder, Decoder]:
     """The encoder and decoder of a run (seeded); ``prep_init="siren"`` puts a SIREN-initialized PRep
-    into the decoder's scale-layer bias (module doc)."""
+    into the decoder's scale-layer bias, ``"mean"`` the mean of ``train_preps`` (module doc; a
+    checkpoint loaded afterwards replaces either)."""
     height = PRepLayout.for_spec(_sdf_spec(), preset.width).height
     cfg = SpaceConfig(height, preset.width, **preset.space)
     torch.manual_seed(seed)
-    enc, dec = Encoder(cfg), Decoder(cfg)
+    enc, dec = (CenteredEncoder(cfg) if preset.center else Encoder(cfg)), Decoder(cfg)
+    mean = None
+    if train_preps is not None and (preset.prep_init == "mean" or preset.center):
+        if train_preps.dim() != 3 or tuple(train_preps.shape[1:]) != (height, preset.width):
+            raise ValueError(f"train_preps: expected PReps (B, {height}, {preset.width}), got "
+                             f"{tuple(train_preps.shape)}")
+        mean = train_preps.detach().float().mean(0).cpu()
+        if preset.center:
+            enc.center.copy_(mean)
     if preset.prep_init == "siren":
         g = torch.Generator().manual_seed(seed * 1_000_003 + 7)
         with torch.random.fork_rng(devices=[]):
@@ -264,6 +359,9 @@ def build_sdf_space(preset: SdfSpacePreset, seed: int, device="cpu") -> tuple[En
             init = pack_preps([archs.build(SDF_ARCH)], preset.width, height)[0].detach()
         with torch.no_grad():
             dec.scalelayer.bias.copy_(init)
+    elif preset.prep_init == "mean" and mean is not None:
+        with torch.no_grad():
+            dec.scalelayer.bias.copy_(mean)
     return enc.to(device), dec.to(device)
 
 
@@ -298,6 +396,8 @@ def train_sdf_space(run_dir, zoo_dir, preset: str | None = None, *, seed: int = 
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} was asked for, but no CUDA device is available")
     check_sdf_zoo(Zoo.open(zoo_dir), zoo_dir)  # before a run folder is created
+    if p.points_from == "shapes":
+        zoo_shapes(zoo_dir)
     config = {"zoo": str(Path(zoo_dir).resolve()), "preset": name, "recipe": p.to_json(), "archs": [SDF_ARCH],
               "protocol": "sdf", "seed": seed, "epochs": n_epochs, "target": target, "root": None}
     writer = tensorboard_writer(tensorboard)  # a missing package: before any work
@@ -328,13 +428,37 @@ def _batches(n: int, meta_batch: int, passes: int, g: torch.Generator) -> list[t
     return out
 
 
-def _evaluate(enc, dec, data: SdfData, points: torch.Tensor, tolerance: float) -> dict:
+def step_points(p: SdfSpacePreset, g: torch.Generator, data: SdfData, nets: torch.Tensor, device) -> torch.Tensor:
+    """A step's query points: (points, 3) uniform in the cube, or (B, points, 3), each training MLP
+    ``nets[b]``'s own draw from its shape's samples (``points_from="shapes"``)."""
+    if p.points_from == "uniform":
+        return uniform_points(p.points, g, device)
+    index = data.shape_index["train"]
+    return torch.stack([data.shapes.sample(index[int(k)], p.points, g)[0] for k in nets]).to(device)
+
+
+def metric_points(p: SdfSpacePreset, seed: int, data: SdfData, device) -> dict[str, torch.Tensor]:
+    """Each split's fixed metric points: :func:`eval_points` (uniform), or per MLP the first
+    ``eval_points`` held-out points of its shape (``points_from="shapes"``; fewer when a shape has
+    fewer)."""
+    if p.points_from == "uniform":
+        x = eval_points(p, seed, device)
+        return {split: x for split in data.preps}
+    out = {}
+    for split, index in data.shape_index.items():
+        held = [data.shapes.heldout(i)[0] for i in index]
+        n = min([p.eval_points] + [h.shape[0] for h in held])
+        out[split] = torch.stack([h[:n] for h in held]).to(device)
+    return out
+
+
+def _evaluate(enc, dec, data: SdfData, points: dict[str, torch.Tensor], tolerance: float) -> dict:
     """Mean metric and MSE of the decoded training and validation MLPs on the fixed points."""
     out = {}
     with torch.no_grad():
         for split, preps in data.preps.items():
             decoded = torch.cat([dec(enc(preps[s:s + 16])) for s in range(0, preps.shape[0], 16)])
-            w = within_fraction(decoded, preps, points, tolerance=tolerance)
+            w = within_fraction(decoded, preps, points[split], tolerance=tolerance)
             out[f"{split}_within"] = float(w.mean())
             out[f"{split}_within_min"] = float(w.min())
     return out
@@ -346,14 +470,14 @@ def _train_loop(run: Run, zoo_dir, p: SdfSpacePreset, seed: int, n_epochs: int, 
     if state.get("stopped") == "target":
         _log(progress, f"the run reached its target ({target}) at epoch {state['epoch']}; nothing to do")
         return
-    data = load_sdf_data(zoo_dir, p.width, device=device)
-    enc, dec = build_sdf_space(p, seed, device)
+    data = load_sdf_data(zoo_dir, p.width, device=device, with_shapes=p.points_from == "shapes")
+    enc, dec = build_sdf_space(p, seed, device, train_preps=data.preps["train"])
     params = list(enc.parameters()) + list(dec.parameters())
     opt = torch.optim.Adam(param_groups(enc, dec, p), lr=p.lr)
     if run.state() is not None:
         state = run.load_checkpoint(enc, dec, opt)
         _log(progress, f"resuming after epoch {state['epoch']}")
-    fixed = eval_points(p, seed, device)
+    fixed = metric_points(p, seed, data, device)
     preps = data.preps["train"]
     bar = progress_bar(progress, "NetSpace sdf", state["epoch"], n_epochs)
     for epoch in range(state["epoch"] + 1, n_epochs + 1):
@@ -363,7 +487,7 @@ def _train_loop(run: Run, zoo_dir, p: SdfSpacePreset, seed: int, n_epochs: int, 
         g = torch.Generator().manual_seed(seed * 1_000_003 + 1_000 + epoch)
         losses, within = [], []
         for nets in _batches(preps.shape[0], p.meta_batch, p.passes, g):
-            x = uniform_points(p.points, g, device)
+            x = step_points(p, g, data, nets, device)
             out = sdf_step(enc, dec, preps[nets.to(preps.device)], x, tolerance=p.tolerance)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()

@@ -116,6 +116,53 @@ def test_checkpoint_round_trip_is_bit_identical(chairs):
         other.load_state_bytes(b"garbage", "ck.safetensors")
 
 
+def test_shared_init_starts_every_network_from_one_siren(chairs):
+    shared = SirenFitter(chairs, [0, 2], points=64, seed=3, init="shared")
+    p = shared.preps.detach()
+    assert torch.equal(p[0], p[1])
+    per = SirenFitter(chairs, [0, 2], points=64, seed=3)
+    assert not torch.equal(per.preps[0], per.preps[1])
+    # the shared init is the zoo seed's, whatever the group: a group of one starts the same
+    assert torch.equal(SirenFitter(chairs, [1], points=64, seed=3, init="shared").preps.detach()[0], p[0])
+    assert not torch.equal(SirenFitter(chairs, [1], points=64, seed=4, init="shared").preps.detach()[0], p[0])
+    # each network still draws its own points: the two trajectories part
+    shared.train_step()
+    assert not torch.equal(shared.preps[0], shared.preps[1])
+    # a per-shape checkpoint does not resume a shared group (and the other way round)
+    with pytest.raises(ValueError, match="other networks"):
+        SirenFitter(chairs, [0, 2], points=64, seed=3, init="shared").load_state_bytes(per.state_bytes(), "ck")
+    with pytest.raises(ValueError, match="other networks"):
+        per.load_state_bytes(shared.state_bytes(), "ck")
+    with pytest.raises(ValueError, match="init: expected one of"):
+        SirenFitter(chairs, [0], init="same")
+    with pytest.raises(ValueError, match="init: expected one of"):
+        SDF_PRESETS["tiny"].__class__(**{**SDF_PRESETS["tiny"].config(), "split": (0.0, 0.5), "init": "x"})
+
+
+def test_shared_init_zoo_records_it(tmp_path):
+    import dataclasses
+
+    p = dataclasses.replace(SDF_PRESETS["tiny"], init="shared", steps=2, checkpoint_every=1)
+    fit_sdf_zoo(tmp_path / "zoo", ProceduralChairs(2, seed=0, pool_size=500, heldout_size=50), p, seed=5,
+                progress=False)
+    z = Zoo.open(tmp_path / "zoo")
+    assert z.config["preset"]["init"] == "shared"
+    assert "init" not in SDF_PRESETS["tiny"].config()  # per-shape zoos keep their old configuration
+
+
+def test_cli_init_overrides_the_preset(tmp_path):
+    r = CliRunner().invoke(cli, ["zoo", "fit-sdf", "--shapes", "procedural", "--out", str(tmp_path / "z"), "--preset",
+                                 "tiny", "--init", "shared", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    z = Zoo.open(tmp_path / "z")
+    assert z.config["preset"]["init"] == "shared"
+    a, b = (z.model(e["id"]).state_dict()["fc1.weight"] for e in z.instances())
+    assert (a - b).abs().max() < 0.05  # 20 steps from one start: first layers still nearly equal
+    r = CliRunner().invoke(cli, ["zoo", "fit-sdf", "--shapes", "procedural", "--out", str(tmp_path / "z2"),
+                                 "--preset", "tiny", "--init", "same"])
+    assert r.exit_code == 2 and "--init" in r.output
+
+
 def _weights(zoo_dir):
     z = Zoo.open(zoo_dir)
     return {e["id"]: load_file(str(Path(zoo_dir) / e["file"])) for e in z.instances()}
@@ -233,9 +280,13 @@ def test_write_instance_sdf_fields_validated(tmp_path):
 @pytest.mark.accept
 def test_accept_small_preset_median_within_001(tmp_path):
     """Acceptance 1 (issue 11): the small procedural preset, median held-out fraction within 0.01 >= 0.9."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(int(os.environ.get("NETSPACE_ACCEPT_THREADS", "2")))
     t0 = time.perf_counter()
-    fit_sdf_zoo(tmp_path / "zoo", "procedural", "small", seed=0, progress=True)
+    try:
+        fit_sdf_zoo(tmp_path / "zoo", "procedural", "small", seed=0, progress=True)
+    finally:
+        torch.set_num_threads(threads)  # the tests after this one run as before
     took = time.perf_counter() - t0
     within = sorted(e["sdf_within_0.01"] for e in Zoo.open(tmp_path / "zoo").instances())
     median = float(np.median(within))
