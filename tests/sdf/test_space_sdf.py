@@ -257,6 +257,23 @@ def test_training_with_shape_points(fitted_zoo, tmp_path, monkeypatch):
     assert (1, (1, 100, 3)) in shapes_seen[2:]  # the validation MLP's metric on its own points
     h = run.state()["history"][-1]
     assert 0 <= h["train_within"] <= 1 and 0 <= h["val_within"] <= 1
+    # cut after epoch 1 of 2, then resumed == two epochs straight (each epoch's shape points come from
+    # the epoch's generator)
+    monkeypatch.setattr(sdf_space, "batched_forward", real)
+
+    def cut(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sdf_space, "after_checkpoint", cut)
+    with pytest.raises(KeyboardInterrupt):
+        train_sdf_space(tmp_path / "cut", fitted_zoo, "t-shapes", epochs=2, progress=False)
+    monkeypatch.setattr(sdf_space, "after_checkpoint", lambda epoch: None)
+    train_sdf_space(tmp_path / "cut", fitted_zoo, "t-shapes", epochs=2, progress=False)
+    train_sdf_space(tmp_path / "straight", fitted_zoo, "t-shapes", epochs=2, progress=False)
+    a = load_file(tmp_path / "cut" / "ckpt-00002.safetensors")
+    b = load_file(tmp_path / "straight" / "ckpt-00002.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_shape_points_need_the_zoos_shapes(sphere_zoo, tmp_path, monkeypatch):
