@@ -4,10 +4,10 @@ trained on a zoo of SIREN SDF networks with the SDF loss.
 - A step: a meta-batch of B input MLPs (PReps) is encoded and decoded; the input and the decoded
   MLPs are queried at the SAME points, each set of B networks by ONE
   :func:`netspace_fast.batched_forward` call (the input MLPs' outputs without gradient); loss = MSE
-  between the two outputs, averaged over points and networks. ``points_from``: ``"uniform"`` (the
-  small preset): N points uniform in the bounding cube [-1, 1]^3 (the box the shapes are normalized
-  into), shared by the B networks; ``"shapes"`` (the original code, ``data/mlpdset.py``, and the
-  paper preset): each MLP's own N points drawn from its shape's SDF samples (the zoo's shapes,
+  between the two outputs, averaged over points and networks. ``points_from``: ``"uniform"`` (zoos
+  without recorded shapes; the tiny preset): N points uniform in the bounding cube [-1, 1]^3 (the box
+  the shapes are normalized into), shared by the B networks; ``"shapes"`` (the original code,
+  ``data/mlpdset.py``; the small and paper presets): each MLP's own N points drawn from its shape's SDF samples (the zoo's shapes,
   rebuilt from its configuration by :func:`zoo_shapes`; DeepSDF files: half ``pos``, half ``neg``),
   so mostly near the surface.
 - Metric (the paper's): the fraction of points where |decoded - input| <= ``tolerance`` (0.01),
@@ -28,7 +28,7 @@ trained on a zoo of SIREN SDF networks with the SDF loss.
   generator seeded with (seed, e), so a run resumed from its epoch-e checkpoint continues exactly as
   an uninterrupted one. A run that reached its target records ``stopped: "target"`` and a rerun
   returns at once.
-- ``prep_init="siren"`` (our design; the small preset): the decoder's scale-layer bias starts as the
+- ``prep_init="siren"`` (our design; the tiny preset): the decoder's scale-layer bias starts as the
   PRep of a freshly SIREN-initialized MLP (seeded), so every decoded network starts as a valid SIREN
   instead of the paper's U(0, 1) * 1e-2 weights (all positive, a near-constant function) and the
   decoder only has to learn the per-shape differences; ``"paper"`` keeps
