@@ -61,6 +61,7 @@ __all__ = [
     "deepsdf_pool",
     "make_chair",
     "open_shapes",
+    "reopen_shapes",
     "union_sdf",
 ]
 
@@ -568,3 +569,29 @@ def open_shapes(source, *, n: int = 32, seed: int = 0, pool_size: int = 100_000,
     if folder.is_dir() and any(p.suffix.lower() == ".npz" for p in folder.iterdir() if p.is_file()):
         return NpzShapes(folder, seed=seed, max_heldout=heldout_size)
     return MeshShapes(folder, cache_dir=cache_dir, seed=seed, pool_size=pool_size, heldout_size=heldout_size)
+
+
+def reopen_shapes(description: dict, *, cache_dir=None) -> ShapeSet:
+    """The shape set whose :meth:`ShapeSet.describe` is ``description`` (a zoo's recorded shapes), built
+    again: procedural chairs regenerated, mesh and .npz folders reread (mesh samples from
+    ``cache_dir``). A description of no known source, a folder that is gone, or files that changed
+    since (their sha256) is a ValueError."""
+    d = description
+    if not isinstance(d, dict) or "source" not in d:
+        raise ValueError(f"description: expected a ShapeSet.describe() dict, got {d!r}")
+    try:
+        if d["source"] == "procedural":
+            shapes = ProceduralChairs(d["n"], d["seed"], pool_size=d["pool_size"], heldout_size=d["heldout_size"])
+        elif d["source"] == "meshes":
+            shapes = MeshShapes(d["folder"], cache_dir=cache_dir, seed=d["seed"], pool_size=d["pool_size"],
+                                heldout_size=d["heldout_size"])
+        elif d["source"] == "deepsdf-npz":
+            shapes = NpzShapes(d["folder"], seed=d["seed"], heldout_fraction=d["heldout_fraction"],
+                               max_heldout=d["max_heldout"])
+        else:
+            raise ValueError(f"unknown shape source {d['source']!r}")
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"cannot be reopened ({type(e).__name__}: {e})") from None
+    if shapes.describe() != d:
+        raise ValueError(f"changed since they were described (folder {d.get('folder', d['source'])!r})")
+    return shapes

@@ -7,9 +7,9 @@ trained on a zoo of SIREN SDF networks with the SDF loss.
   between the two outputs, averaged over points and networks. ``points_from``: ``"uniform"`` (zoos
   without recorded shapes; the tiny preset): N points uniform in the bounding cube [-1, 1]^3 (the box
   the shapes are normalized into), shared by the B networks; ``"shapes"`` (the original code,
-  ``data/mlpdset.py``; the small and paper presets): each MLP's own N points drawn from its shape's SDF samples (the zoo's shapes,
-  rebuilt from its configuration by :func:`zoo_shapes`; DeepSDF files: half ``pos``, half ``neg``),
-  so mostly near the surface.
+  ``data/mlpdset.py``; the small and paper presets): each MLP's own N points drawn from its shape's
+  SDF samples (the zoo's shapes, rebuilt from its configuration by :func:`zoo_shapes`; DeepSDF
+  files: half ``pos``, half ``neg``), so mostly near the surface.
 - Metric (the paper's): the fraction of points where |decoded - input| <= ``tolerance`` (0.01),
   per network; :func:`within_fraction`. At every validation epoch it is computed for every training
   and every validation MLP on fixed points, the same at every validation (:func:`metric_points`:
@@ -256,11 +256,11 @@ class SdfData:
 
 def zoo_shapes(zoo_dir):
     """The :class:`~netspace_fast.sdf.shapes.ShapeSet` an SDF zoo was fitted on, rebuilt from its
-    configuration (procedural chairs regenerated; mesh and .npz folders reread, mesh samples from the
-    zoo's cache) and checked against it: a zoo without recorded shapes, a folder that is gone or
-    whose files changed since fitting is a ValueError naming it."""
+    configuration by :func:`~netspace_fast.sdf.shapes.reopen_shapes` (mesh samples from the zoo's
+    cache): a zoo without recorded shapes, a folder that is gone or whose files changed since
+    fitting is a ValueError naming the zoo."""
     from ..zoo.format import Zoo
-    from .shapes import MeshShapes, NpzShapes, ProceduralChairs
+    from .shapes import reopen_shapes
 
     cfg = Zoo.open(zoo_dir).config
     d = cfg.get("shapes") if isinstance(cfg, dict) else None
@@ -268,22 +268,10 @@ def zoo_shapes(zoo_dir):
         raise ValueError(f"zoo: {str(zoo_dir)!r} records no shapes (a zoo of `netspace zoo fit-sdf` does); "
                          f"points_from='shapes' needs them")
     try:
-        if d["source"] == "procedural":
-            shapes = ProceduralChairs(d["n"], d["seed"], pool_size=d["pool_size"], heldout_size=d["heldout_size"])
-        elif d["source"] == "meshes":
-            shapes = MeshShapes(d["folder"], cache_dir=Path(zoo_dir) / ".sdf_cache", seed=d["seed"],
-                                pool_size=d["pool_size"], heldout_size=d["heldout_size"])
-        elif d["source"] == "deepsdf-npz":
-            shapes = NpzShapes(d["folder"], seed=d["seed"], heldout_fraction=d["heldout_fraction"],
-                               max_heldout=d["max_heldout"])
-        else:
-            raise ValueError(f"unknown shape source {d['source']!r}")
-    except (OSError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"zoo: the shapes of {str(zoo_dir)!r} cannot be reopened ({type(e).__name__}: {e})") from None
-    if shapes.describe() != d:
-        raise ValueError(f"zoo: the shapes of {str(zoo_dir)!r} changed since fitting (folder "
-                         f"{d.get('folder', d['source'])!r})")
-    return shapes
+        return reopen_shapes(d, cache_dir=Path(zoo_dir) / ".sdf_cache")
+    except ValueError as e:
+        what = str(e).replace("since they were described", "since fitting")
+        raise ValueError(f"zoo: the shapes of {str(zoo_dir)!r} {what}") from None
 
 
 def check_sdf_zoo(zoo, zoo_dir) -> None:
@@ -296,9 +284,9 @@ def check_sdf_zoo(zoo, zoo_dir) -> None:
                          f"fit-sdf), this zoo holds {', '.join(found)} networks")
 
 
-def load_sdf_data(zoo_dir, width: int, splits=("train", "val"), device="cpu", with_shapes: bool = False) -> SdfData:
-    """The SIREN PReps of ``splits`` of an SDF zoo (and, ``with_shapes``, its shapes: :func:`zoo_shapes`);
-    a non-SDF zoo or an empty split is a ValueError."""
+def load_sdf_data(zoo_dir, width: int, splits=("train", "val"), device="cpu", shapes=None) -> SdfData:
+    """The SIREN PReps of ``splits`` of an SDF zoo, and with ``shapes`` (the zoo's
+    :func:`zoo_shapes`) each MLP's shape index; a non-SDF zoo or an empty split is a ValueError."""
     from ..zoo.format import Zoo
 
     zoo = Zoo.open(zoo_dir)
@@ -312,8 +300,8 @@ def load_sdf_data(zoo_dir, width: int, splits=("train", "val"), device="cpu", wi
                              f"training and validation MLPs)")
         preps[split] = zoo.preps(split, SDF_ARCH, width, height).to(device)
     data = SdfData(ids, preps, height)
-    if with_shapes:
-        data.shapes = zoo_shapes(zoo_dir)
+    if shapes is not None:
+        data.shapes = shapes
         where = {id: i for i, id in enumerate(data.shapes.ids)}
         for split, names in ids.items():
             missing = [n for n in names if n not in where]
@@ -396,8 +384,7 @@ def train_sdf_space(run_dir, zoo_dir, preset: str | None = None, *, seed: int = 
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} was asked for, but no CUDA device is available")
     check_sdf_zoo(Zoo.open(zoo_dir), zoo_dir)  # before a run folder is created
-    if p.points_from == "shapes":
-        zoo_shapes(zoo_dir)
+    shapes = zoo_shapes(zoo_dir) if p.points_from == "shapes" else None  # also before a run folder exists
     config = {"zoo": str(Path(zoo_dir).resolve()), "preset": name, "recipe": p.to_json(), "archs": [SDF_ARCH],
               "protocol": "sdf", "seed": seed, "epochs": n_epochs, "target": target, "root": None}
     writer = tensorboard_writer(tensorboard)  # a missing package: before any work
@@ -406,7 +393,7 @@ def train_sdf_space(run_dir, zoo_dir, preset: str | None = None, *, seed: int = 
     try:
         run = Run.create_or_resume(run_dir, COMMAND, config)
         with full_fp32():  # sin(30 x) multiplies TF32's rounding by 30: 0.01 needs float32 (GPU)
-            _train_loop(run, zoo_dir, p, seed, n_epochs, target, device, progress, writer)
+            _train_loop(run, zoo_dir, shapes, p, seed, n_epochs, target, device, progress, writer)
     finally:
         if writer is not None:
             writer.close()
@@ -464,13 +451,13 @@ def _evaluate(enc, dec, data: SdfData, points: dict[str, torch.Tensor], toleranc
     return out
 
 
-def _train_loop(run: Run, zoo_dir, p: SdfSpacePreset, seed: int, n_epochs: int, target: float, device, progress: bool,
+def _train_loop(run: Run, zoo_dir, shapes, p: SdfSpacePreset, seed: int, n_epochs: int, target: float, device, progress: bool,
                 writer) -> None:
     state = run.state() or {"epoch": 0, "best_score": None, "history": []}
     if state.get("stopped") == "target":
         _log(progress, f"the run reached its target ({target}) at epoch {state['epoch']}; nothing to do")
         return
-    data = load_sdf_data(zoo_dir, p.width, device=device, with_shapes=p.points_from == "shapes")
+    data = load_sdf_data(zoo_dir, p.width, device=device, shapes=shapes)
     enc, dec = build_sdf_space(p, seed, device, train_preps=data.preps["train"])
     params = list(enc.parameters()) + list(dec.parameters())
     opt = torch.optim.Adam(param_groups(enc, dec, p), lr=p.lr)

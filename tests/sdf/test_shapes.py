@@ -229,3 +229,19 @@ def test_warning_free_for_watertight_mesh(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ms.heldout(0)
+
+
+def test_reopen_shapes_from_a_description():
+    from netspace_fast.sdf.shapes import reopen_shapes
+
+    chairs = ProceduralChairs(3, seed=4, pool_size=200, heldout_size=20)
+    again = reopen_shapes(chairs.describe())
+    assert again.describe() == chairs.describe() and again.ids == chairs.ids
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(chairs.sample(1, 50, g1), again.sample(1, 50, g2)))
+    with pytest.raises(ValueError, match="cannot be reopened.*unknown shape source 'voxels'"):
+        reopen_shapes({"source": "voxels"})
+    with pytest.raises(ValueError, match="cannot be reopened.*KeyError"):
+        reopen_shapes({"source": "procedural", "n": 3})
+    with pytest.raises(ValueError, match="description: expected"):
+        reopen_shapes(["procedural"])

@@ -213,7 +213,7 @@ def _shape_preset(**kw):
 def test_shape_points_are_each_mlps_own_samples(fitted_zoo):
     from netspace_fast.sdf.shapes import ProceduralChairs
 
-    data = sdf_space.load_sdf_data(fitted_zoo, W, with_shapes=True)
+    data = sdf_space.load_sdf_data(fitted_zoo, W, shapes=sdf_space.zoo_shapes(fitted_zoo))
     assert isinstance(data.shapes, ProceduralChairs) and len(data.shapes) == 3
     for split, ids in data.ids.items():  # instance ids are the shapes' ids
         assert [data.shapes.ids[i] for i in data.shape_index[split]] == ids
