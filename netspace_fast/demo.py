@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DemoSettings", "SETTINGS", "run_demo"]
+__all__ = ["DemoSettings", "SETTINGS", "run_demo", "summary_table"]
 
 
 class DemoSettings:
@@ -326,7 +326,7 @@ def _interp_verdict(it: dict) -> str:
             f"embeddings, {_pct(w)} along the raw weights.")
 
 
-def _table(s: dict) -> str:
+def summary_table(s: dict) -> str:
     """The summary table printed at the end."""
     ev, op, it, t = s["evaluate"], s["optimize"], s["interpolate"], s["times_s"]
     rows = [("decoded vs input: mean |gap| (test)", f"{100 * ev['mean_abs_gap']:.2f} points"),
@@ -337,15 +337,3 @@ def _table(s: dict) -> str:
             ("total time", f"{t['total']:.0f} s")]
     w = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m netspace_fast.demo``: the same as ``netspace demo``."""
-    from .cli import main as cli_main
-
-    cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,18 @@
 """Progress of the long jobs (zoo and NetSpace training): a tqdm bar on a terminal, optional
-TensorBoard scalars."""
+TensorBoard scalars, and the end of one training epoch as both NetSpace trainings report it
+(:func:`end_epoch`)."""
 
 from __future__ import annotations
 
 import sys
 
-__all__ = ["progress_bar", "tensorboard_writer"]
+__all__ = ["end_epoch", "log", "progress_bar", "tensorboard_writer"]
+
+
+def log(progress: bool, msg: str) -> None:
+    """One line on stderr (flushed), when ``progress``."""
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def tensorboard_writer(logdir):
@@ -32,3 +39,18 @@ def progress_bar(progress: bool, desc: str, start: int, epochs: int):
     except ImportError:
         return None
     return tqdm(total=epochs, initial=start, desc=desc, unit="epoch", dynamic_ncols=True, file=sys.stderr)
+
+
+def end_epoch(epoch: int, epochs: int, line: str, *, progress: bool, bar, writer=None, scalars=None) -> None:
+    """Report a finished epoch: ``scalars`` (tag -> value, in order) to the TensorBoard ``writer`` (when
+    there is one; flushed), then ``line`` as the bar's postfix with the bar one epoch further, or
+    without a bar as the line ``epoch E/N <line>`` on stderr (when ``progress``)."""
+    if writer is not None:
+        for tag, value in (scalars or {}).items():
+            writer.add_scalar(tag, value, epoch)
+        writer.flush()
+    if bar is not None:
+        bar.set_postfix_str(line, refresh=False)
+        bar.update(1)
+    else:
+        log(progress, f"epoch {epoch}/{epochs} {line}")

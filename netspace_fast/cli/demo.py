@@ -26,12 +26,12 @@ def demo_cmd(out_dir, seed, fresh, size, device, no_progress) -> None:
     networks, interpolate (embeddings vs raw weights), optimize a random embedding, render PRep images,
     and write OUT/report.md with every figure measured in this run."""
     from .. import settings
-    from ..demo import _table, run_demo
+    from ..demo import run_demo, summary_table
 
     if settings.tune_malloc_in_cli():  # as `netspace zoo train` and `netspace train` do
         settings.tune_malloc()
     with user_errors():
         s = run_demo(out_dir, seed=seed, fresh=fresh, device=check_device(device), progress=not no_progress,
                      size=size)
-    click.echo(_table(s))
+    click.echo(summary_table(s))
     click.echo(f"report: {out_dir / 'report.md'}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..interpolation import check_steps
 from .common import accuracies, check_out_dir, decode_batches, is_sdf_run, open_explorer, pyplot, save_figure, write_csv
 
 __all__ = ["INTERPOLATION_FIELDS", "Interpolation", "interpolate", "summary_lines"]
@@ -34,14 +35,6 @@ class Interpolation:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps: expected an int >= 2, got {type(steps).__name__}")
-    if steps < 2:
-        raise ValueError(f"steps: expected an int >= 2 (the two ends included), got {steps}")
-    return steps
-
-
 def interpolate(run_dir, a: str, b: str, *, steps: int = 100, out=None, device: str = "cpu", chunk: int = 16,
                 progress: bool = False):
     """Interpolate between zoo instances ``a`` and ``b`` of the run's zoo (see the module doc); with
@@ -49,7 +42,7 @@ def interpolate(run_dir, a: str, b: str, *, steps: int = 100, out=None, device: 
     (SDF runs: whatever :func:`netspace_fast.sdf.mesh.interpolate_shapes` returns)."""
     from ..space.run import Run
 
-    steps = _check_steps(steps)
+    steps = check_steps(steps)
     run = Run.open(run_dir)
     if is_sdf_run(run):
         try:

@@ -1,4 +1,4 @@
-"""Shapes out of SIREN SDF networks (issue 11, "Shapes out"; METHOD.md section 7): the SDF of B MLPs on
+"""Shapes out of SIREN SDF networks (METHOD.md section 7): the SDF of B MLPs on
 a regular grid over the bounding cube (batched: one :func:`netspace_fast.batched_forward` call per
 chunk of networks and chunk of grid points), the zero level set by marching cubes (scikit-image),
 meshes written as .ply (trimesh) and rendered into one PNG (matplotlib, flat shading).
@@ -30,6 +30,7 @@ import torch
 
 from .. import archs
 from ..engine import batched_forward
+from ..interpolation import check_steps
 from ..storage import atomic_write_bytes
 
 __all__ = ["MESH_FIELDS", "ShapeInterpolation", "decode_meshes", "grid_points", "interpolate_shapes",
@@ -234,9 +235,7 @@ def interpolate_shapes(run_dir, a: str, b: str, steps: int, out=None, device: st
     model) or its ``"best"`` (best validation metric) weights."""
     from .space import SdfSpace
 
-    from ..explore.interpolate import _check_steps  # the same rule as netspace interpolate on other runs
-
-    steps = _check_steps(steps)
+    steps = check_steps(steps)  # the same rule as netspace interpolate on other runs
     resolution = _check_resolution(resolution)
     if isinstance(max_panels, bool) or not isinstance(max_panels, int) or max_panels < 4:
         raise ValueError(f"max_panels: expected an int >= 4 (both inputs and both ends), got {max_panels!r}")

@@ -1,4 +1,4 @@
-"""NetSpace on MLPs (issue 11; METHOD.md sections 5, 6; seed Sec. V): the NetSpace encoder and decoder
+"""NetSpace on MLPs (METHOD.md sections 5, 6; seed Sec. V): the NetSpace encoder and decoder
 trained on a zoo of SIREN SDF networks with the SDF loss.
 
 - A step: a meta-batch of B input MLPs (PReps) is encoded and decoded; the input and the decoded
@@ -48,7 +48,6 @@ Python: :func:`train_sdf_space`, :func:`sdf_step`, :func:`within_fraction`, :cla
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,7 +57,7 @@ from .. import archs
 from ..archs import ArchSpec
 from ..engine import batched_forward
 from ..killpoint import after_checkpoint
-from ..monitor import progress_bar, tensorboard_writer
+from ..monitor import end_epoch, log, progress_bar, tensorboard_writer
 from ..prep import PRepLayout, pack_preps
 from ..space.nets import Decoder, Encoder, SpaceConfig
 from ..space.run import Run
@@ -134,7 +133,7 @@ class SdfSpacePreset:
         return asdict(self)
 
 
-# The small preset (our design; measured on 2 CPU cores, BENCHMARKS.md): E = 1024, PReps of width 1024
+# The small preset (our design; measured: BENCHMARKS.md, "NetSpace on SIREN MLPs (SDF)"): E = 1024, PReps of width 1024
 # (68 rows for 67,073 values); the points of each MLP drawn from its own shape's samples, as the
 # original does (uniform points in the cube reach 0.8 too, at epoch ~140 instead of ~65, but the
 # decoded chairs are blobs: the uniform metric says little about the surface); for zoos fitted from
@@ -455,7 +454,7 @@ def _train_loop(run: Run, zoo_dir, shapes, p: SdfSpacePreset, seed: int, n_epoch
                 writer) -> None:
     state = run.state() or {"epoch": 0, "best_score": None, "history": []}
     if state.get("stopped") == "target":
-        _log(progress, f"the run reached its target ({target}) at epoch {state['epoch']}; nothing to do")
+        log(progress, f"the run reached its target ({target}) at epoch {state['epoch']}; nothing to do")
         return
     data = load_sdf_data(zoo_dir, p.width, device=device, shapes=shapes)
     enc, dec = build_sdf_space(p, seed, device, train_preps=data.preps["train"])
@@ -463,7 +462,7 @@ def _train_loop(run: Run, zoo_dir, shapes, p: SdfSpacePreset, seed: int, n_epoch
     opt = torch.optim.Adam(param_groups(enc, dec, p), lr=p.lr)
     if run.state() is not None:
         state = run.load_checkpoint(enc, dec, opt)
-        _log(progress, f"resuming after epoch {state['epoch']}")
+        log(progress, f"resuming after epoch {state['epoch']}")
     fixed = metric_points(p, seed, data, device)
     preps = data.preps["train"]
     bar = progress_bar(progress, "NetSpace sdf", state["epoch"], n_epochs)
@@ -499,31 +498,19 @@ def _train_loop(run: Run, zoo_dir, shapes, p: SdfSpacePreset, seed: int, n_epoch
         if stopped:
             state["stopped"] = stopped
         run.save_checkpoint(enc, dec, opt, state)
-        if writer is not None:
-            for k, v in record.items():
-                if k != "epoch":
-                    writer.add_scalar(f"{'val' if k.startswith('val') else 'train'}/{k}", v, epoch)
-            writer.flush()
         line = f"loss {record['loss']:.3g} within {record['step_within']:.3f}"
         if "train_within" in record:
             line += f" | train {record['train_within']:.3f} val {record['val_within']:.3f}"
-        if bar is not None:
-            bar.set_postfix_str(line, refresh=False)
-            bar.update(1)
-        else:
-            _log(progress, f"epoch {epoch}/{n_epochs} {line}")
+        end_epoch(epoch, n_epochs, line, progress=progress, bar=bar, writer=writer,
+                  scalars={f"{'val' if k.startswith('val') else 'train'}/{k}": v for k, v in record.items()
+                           if k != "epoch"})
         after_checkpoint(epoch)
         if stopped:
-            _log(progress, f"target {target} reached on the training MLPs at epoch {epoch} (validation "
-                           f"{record['val_within']:.3f})")
+            log(progress, f"target {target} reached on the training MLPs at epoch {epoch} (validation "
+                          f"{record['val_within']:.3f})")
             break
     if bar is not None:
         bar.close()
-
-
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------

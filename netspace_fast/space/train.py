@@ -24,7 +24,7 @@ import torch
 from .. import archs, data
 from ..archs import ArchSpec
 from ..killpoint import after_checkpoint
-from ..monitor import progress_bar, tensorboard_writer
+from ..monitor import end_epoch, log, progress_bar, tensorboard_writer
 from ..zoo.distributed import setup_distributed
 from ..prep import PRepLayout
 from .evaluate import NetGroup, evaluate_networks, summarize
@@ -224,7 +224,7 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
     state = {"epoch": 0, "best_score": None, "history": []}
     if run.state() is not None:
         state = run.load_checkpoint(enc, dec, opt)
-        _log(progress, f"resuming after epoch {state['epoch']}")
+        log(progress, f"resuming after epoch {state['epoch']}")
     preps, class_ids = d.stacked("train")
     x, y = d.images["train"]
     M = x.shape[0]
@@ -267,14 +267,9 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
             run.save_checkpoint(enc, dec, opt, state)
         if dist is not None:
             dist.barrier()  # every rank past the checkpoint: a resume finds the same epoch for all
-        if writer is not None:
-            _scalars(writer, record, epoch)
         line = (f"loss {record['loss']:.4f}" + (f" val {_short(record['val'], protocol)}" if "val" in record else ""))
-        if bar is not None:
-            bar.set_postfix_str(line, refresh=False)
-            bar.update(1)
-        else:
-            _log(progress, f"epoch {epoch}/{n_epochs} {line}")
+        end_epoch(epoch, n_epochs, line, progress=progress, bar=bar, writer=writer,
+                  scalars=_scalars(record) if writer is not None else None)
         after_checkpoint(epoch)
     if bar is not None:
         bar.close()
@@ -302,16 +297,15 @@ def _terms(out) -> dict[str, float]:
     return t
 
 
-def _scalars(writer, record: dict, epoch: int) -> None:
-    for k, v in record.items():
-        if isinstance(v, float):
-            writer.add_scalar(f"train/{k}", v, epoch)
+def _scalars(record: dict) -> dict[str, float]:
+    """An epoch's TensorBoard scalars (tag -> value): every loss term, and the validation figures."""
+    out = {f"train/{k}": v for k, v in record.items() if isinstance(v, float)}
     val = record.get("val")
     if val:
         for k in ("mean_abs_gap", "spearman", "mean_decoded_acc", "class_id_acc"):
             if k in val and isinstance(val[k], float) and not math.isnan(val[k]):
-                writer.add_scalar(f"val/{k}", val[k], epoch)
-    writer.flush()
+                out[f"val/{k}"] = val[k]
+    return out
 
 
 def _short(s: dict, protocol: str) -> str:
@@ -319,8 +313,3 @@ def _short(s: dict, protocol: str) -> str:
         return f"mean |gap| {s['mean_abs_gap']:.4f} spearman {s['spearman']:.3f}"
     acc = s.get("class_id_acc", math.nan)
     return f"mean decoded acc {s['mean_decoded_acc']:.4f} ClassId acc {acc:.3f}"
-
-
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
