@@ -1,5 +1,5 @@
 // Batched layer ops: B networks whose weights live in a (B, P) PRep batch, evaluated in one call
-// (issue 3). Semantics: netspace_fast/ops/batched_layers_ref.py (the pure-PyTorch reference).
+// (the layers under batched_forward). Semantics: netspace_fast/ops/batched_layers_ref.py (the pure-PyTorch reference).
 #pragma once
 
 #include <ATen/core/Tensor.h>

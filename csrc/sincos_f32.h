@@ -4,8 +4,8 @@
 // at::vec::Vectorized<float>::sin is SLEEF only in translation units compiled with a
 // CPU_CAPABILITY_AVX2/AVX512 macro (ATen compiles its own kernels once per capability); in this
 // extension's build it is vec_base.h's generic fallback, a std::sin loop (measured: 6.8 ns a
-// value against 6.5 for std::sin and 0.4 for these; BENCHMARKS.md, issue 11, "vectorized sin/cos
-// epilogue").
+// value against 6.5 for std::sin and 0.4 for these; BENCHMARKS.md, "SIREN fitting",
+// "Vectorized sin/cos epilogue").
 //
 // Method (float32 argument a, |a| <= kMaxArg): the reduction and the polynomials run in double.
 //   k = nearest integer to a * 2/pi (the 1.5 * 2^52 shifter: k is also the low bits of the sum,

@@ -1,4 +1,4 @@
-"""Names and PRep order of the original NetSpace code (issue 8, section 1).
+"""Names and PRep order of the original NetSpace code.
 
 The original code builds its ResNets from torchvision's ``BasicBlock`` (keys ``conv1``, ``bn1``,
 ``layer{s}.{i}.conv1/bn1/conv2/bn2/downsample.0/downsample.1``, ``fc``), its VanillaCNN as an

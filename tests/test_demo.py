@@ -1,5 +1,5 @@
 """`netspace demo` (`make demo`) at its smoke size (every stage at its smallest: seconds). The full
-size is measured by `make accept` (tests/space/test_demo_accept.py) and recorded in BENCHMARKS.md.
+size is measured by `make accept` (tests/test_explore_accept.py) and recorded in BENCHMARKS.md, "Demo (`make demo`)".
 
 What must hold whatever the numbers: every stage runs and writes its files; the report states the
 figures of summary.json, which are those of the stage outputs (evaluate.csv, the interpolation and

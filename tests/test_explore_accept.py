@@ -1,5 +1,6 @@
-"""Issue 12's acceptance on digits (`make accept`, not `make test`: minutes to tens of minutes on 2
-CPU cores). Times are printed and recorded in BENCHMARKS.md, never asserted.
+"""Acceptance of `make demo` and of unseen-architecture sampling on digits
+(`make accept`, not `make test`: minutes to tens of minutes on 2 CPU cores). Times are printed and
+recorded in BENCHMARKS.md, never asserted.
 
 - ``make demo`` as a user runs it (``netspace demo``, fresh): the decoded vs input networks' mean
   absolute accuracy gap <= 2 points; latent optimization from a random embedding >= 90% test

@@ -1,5 +1,5 @@
 """Runtime settings (netspace_fast/settings.py): the Triton kernels' TF32 choice follows torch's float32
-matmul precision unless NETSPACE_TF32 says otherwise (issue 10: they used TF32 whatever torch said)."""
+matmul precision unless NETSPACE_TF32 says otherwise (they once used TF32 whatever torch said)."""
 
 from __future__ import annotations
 

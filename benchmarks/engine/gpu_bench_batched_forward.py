@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU benchmark of batched functional evaluation (issue 3): forward + backward into the PReps.
+"""GPU benchmark of batched functional evaluation: forward + backward into the PReps.
 
     python benchmarks/gpu_bench_batched.py [--rep-ms 200] [--budget 135]
 
@@ -14,7 +14,7 @@ Providers, same run, one step each = ``preps.grad = None``, forward, ``.sum().ba
            a compile error is reported as 'failed: <reason>' in its row.
 TF32 is allowed for every provider (cuBLAS and cuDNN flags on; ours' Triton kernels use TF32 on
 CUDA by default). Times: ``triton.testing.do_bench`` (CUDA events, median, warmup 25 ms, rep
-``--rep-ms``). Goals (issue 3, GPU): ours >= 5x the loop, >= 3x vmap, >= 1.5x torch.compile(vmap);
+``--rep-ms``). Goals (GPU): ours >= 5x the loop, >= 3x vmap, >= 1.5x torch.compile(vmap);
 reported, never asserted. Also ours' achieved TFLOP/s (3 x the forward FLOPs, counted on the BN-free
 module on one image with FlopCounterMode, x N x B) as a fraction of the dense TF32 peak, and an
 estimate of its activation traffic against the HBM bandwidth (see the notes it prints).

@@ -1,4 +1,4 @@
-"""Issue 3: batched functional evaluation, forward + backward into the PReps, shared input, CPU.
+"""Batched functional evaluation, forward + backward into the PReps, shared input, CPU.
 
 (i) B=8 ResNet8 cifar10, N=128; (ii) B=64 LeNetLike cifar10, N=128. Providers, same run:
 ours (`batched_forward`, native C++), the per-network loop (the original code's way: unpack each

@@ -1,4 +1,4 @@
-"""Issue 11: batched SIREN fitting throughput (shape-steps per second), CPU, all in one run.
+"""Batched SIREN fitting throughput (shape-steps per second), CPU, all in one run.
 
 One round = one Adam step of K SIRENs (3 -> 256 -> 256 -> 1, sin(30 x)) on N points each (its own
 points per network; the points are drawn once, outside the timing, alike for everyone). Two

@@ -1,4 +1,4 @@
-"""Issue 9: one NetSpace training step at the paper configuration (E = 4096, PRep width 10,000), CPU.
+"""One NetSpace training step at the paper configuration (E = 4096, PRep width 10,000), CPU.
 
 - Single: meta-batch 8 ResNet8 (cifar10), 128 images.
 - Multi: meta-batch 2 (LeNetLike, ResNet32: one L_gamma pair, 2 interpolations), 128 images,

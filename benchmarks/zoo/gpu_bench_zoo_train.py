@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU benchmark of batched zoo training (issue 4): instance-epochs per hour, batched vs one at a time.
+"""GPU benchmark of batched zoo training: instance-epochs per hour, batched vs one at a time.
 
     python benchmarks/zoo/gpu_bench_zoo_train.py [--epochs 3] [--device cuda] [--quick]
 
@@ -15,7 +15,7 @@ Providers, same run:
   one at a time   each instance alone: a plain ``nn.Module`` from ``archs.build`` and
                   ``torch.optim.SGD``, the same data and batch size (the original code's way).
 TF32 allowed for every provider. Ratio = peer time / ours = ratio of instance-epochs per hour.
-Goal (issue 4, GPU): >= 10x for (a) and (b); reported, never asserted. Rows are markdown lines
+Goal (GPU): >= 10x for (a) and (b); reported, never asserted. Rows are markdown lines
 starting with '| ', printed as soon as measured. Without a GPU it prints 'skipped: no CUDA' and
 exits 0; ``--device cpu --quick`` runs the same code on CPU at a tiny size (a smoke test).
 """

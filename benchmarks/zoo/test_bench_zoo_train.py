@@ -1,4 +1,4 @@
-"""Issue 4: batched zoo training vs one instance at a time (the original code's way), CPU.
+"""Batched zoo training vs one instance at a time (the original code's way), CPU.
 
 Instance-epochs per hour of (a) 32 LeNetLike on digits (1,079 training images, batch 64) and
 (b) 8 ResNet8 on cifar10-sized inputs (512 random 32x32 images, batch 128). Ours: one

@@ -1,4 +1,4 @@
-"""Exploring a trained NetSpace (issue 12; METHOD.md section 7): the Python side of ``netspace
+"""Exploring a trained NetSpace (METHOD.md section 7): the Python side of ``netspace
 interpolate``, ``sample-unseen``, ``optimize``, ``export`` and ``visualize``. Every function takes a run
 folder (its zoo is the one the run records; instance ids are that zoo's), decodes embeddings in
 batches and evaluates networks by batched calls (one ``batched_forward`` per architecture and chunk),

@@ -1,4 +1,4 @@
-"""Pure-PyTorch references of the batched layer ops (issue 3): the fallback and the tests' oracle.
+"""Pure-PyTorch references of the batched layer ops: the fallback and the tests' oracle.
 
 Shared semantics of every backend (C++ CPU, Triton, CUDA):
 

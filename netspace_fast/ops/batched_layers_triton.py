@@ -1,4 +1,4 @@
-"""Triton kernels of the batched layer ops (issue 3): conv2d and linear for B networks at once,
+"""Triton kernels of the batched layer ops: conv2d and linear for B networks at once,
 with every network's weight and bias read straight from a (B, P) PRep batch at fixed offsets.
 
 Semantics: exactly those of ``batched_layers_ref.py`` (the contract and the tests' oracle). Runs on CUDA

@@ -1,4 +1,4 @@
-"""Neural SDFs (issue 11): shapes with signed-distance samples and batched SIREN fitting.
+"""Neural SDFs: shapes with signed-distance samples and batched SIREN fitting.
 
 :mod:`.shapes` the shape sources behind one interface (:class:`ShapeSet`: procedural chairs with
 exact distances, mesh folders through trimesh + libigl, DeepSDF .npz sample files),

@@ -1,4 +1,4 @@
-"""Batched SIREN fitting (issue 11, "Batched SIREN zoo fitting").
+"""Batched SIREN fitting.
 
 K SIREN MLPs (3 -> 256 -> 256 -> 1, sin(30 x), :func:`netspace_fast.archs.build` ``("siren")``)
 are fitted at once, each to its own shape's signed distances, each step with its own points. The K
@@ -15,7 +15,7 @@ Two kernels compute the K networks (``kernel=``):
   with malloc tuned as the CLI does (:func:`netspace_fast.tune_malloc`) it measured 1.2x faster
   than ``"fused"`` and 1.3x than the 4-at-a-time bmm way, one thread. With glibc's default malloc
   and activations of 32 MiB or more (K x points x 1 KiB), every step pays page faults for fresh
-  mmaps instead, and the 4-at-a-time way (4x smaller buffers) is faster (BENCHMARKS.md, "SDF
+  mmaps instead, and the 4-at-a-time way (4x smaller buffers) is faster (BENCHMARKS.md, "SIREN
   fitting").
 - ``"fused"``: :class:`SirenStack`, the SIREN-specific path in PyTorch: batched GEMMs with the
   factor 30 folded into them (``baddbmm(.., beta=30, alpha=30)``), ATen's vectorized sin/cos, the
@@ -139,7 +139,7 @@ def siren_forward(preps: torch.Tensor, x: torch.Tensor, kernel: str | None = Non
 
 
 def default_kernel(device) -> str:
-    """``"op"`` on every device (the CPU choice measured: BENCHMARKS.md, "SDF fitting")."""
+    """``"op"`` on every device (the CPU choice measured: BENCHMARKS.md, "SIREN fitting")."""
     return "op"
 
 

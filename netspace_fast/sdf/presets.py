@@ -9,7 +9,7 @@ shape-step at 20,000 points is ~8 GFLOP (forward + backward), so the paper proto
 per shape: hours per shape on this class of machine. The small preset cuts points per step (1,024)
 and steps (1,200), and raises the learning rate to 3e-4 (x0.9 every 200 steps). Measured on 4
 chairs (held-out fraction within 0.01 after 100/400/800 steps): lr 3e-4: 0.70/0.84/0.91;
-lr 1e-3: 0.39/0.63/0.73 (too high for sin(30 x)). Figures of the whole preset in BENCHMARKS.md.
+lr 1e-3: 0.39/0.63/0.73 (too high for sin(30 x)). Figures of the whole preset in BENCHMARKS.md, "SIREN fitting".
 Its networks all start from ONE random SIREN (``init="shared"``, our design; the original gives
 each MLP its own random initialization, as ``paper`` does): fitting moves a SIREN's first layer by
 only ~2% (it carries sin(30 x)'s phases), so with an initialization per shape every network holds

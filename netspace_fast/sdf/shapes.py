@@ -1,4 +1,4 @@
-"""Shapes and signed-distance samples (issue 11, "Shapes and SDF samples").
+"""Shapes and signed-distance samples.
 
 Three sources behind one interface, :class:`ShapeSet`, so that the fitter does not care where a
 shape comes from:

@@ -1,4 +1,4 @@
-"""NetSpace (issue 9): the space of trained networks. :mod:`.nets` the encoder, decoder and ClassId
+"""NetSpace: the space of trained networks. :mod:`.nets` the encoder, decoder and ClassId
 head (the original code's names and shapes at :meth:`SpaceConfig.paper`), :mod:`.losses` the losses,
 :mod:`.step` one training step (networks evaluated in batches), :mod:`.train` training runs
 (:mod:`.presets`, :mod:`.run`), :mod:`.evaluate`, :mod:`.importer` (the original's checkpoints) and

@@ -7,9 +7,10 @@ conv's B x C2 x H x W2 outputs, B x C2 x H receive a gradient (1 in W2 = 2,500 a
 configuration), and each depends on 3 first-conv outputs per input channel, each on 3 PRep values.
 The dense backward autograd runs (max -> a dense zero tensor with one entry per row, then two full
 convolution backwards over (B, C1, H, W/2) activations) is ~2/3 of the encoder's time on CPU
-(measured: BENCHMARKS.md, issue 9). :func:`conv_max_width` keeps the dense forward (oneDNN convs;
-the maximum needs every position) and computes the exact backward from the (B, C2, H) argmax
-positions alone: it re-reads the 3 x 3 PRep values under each position, recomputes the first
+(measured: BENCHMARKS.md, "One training step at the paper configuration"). :func:`conv_max_width`
+keeps the dense forward (oneDNN convs; the maximum needs every position) and computes the exact
+backward from the (B, C2, H) argmax positions alone: it re-reads the 3 x 3 PRep values under each
+position, recomputes the first
 conv's 3 activations per input channel there, and forms every gradient (both weights, both biases,
 and the PRep's when it requires one) with small einsums and one scatter, never materializing a
 (B, C1, H, W/2) gradient. It also stores no activation for the backward (only the PRep, the argmax

@@ -67,7 +67,7 @@ SPACE_PRESETS: dict[str, SpacePreset] = {
     "digits-multi": SpacePreset("Multi-Architecture on a digits zoo (CPU, ~25 min)", "digits", "multi", 1024,
                                 epochs=300, meta_batch=2, image_batch=128, lr=3e-4, val_every=10, clip_grad=1.0,
                                 space={**_SMALL, "bias_init": "centered"}, archs=MULTI_ARCHS),
-    # meta-batch 2, not issue 9's 1: L_gamma needs a LeNetLike and a ResNet32 in one meta-batch, and with one
+    # meta-batch 2, not cifar10-unseen's 1: L_gamma needs a LeNetLike and a ResNet32 in one meta-batch, and with one
     # network a step the ClassId head never learns the unseen architectures (measured: at 1, none of 225
     # interpolated embeddings read as VanillaCNN or ResNet8 after 300 epochs; at 2, 150 of 225 by epoch 150)
     "digits-unseen": SpacePreset("sampling unseen architectures on a digits-unseen zoo (CPU)", "digits", "multi", 1024,

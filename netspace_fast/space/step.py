@@ -12,7 +12,7 @@ architecture), never in a per-network Python loop.
   L_class (mean over the meta-batch) + the distillation mixture (0.9 L_kd from the teacher + 0.1
   CE; mean over the meta-batch's decoded networks) + L_gamma, the SUM over the interpolated
   embeddings of their L_class (target ClassId low + step) and of their decoded networks' mixture
-  (issue 9: "L_class on them ... (summed)"; we read the sum as covering both terms of each
+  (the restated method: "L_class on them ... (summed)"; we read the sum as covering both terms of each
   interpolation).
 """
 

@@ -1,4 +1,4 @@
-"""Model zoos (issue 4): B instances of one architecture trained as one batched job.
+"""Model zoos: B instances of one architecture trained as one batched job.
 
 :mod:`.model` the stacked module (per-instance BatchNorm, on the engine's layout plan),
 :mod:`.augment` per-instance crops and flips, :mod:`.loop` epochs, evaluation and optimizers,

@@ -1,4 +1,4 @@
-"""The on-disk model zoo format (issue 4, "Zoo format" and "Never lose work").
+"""The on-disk model zoo format.
 
 A zoo is a directory holding
 

@@ -1,4 +1,4 @@
-"""Import the original NetSpace code's model zoo into a netspace_fast zoo (issue 8, section 1).
+"""Import the original NetSpace code's model zoo into a netspace_fast zoo.
 
 The original code lists its networks in text files (``models/input_lists/<dataset>/<protocol>/
 {train,val,test}.txt``), one network a line::

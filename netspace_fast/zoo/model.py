@@ -1,4 +1,4 @@
-"""Batched zoo training's model (issue 4): B instances of one architecture as one module.
+"""Batched zoo training's model: B instances of one architecture as one module.
 
 The B instances live in one module with every parameter stacked along a leading B dimension. The
 activations of a convolution are either ONE grouped channels-last tensor (the layout of

@@ -44,7 +44,7 @@ PRESETS: dict[str, Preset] = {
     # small presets: digits, minutes on 2 CPU cores
     # (measured: SGD lr 0.05 lets some LeNetLike instances die on digits; lr 0.02, batch 64, 60
     # epochs: 95.0-97.2% test accuracy without augmentation, 96.9-98.9% with 2-pixel random shifts)
-    # digits-multi: the four architectures of the paper's multi zoo and its ResNet56 teacher (issue 9),
+    # digits-multi: the four architectures of the paper's multi zoo and its ResNet56 teacher (NetSpace Multi),
     # sized for 2 CPU cores (~15 min; ResNet32 and the teacher are most of it). 5 training networks
     # per architecture: with 3 the ClassId head learnt its training ResNet32s, not the architecture
     # (a test ResNet32 read as ResNet8; measured)
@@ -60,7 +60,7 @@ PRESETS: dict[str, Preset] = {
                             (("lenetlike", 5, 2, 2), ("vanillacnn", 0, 2, 2), ("resnet8", 0, 2, 2),
                              ("resnet32", 5, 2, 2), ("resnet56", 1, 0, 0)), epochs=15, batch_size=64, lr=0.02,
                             milestones=(8, 12), crop_pad=2, flip=False),
-    # the former digits-multi (issue 4's acceptance: LeNetLike >= 95%)
+    # the former digits-multi (batched zoo training's acceptance: LeNetLike >= 95%)
     "digits-lenet": Preset("multi protocol on digits: 8 LeNetLike, SGD, best on validation", "digits", "multi",
                            (("lenetlike", 4, 2, 2),), epochs=60, batch_size=64, lr=0.02, milestones=(30, 40, 50),
                            crop_pad=2, flip=False),

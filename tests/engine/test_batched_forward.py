@@ -1,4 +1,4 @@
-"""Batched functional evaluation (issue 3) on the CPU: whole networks through batched_forward against
+"""Batched functional evaluation on the CPU: whole networks through batched_forward against
 the per-network reference loop, gradients, layouts, launch counts and bad input (the layer ops
 themselves: tests/ops/test_batched_layers.py).
 

@@ -281,7 +281,7 @@ def test_write_instance_sdf_fields_validated(tmp_path):
 
 @pytest.mark.accept
 def test_accept_small_preset_median_within_001(tmp_path):
-    """Acceptance 1 (issue 11): the small procedural preset, median held-out fraction within 0.01 >= 0.9."""
+    """SIREN fitting's acceptance: the small procedural preset, median held-out fraction within 0.01 >= 0.9."""
     threads = torch.get_num_threads()
     torch.set_num_threads(int(os.environ.get("NETSPACE_ACCEPT_THREADS", "2")))
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
-"""Issue 9's acceptance on the digits presets (`make accept`, not `make test`: tens of minutes on 2 CPU
+"""NetSpace training's acceptance on the digits presets (`make accept`, not `make test`: tens of minutes on 2 CPU
 cores). Each builds its zoo with the zoo preset, trains NetSpace with the space preset through the
-CLI, evaluates the test split with ``netspace eval`` and checks the issue's figures; the times are
+CLI, evaluates the test split with ``netspace eval`` and checks the goals below; the times are
 printed (and recorded in BENCHMARKS.md), never asserted.
 
 - Single: mean |input - decoded| accuracy <= 2.0 points and Spearman >= 0.9 on the test networks.

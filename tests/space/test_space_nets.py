@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from netspace_fast.space import Decoder, Encoder, SpaceConfig
 from netspace_fast.space.nets import num_parameters
 
-# the original code's keys and shapes (issue 9), PReps of (8, 10000), 4 architectures
+# the original code's keys and shapes, PReps of (8, 10000), 4 architectures
 ENCODER_KEYS = {
     "conv1.0.weight": (128, 1, 1, 3), "conv1.0.bias": (128,),
     "conv2.0.weight": (256, 128, 1, 3), "conv2.0.bias": (256,),

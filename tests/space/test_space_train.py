@@ -225,7 +225,7 @@ def test_progress_lines_when_not_a_terminal(tiny_zoo, tmp_path, capsys):
 
 
 def test_space_presets_follow_the_issue():
-    """Issue 9: Single meta-batch 8; Multi 2 and 1 for the paper's unseen preset (digits-unseen: 2, so that
+    """The paper's recipes: Single meta-batch 8; Multi 2 and 1 for the paper's unseen preset (digits-unseen: 2, so that
     L_gamma has pairs; see the next test); the paper's Adam lr 1e-4 and exact configuration (no `space`
     overrides: E = 4096, width 10,000, the original's bias init)."""
     P = space_presets.SPACE_PRESETS
@@ -252,7 +252,7 @@ def test_lr_milestones_are_a_function_of_the_epoch():
 
 
 def test_bad_zoos_and_sizes(tiny_zoo, multi_zoo, tmp_path):
-    """Issue 9's bad input, each one clear line: a zoo whose architectures do not fit the preset, an
+    """NetSpace training's bad input, each one clear line: a zoo whose architectures do not fit the preset, an
     empty split, and weights of another PRep size."""
     from netspace_fast.space.run import Run
     from netspace_fast.space.train import build_space, load_space_data

@@ -1,4 +1,4 @@
-"""Issue 4, beyond one machine: sharding a zoo job over torchrun ranks, one manifest; progress and
+"""Batched zoo training beyond one machine: sharding a zoo job over torchrun ranks, one manifest; progress and
 TensorBoard scalars of the trainer."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""train_zoo (issue 4): presets, resume after SIGKILL, config guard, acceptance on digits."""
+"""train_zoo (batched zoo training): presets, resume after SIGKILL, config guard, acceptance on digits."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_paper_presets_follow_the_method():
 
 
 def test_digits_presets_of_netspace():
-    """Issue 9: digits-multi holds the four architectures (ClassId order) and a ResNet56 teacher;
+    """The NetSpace zoos: digits-multi holds the four architectures (ClassId order) and a ResNet56 teacher;
     digits-unseen trains LeNetLike + ResNet32 only, all four in val and test."""
     multi = PRESETS["digits-multi"]
     assert [a for a, *_ in multi.archs] == ["lenetlike", "vanillacnn", "resnet8", "resnet32", "resnet56"]
@@ -81,15 +81,16 @@ def test_digits_presets_of_netspace():
 
 
 def test_digits_lenet_acceptance(tmp_path):
-    """Issue 4: digits multi-protocol LeNetLike instances reach >= 95% test accuracy."""
+    """Batched zoo training's acceptance: digits multi-protocol LeNetLike instances reach >= 95% test accuracy."""
     train_zoo(tmp_path / "m", "digits-lenet", progress=False)
     zoo = Zoo.open(tmp_path / "m")
     accs = [e["test_acc"] for e in zoo.instances()]
     assert len(accs) == 8 and {k: len(v) for k, v in zoo.splits.items()} == {"train": 4, "val": 2, "test": 2}
     assert min(accs) >= 0.95, accs
     assert zoo.verify() == []
-    # issues 2-4 end to end: the zoo's folded PReps, evaluated by batched_forward, reproduce the
-    # test accuracy recorded for each instance (BN-form models, eval mode)
+    # PRep packing and folding, batched evaluation and zoo training end to end: the zoo's folded PReps,
+    # evaluated by batched_forward, reproduce the test accuracy recorded for each instance (BN-form
+    # models, eval mode)
     import torch
 
     from netspace_fast import archs, batched_forward, data
@@ -106,13 +107,13 @@ def test_digits_lenet_acceptance(tmp_path):
 
 
 def test_digits_single_acceptance(tmp_path):
-    """Issues 4 and 9: the single zoo's instances, and its test split alone, span from below 50% to above 90%."""
+    """NetSpace Single's zoo: its instances, and its test split alone, span from below 50% to above 90%."""
     train_zoo(tmp_path / "s", "digits-single", progress=False)
     zoo = Zoo.open(tmp_path / "s")
     accs = [e["test_acc"] for e in zoo.instances()]
     assert len(accs) == PRESETS["digits-single"].runs * len(PRESETS["digits-single"].snapshots)
     assert min(accs) < 0.5 and max(accs) > 0.9, (min(accs), max(accs))
     assert all(len(v) > 0 for v in zoo.splits.values())
-    # issue 9: the test split, on which NetSpace is judged, holds >= 10 networks spanning < 50% to > 90%
+    # NetSpace: the test split, on which it is judged, holds >= 10 networks spanning < 50% to > 90%
     test = [e["test_acc"] for e in zoo.instances("test")]
     assert len(test) >= 10 and min(test) < 0.5 and max(test) > 0.9, test

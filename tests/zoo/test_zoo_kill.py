@@ -1,4 +1,4 @@
-"""Kill tests of the zoo job (issue 10): SIGKILL from outside at random moments and, to hit them for
+"""Kill tests of the zoo job: SIGKILL from outside at random moments and, to hit them for
 certain, at every kind of point inside the writes (a checkpoint, an instance file, the manifest:
 the temporary file complete but not renamed, or renamed but the directory not fsynced), for both
 protocols (the single protocol writes instances mid-run); then the rerun ends with a zoo equal to

@@ -1,4 +1,4 @@
-"""Batched zoo training core (issue 4): B instances trained as one grouped network."""
+"""Batched zoo training core: B instances trained as one grouped network."""
 
 from __future__ import annotations
 
