@@ -4,8 +4,12 @@ properties against the pure-PyTorch references (ops/batched_layers_ref.py) and b
 Triton kernels (the ops' CUDA kernels) are tested in test_batched_layers_triton.py; whole networks in
 tests/engine/.
 
-Tolerance: float32 relative error <= 1e-4 against the reference (``assert_matches_reference``; the
-PRep gradient also per slice, weight and bias each relative to its own largest value).
+Tolerance: every float32 result (the output, the gradients of x, the PReps and the residual) is
+compared elementwise with the exact value (the reference in float64 on the same inputs) against its
+float32 error bound from a forward error analysis (tests/float_bounds.py: Higham's gamma_k for a sum
+of k products in any order, times the sum of the terms' magnitudes; sin(30 z) multiplies the error
+of z by 30). The float32 reference must meet the same bounds. No tolerance depends on which BLAS or
+oneDNN code path (CPU model, ``MKL_CBWR``, thread count) computed the sums.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from hypothesis import given, settings, strategies as st
 import netspace_fast as nf
 from netspace_fast.ops.batched_layers import batched_conv2d, batched_linear
 from netspace_fast.ops.batched_layers_ref import batched_conv2d_ref, batched_linear_ref
-from conftest import assert_matches_reference
+from float_bounds import layer_bounds
 
 native = pytest.mark.skipif(not nf.backends()["cpu"]["compiled"], reason="native CPU kernels not built")
 
@@ -67,6 +71,24 @@ def test_opcheck_layer_ops():
                                   test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
+def assert_within_float32_bounds(kind, geom, act, y, y_ref, preps, x, res) -> None:
+    """Ours (``y``) and the float32 reference (``y_ref``), output and the gradients of every input for
+    one random output gradient, each within its float32 error bound of the exact (float64) value.
+    The PRep gradient is checked everywhere: the layer's weight and bias slices against their
+    bounds, every other value exactly 0 (the bound there is 0)."""
+    inputs = (preps, x) + ((res,) if res is not None else ())
+    g = torch.randn_like(y)
+    bounds = layer_bounds(kind, x, preps, geom, act, res, g)
+    names = ("grad_preps", "grad_x", "grad_residual")
+    for which, out in (("ours", y), ("reference", y_ref)):
+        bounds.check("y", out)
+        for name, grad in zip(names, torch.autograd.grad(out, inputs, g)):
+            try:
+                bounds.check(name, grad)
+            except AssertionError as e:
+                raise AssertionError(f"{which}: {e}") from None
+
+
 @native
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 3), N=st.integers(1, 3), cin=st.integers(1, 4), cout=st.integers(1, 4),
@@ -81,10 +103,10 @@ def test_property_conv_matches_reference(B, N, cin, cout, k, stride, padding, si
     ho = (size + 2 * padding - k) // stride + 1
     res = torch.randn(B, N, cout, ho, ho, requires_grad=True) if residual else None
     w_off, b_off = 2, 3 + w_numel  # a gap between weight and bias: offsets are honoured, not assumed
-    y = batched_conv2d(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, res, backend="cpp")
-    y_ref = batched_conv2d_ref(x, preps, w_off, b_off, cout, cin, k, stride, padding, act, res)
-    assert_matches_reference(y, y_ref, (preps, x) + ((res,) if residual else ()),
-                             prep_layout=[("weight", w_off, w_off + w_numel), ("bias", b_off, b_off + cout)])
+    geom = (w_off, b_off, cout, cin, k, stride, padding)
+    y = batched_conv2d(x, preps, *geom, act, res, backend="cpp")
+    y_ref = batched_conv2d_ref(x, preps, *geom, act, res)
+    assert_within_float32_bounds("conv", geom, act, y, y_ref, preps, x, res)
 
 
 @native
@@ -97,11 +119,10 @@ def test_property_linear_matches_reference(B, N, fin, fout, shared, act, residua
     preps = torch.randn(B, P, requires_grad=True)
     x = torch.randn((N, fin) if shared else (B, N, fin), requires_grad=True)
     res = torch.randn(B, N, fout, requires_grad=True) if residual else None
-    y = batched_linear(x, preps, 1, 1 + fin * fout, fout, fin, act, res, backend="cpp")
-    y_ref = batched_linear_ref(x, preps, 1, 1 + fin * fout, fout, fin, act, res)
-    w_end = 1 + fin * fout
-    assert_matches_reference(y, y_ref, (preps, x) + ((res,) if residual else ()),
-                             prep_layout=[("weight", 1, w_end), ("bias", w_end, w_end + fout)])
+    geom = (1, 1 + fin * fout, fout, fin)
+    y = batched_linear(x, preps, *geom, act, res, backend="cpp")
+    y_ref = batched_linear_ref(x, preps, *geom, act, res)
+    assert_within_float32_bounds("linear", geom, act, y, y_ref, preps, x, res)
 
 
 @native
@@ -190,3 +211,37 @@ def test_linear_gradcheck_float64_fewer_inputs(shared):
     for act in (0, 2):
         lin = lambda p, xx: batched_linear(xx, p, 3, 30, 7, 2, act, backend="cpp")  # noqa: E731
         assert torch.autograd.gradcheck(lin, (preps, x))
+
+
+@native
+@pytest.mark.parametrize("act", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_bounds_catch_a_wrong_kernel(kind, act):
+    """The float32 bounds are tight enough to fail a kernel that is really wrong: the op run on PReps
+    whose first weight moved by 1e-3 (a kernel reading one wrong value) fails the bounds of the
+    unperturbed call, in its output, in grad_x and (with sin, whose grad_z depends on W) in its PRep
+    gradient; the unperturbed call passes them."""
+    torch.manual_seed(5)
+    B, N = 2, 3
+    preps = torch.randn(B, 60) * 0.3
+    if kind == "conv":
+        geom, x = (4, 40, 3, 2, 2, 1, 1), torch.randn(B, N, 2, 5, 5)
+        op = batched_conv2d
+    else:
+        geom, x = (4, 40, 5, 7), torch.randn(B, N, 7)
+        op = batched_linear
+    wrong = preps.clone()
+    wrong[0, geom[0]] += 1e-3
+    g = None
+    for p, ok in ((preps, True), (wrong, False)):
+        p, xr = p.clone().requires_grad_(), x.clone().requires_grad_()
+        y = op(xr, p, *geom, act, None, backend="cpp")
+        g = torch.randn_like(y) if g is None else g
+        bounds = layer_bounds(kind, x, preps, geom, act, None, g)
+        (gp, gx) = torch.autograd.grad(y, (p, xr), g)
+        for name, got in (("y", y), ("grad_x", gx), ("grad_preps", gp)):
+            if ok:
+                bounds.check(name, got)
+            elif name != "grad_preps" or act == 2:  # the weight gradient reads W only through sin's z
+                with pytest.raises(AssertionError, match="exceeds its float32 error bound"):
+                    bounds.check(name, got)
