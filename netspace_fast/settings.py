@@ -9,9 +9,15 @@ variable                   values (default first)   effect
                                                     back to its automatic choice. The ``backend=``
                                                     argument of an op is a demand instead: it fails
                                                     clearly when that kernel cannot run.
-``NETSPACE_CONV_LAYOUT``   auto, grouped, split     the batched engine's layout of convolutions
-                                                    (netspace_fast.engine.layout): auto = the rule
-                                                    measured per layer (CPU), grouped on GPUs.
+``NETSPACE_CONV_LAYOUT``   auto, grouped, split,    the batched engine's layout of convolutions
+                           rule, tune               (netspace_fast.engine.layout): auto = timed per
+                                                    layer shape on this CPU, once, then cached (grouped
+                                                    on GPUs); tune = timed on any device, CUDA too;
+                                                    rule = the static threshold rule (no timing);
+                                                    grouped / split force one layout.
+``NETSPACE_CACHE_DIR``     (unset), a folder        where measured choices are cached (the layout
+                                                    tuner's files); unset: ``$XDG_CACHE_HOME/
+                                                    netspace_fast`` or ``~/.cache/netspace_fast``.
 ``NETSPACE_TF32``          (unset), 1, 0            TF32 products in the Triton kernels on CUDA
                                                     (0: IEEE float32). Unset: torch's float32
                                                     matmul setting (``torch.backends.cuda.matmul.
@@ -41,11 +47,12 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 BACKENDS = ("auto", "cpp", "cuda", "triton", "torch")
-CONV_LAYOUTS = ("auto", "grouped", "split")
+CONV_LAYOUTS = ("auto", "grouped", "split", "rule", "tune")
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str:
@@ -70,8 +77,20 @@ def backend() -> str:
 
 
 def conv_layout() -> str:
-    """NETSPACE_CONV_LAYOUT: 'auto', 'grouped' or 'split'."""
+    """NETSPACE_CONV_LAYOUT: 'auto' (unless set), 'grouped', 'split', 'rule' or 'tune'."""
     return _choice("NETSPACE_CONV_LAYOUT", CONV_LAYOUTS)
+
+
+def cache_dir() -> Path:
+    """The folder of netspace_fast's caches: ``NETSPACE_CACHE_DIR`` when set (and not empty), else
+    ``$XDG_CACHE_HOME/netspace_fast`` (an absolute XDG_CACHE_HOME only, as the XDG specification
+    says), else ``~/.cache/netspace_fast``. Not created here."""
+    value = os.environ.get("NETSPACE_CACHE_DIR")
+    if value:
+        return Path(value).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "netspace_fast"
 
 
 def tf32() -> bool:
@@ -110,4 +129,5 @@ def tune_malloc(trim_threshold: int = 1 << 34) -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
 
 
-__all__ = ["BACKENDS", "CONV_LAYOUTS", "backend", "conv_layout", "tf32", "tune_malloc", "tune_malloc_in_cli"]
+__all__ = ["BACKENDS", "CONV_LAYOUTS", "backend", "cache_dir", "conv_layout", "tf32", "tune_malloc",
+           "tune_malloc_in_cli"]

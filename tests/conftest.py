@@ -4,6 +4,9 @@
   (``requires_cuda`` is the same skip as a decorator).
 - Tests run with one intra-op thread (``NETSPACE_TEST_THREADS`` to change it; see below).
 - Every test starts from ``torch.manual_seed(0)`` (autouse fixture), so failures reproduce.
+- The batched engine's convolution layout is the static rule (``NETSPACE_CONV_LAYOUT=rule``, set
+  below unless the environment sets it): no timing, the same plan on every machine, fast;
+  tests/engine/test_layout_tuner.py tests the measured choice with a fake timer.
 - Hypothesis runs with no example database (nothing written outside tests/), no deadline, and a
   small, derandomized example budget (the CI machine has 2 CPU cores);
   ``HYPOTHESIS_PROFILE=thorough`` runs 500 random examples per property.
@@ -37,6 +40,9 @@ from __future__ import annotations
 
 import math
 import os
+
+# before anything runs (subprocesses inherit it): the layout rule, not the timing tuner
+os.environ.setdefault("NETSPACE_CONV_LAYOUT", "rule")
 
 import pytest
 import torch

@@ -55,15 +55,18 @@ class Weights:
         raise NotImplementedError
 
 
-def plan(program, x0: torch.Tensor, n: int) -> list[tuple[int, int, bool]]:
-    """The program cut into blocks (see :func:`netspace_fast.engine.layout.plan_blocks`); ``x0`` an
-    image input (any layout; only its spatial size and device are read), ``n`` images per network."""
+def plan(program, x0: torch.Tensor, n: int, B: int, *, shared: bool = False,
+         grouped_input: bool = False) -> list[tuple[int, int, bool]]:
+    """The program cut into blocks (see :func:`netspace_fast.engine.layout.plan_blocks`); ``x0`` the
+    image input as :func:`run` takes it (any memory layout; only its shape, dtype and device are
+    read), ``n`` images per network, ``B`` networks."""
     if x0.dim() < 4:  # no image input, no convolutions
         return [(i, i + 1, False) for i in range(len(program))]
+    c0 = x0.shape[1] // max(B, 1) if grouped_input else x0.shape[-3]  # channels per network
     geoms = [(kind, src, dst, geom[2], geom[4], geom[5], geom[6]) if kind == "conv" else
              (kind, src, dst, None, geom[0], geom[1], 0) if kind == "avgpool" else (kind, src, dst, None, 0, 1, 0)
              for kind, src, dst, residual, act, geom in program]
-    return plan_blocks(geoms, n, tuple(x0.shape[-2:]), x0.device)
+    return plan_blocks(geoms, n, tuple(x0.shape[-2:]), x0.device, B, c0, x0.dtype, shared)
 
 
 def run(program, x: torch.Tensor, B: int, weights: Weights, *, shared: bool = False, grouped_input: bool = False,
@@ -78,7 +81,7 @@ def run(program, x: torch.Tensor, B: int, weights: Weights, *, shared: bool = Fa
     cache: dict[tuple[int, str], object] = {}
     saved: list | None = [None] * len(program) if record else None
     n = x.shape[0] if (grouped_input or shared) else x.shape[1]  # images per network
-    blocks = plan(program, x, n)
+    blocks = plan(program, x, n, B, shared=shared, grouped_input=grouped_input)
 
     def value(v: int, form: str):
         """Activation v in ``form`` ("grouped" or "split"), converted once. The shared input is one

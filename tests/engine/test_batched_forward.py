@@ -243,6 +243,7 @@ def test_prep_grad_zero_where_no_gradient_flows(monkeypatch, rule, shared):
     from netspace_fast.engine import layout
 
     monkeypatch.setattr(layout, "use_split", RULES[rule])
+    monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "rule")  # the patched rule decides, whatever the environment says
     poison_uninitialized(monkeypatch)
     check_prep_grad_zero_without_gradient("cpp", shared)
 
@@ -397,6 +398,7 @@ def test_gradcheck_float64_tiny(monkeypatch, rule, shared):
 
     if rule != "default":
         monkeypatch.setattr(layout, "use_split", RULES[rule])
+        monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "rule")  # the patched rule decides, whatever the environment says
     spec = tiny_spec()
     H, W = nf.prep_shape(spec.num_params, 8)
     torch.manual_seed(1)
@@ -417,6 +419,7 @@ def test_layouts_match_reference(monkeypatch, name, rule, shared):
     # the tiny spec's 16-pixel threshold, scaled to these networks (100 pixels: ResNet8's 32x32 and
     # 16x16 layers and LeNetLike's conv1 on one side, ResNet8's 8x8 and LeNetLike's conv2 on the other)
     monkeypatch.setattr(layout, "use_split", lambda n, cout, hw, device="cpu": RULES[rule](n, cout, hw * 16 // 100))
+    monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "rule")  # the patched rule decides, whatever the environment says
     check_network(archs.spec(name, "cifar10"), 3, 4, shared)
 
 
@@ -429,6 +432,7 @@ def test_second_backward_recomputes(monkeypatch, name, rule):
     from netspace_fast.engine import layout
 
     monkeypatch.setattr(layout, "use_split", lambda n, cout, hw, device="cpu": RULES[rule](n, cout, hw * 16 // 100))
+    monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "rule")  # the patched rule decides, whatever the environment says
     spec = archs.spec(name, "cifar10")
     preps = make_preps(spec, 2).requires_grad_()
     x = torch.randn(3, 3, 32, 32, requires_grad=True)
@@ -447,6 +451,7 @@ def test_per_network_regime_counts(monkeypatch):
     from netspace_fast.engine import layout
 
     monkeypatch.setattr(layout, "use_split", lambda n, cout, hw, device="cpu": hw >= 16 * 16)  # ResNet8 stages 1-2
+    monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "rule")  # the patched rule decides, whatever the environment says
     spec = archs.spec("resnet8")
     split_convs = sum(1 for layer in spec.layers if layer.kind == "conv") - 3  # stage 3: 2 convs + downsample
     counts = {}

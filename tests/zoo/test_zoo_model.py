@@ -191,6 +191,7 @@ def test_split_and_grouped_layouts_agree(digits, monkeypatch, name, rule):
     x = digits[0][:24].double().view(3, 8, 3, 32, 32)
     results = []
     for r in ("default", rule):
+        monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "rule")  # the thresholds decide, whatever the environment says
         if r == "all split":
             monkeypatch.setattr(layout, "SPLIT_MIN_PIXELS", 0)
             monkeypatch.setattr(layout, "SPLIT_MIN_CHANNELS", 0)
@@ -231,6 +232,9 @@ def test_layout_override(monkeypatch):
     assert use_split(1, 1, 1) and use_split(1, 1, 1, "cuda")
     monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "grouped")
     assert not use_split(128, 16, 32 * 32)
+    for mode in ("rule", "auto", "tune"):  # use_split is the static rule itself (the tuner: test_layout_tuner.py)
+        monkeypatch.setenv("NETSPACE_CONV_LAYOUT", mode)
+        assert use_split(128, 16, 32 * 32) and not use_split(128, 6, 14 * 14)
     monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "fast")
     with pytest.raises(ValueError, match="NETSPACE_CONV_LAYOUT: expected one of"):
         use_split(1, 1, 1)
