@@ -31,7 +31,17 @@ def test_shard_blocks_partition_the_instances(n, world):
 
 
 def _same_zoo(a: Zoo, b: Zoo) -> None:
-    """Same ids, splits, metadata; weights equal to float32 rounding (grouped vs smaller-group convs)."""
+    """Same ids, splits, metadata; each instance's weights are the same network's.
+
+    Not "equal to float32 rounding": the two zoos train with different batching (one job of B
+    networks vs jobs of fewer), so their sums round differently (by kernel, CPU and ``MKL_CBWR``
+    code path), and SGD amplifies rounding chaotically over the steps (LeakyReLU signs near 0
+    flip): under ``MKL_CBWR=COMPATIBLE`` instance 0 of digits-tiny ends ~1e-3 apart after 51 steps,
+    ~3e-8 under ``AVX2``. No error analysis bounds that growth. What the bookkeeping must get right
+    (ids, seeds, data order, which instance a rank trains) decides WHICH network an instance is:
+    so each instance must be far closer to its counterpart than to any other instance of the same
+    architecture: max|a_i - b_i| <= 0.05 * max|a_i - a_j| per tensor (different seeds start ~ the
+    init scale apart), and its accuracies within 0.02."""
     ea = {e["id"]: e for e in a.instances()}
     eb = {e["id"]: e for e in b.instances()}
     assert sorted(ea) == sorted(eb)
@@ -42,8 +52,15 @@ def _same_zoo(a: Zoo, b: Zoo) -> None:
         for key in ("train_acc", "val_acc", "test_acc"):
             assert abs(ea[i][key] - eb[i][key]) <= 0.02, (i, key, ea[i][key], eb[i][key])
         sa, sb = a.state_dict(i), b.state_dict(i)
+        others = [j for j in ea if j != i and ea[j]["architecture"] == ea[i]["architecture"]]
+        assert others, "needs two instances of an architecture to tell them apart"
         for k in sa:
-            assert torch.allclose(sa[k].float(), sb[k].float(), rtol=1e-3, atol=1e-4), (i, k)
+            if not sa[k].is_floating_point():
+                assert torch.equal(sa[k], sb[k]), (i, k)
+                continue
+            apart = min((sa[k].float() - a.state_dict(j)[k].float()).abs().max().item() for j in others)
+            diff = (sa[k].float() - sb[k].float()).abs().max().item()
+            assert diff <= 0.05 * apart, (i, k, diff, apart)
     assert a.verify() == [] and b.verify() == []
 
 
