@@ -23,8 +23,9 @@ Which is faster depends on the work per network and on the machine. One machine'
 i.e. there, small per-network convolutions (few output channels or few output pixels) gain from
 one grouped call, large ones lose to the grouped kernel's poorer blocking. :func:`use_split`
 encodes that as a static threshold rule (``SPLIT_MIN_PIXELS``, ``SPLIT_MIN_CHANNELS``). On another
-CPU the crossover lies elsewhere (a zoo job on a Sapphire Rapids CPU ran ~4x slower under it), so
-by default the choice is measured on the machine that runs it:
+CPU the crossover lies elsewhere (on a Xeon with AMX the rule costs 10-23% of a zoo epoch against
+the measured choice: BENCHMARKS.md, "Convolution layout: measured per machine"), so by default the
+choice is measured on the machine that runs it:
 
 The tuner (:class:`LayoutTuner`). The first time a conv layer shape is met, both layouts run one
 forward + backward (weight, bias and input gradients; the shared input of NetSpace evaluation gets
