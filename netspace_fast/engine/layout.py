@@ -44,9 +44,9 @@ on disk per device model and torch version, one JSON file per pair::
 
     <cache dir>/conv_layout-<device model>-torch<version>.json
 
-(the device model: the CPU's ``model name`` from /proc/cpuinfo, else ``platform.processor()``; a
-GPU's ``torch.cuda.get_device_name``; both as file-name slugs), in the folder
-:func:`netspace_fast.settings.cache_dir` names (``NETSPACE_CACHE_DIR``, else
+(the device model: the CPU's ``model name`` from /proc/cpuinfo and a digest of its flags, else
+``platform.processor()``; a GPU's ``torch.cuda.get_device_name``; both as file-name slugs), in the
+folder :func:`netspace_fast.settings.cache_dir` names (``NETSPACE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/netspace_fast`` or ``~/.cache/netspace_fast``). The file holds, per key, the
 choice and both measured times::
 
@@ -78,6 +78,7 @@ layout.print_cache()"`` (the file's path, then per key the choice and both times
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -286,21 +287,30 @@ _NAMES: dict[str, str] = {}
 
 
 def _cpu_model() -> str:
+    """The CPU's model name, plus a digest of its feature flags where /proc/cpuinfo has them: virtual
+    machines report several CPU generations under one name ("Intel(R) Xeon(R) Processor" for AVX-512
+    Xeons with and without AMX), and the layouts' crossover moves between them."""
+    name = flags = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.lower().startswith("model name") and ":" in line:
-                    name = line.split(":", 1)[1].strip()
-                    if name:
-                        return name
+                field, _, value = line.partition(":")
+                field = field.strip().lower()
+                if field == "model name" and not name:
+                    name = value.strip()
+                elif field in ("flags", "features") and not flags:
+                    flags = " ".join(sorted(value.split()))
+                if name and flags:
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{name} flags-{hashlib.sha256(flags.encode()).hexdigest()[:8]}" if flags else name
 
 
 def device_name(device: torch.device | str = "cpu") -> str:
-    """The model of ``device``: a CPU's model name (/proc/cpuinfo, else ``platform.processor()``), a
-    GPU's ``torch.cuda.get_device_name``; other devices: their type."""
+    """The model of ``device``: a CPU's model name and a digest of its feature flags (/proc/cpuinfo,
+    else ``platform.processor()``), a GPU's ``torch.cuda.get_device_name``; other devices: their type."""
     dev = torch.device(device)
     label = str(dev)
     if label not in _NAMES:

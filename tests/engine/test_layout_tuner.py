@@ -414,3 +414,24 @@ def test_the_choice_is_a_constant_under_torch_compile(tmp_path, monkeypatch):
     got = torch.compile(f, fullgraph=True, backend="aot_eager")(preps, x)
     assert len(timer.calls) == 2  # LeNetLike's two convs, measured while tracing
     assert torch.equal(got, f(preps, x)) and len(timer.calls) == 2
+
+
+def test_cpu_model_tells_generations_apart(monkeypatch, tmp_path):
+    """Two CPUs reported under one model name (as virtual machines do) but with other feature flags
+    get different cache files; without a flags line the model name alone names the file."""
+    import builtins
+
+    def cpuinfo(flags):
+        text = f"processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n{flags}\n"
+        real_open = builtins.open
+        return lambda path, *a, **k: (__import__("io").StringIO(text) if path == "/proc/cpuinfo"
+                                      else real_open(path, *a, **k))
+
+    names = []
+    for flags in ("flags\t: fpu avx2 avx512f", "flags\t: fpu avx2 avx512f amx_tile", "flags\t: avx512f fpu avx2", ""):
+        monkeypatch.setattr(builtins, "open", cpuinfo(flags))
+        names.append(layout._cpu_model())
+    assert names[0] != names[1] and names[0] == names[2]  # flags' order does not matter
+    assert names[3] == "Intel(R) Xeon(R) Processor"
+    assert all(n.startswith("Intel(R) Xeon(R) Processor") for n in names)
+    assert layout.cache_file_name(names[0], "2.14.1") != layout.cache_file_name(names[1], "2.14.1")
