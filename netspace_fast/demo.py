@@ -25,11 +25,12 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from .monitor import log
 
 __all__ = ["DemoSettings", "SETTINGS", "run_demo", "summary_table"]
 
@@ -63,11 +64,6 @@ def _machine() -> str:
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return (f"{model}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads{gpu}; "
             f"Python {platform.python_version()}, torch {torch.__version__}")
-
-
-def _say(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def _pct(v: float) -> str:
@@ -104,14 +100,14 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
                      "zoo_preset": s.zoo_preset, "space_preset": s.space_preset}
     t_all = time.perf_counter()
 
-    _say(progress, "[1/7] PRep core self-check")
+    log(progress, "[1/7] PRep core self-check")
     t0 = time.perf_counter()
     check_text, check_ok, check_png = run_checks(out / "selfcheck", "digits", 1, s.selfcheck_width)
     times["selfcheck"] = time.perf_counter() - t0
     if not check_ok:
         raise RuntimeError(f"the PRep core self-check failed:\n{check_text}")
 
-    _say(progress, f"[2/7] zoo (preset {s.zoo_preset}) -> {zoo_dir}")
+    log(progress, f"[2/7] zoo (preset {s.zoo_preset}) -> {zoo_dir}")
     t0 = time.perf_counter()
     reused["zoo"] = _zoo_complete(zoo_dir, s.zoo_preset)
     train_zoo(zoo_dir, s.zoo_preset, seed=seed, device=device, progress=progress)
@@ -119,14 +115,14 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     zoo = Zoo.open(zoo_dir)
     zoo_rows = {sp: [e for e in zoo.instances(sp)] for sp in ("train", "val", "test")}
 
-    _say(progress, f"[3/7] NetSpace Single-Architecture (preset {s.space_preset}) -> {run_dir}")
+    log(progress, f"[3/7] NetSpace Single-Architecture (preset {s.space_preset}) -> {run_dir}")
     t0 = time.perf_counter()
     reused["space"] = _run_complete(run_dir)
     train_space(run_dir, zoo_dir, "single", s.space_preset, seed=seed, device=device, progress=progress)
     times["space"] = time.perf_counter() - t0
     space = Space.load(run_dir, device=device)
 
-    _say(progress, "[4/7] decoded vs input networks (test split)")
+    log(progress, "[4/7] decoded vs input networks (test split)")
     t0 = time.perf_counter()
     rows = space.evaluate("test")
     stats = summarize(rows)
@@ -135,7 +131,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
 
     test = sorted(rows, key=lambda r: r["input_acc"])
     weakest, strongest = test[0]["network"], test[-1]["network"]
-    _say(progress, f"[5/7] interpolation {weakest} -> {strongest} ({s.interp_steps} steps)")
+    log(progress, f"[5/7] interpolation {weakest} -> {strongest} ({s.interp_steps} steps)")
     t0 = time.perf_counter()
     it = interpolate(run_dir, weakest, strongest, steps=s.interp_steps, out=out / "interpolate", device=device,
                      progress=progress)
@@ -147,7 +143,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
               "csv": os.path.relpath(it.files["csv"], out), "png": os.path.relpath(it.files["png"], out)}
     times["interpolate"] = time.perf_counter() - t0
 
-    _say(progress, f"[6/7] latent optimization from a random embedding ({s.opt_steps} steps)")
+    log(progress, f"[6/7] latent optimization from a random embedding ({s.opt_steps} steps)")
     t0 = time.perf_counter()
     o = optimize(run_dir, start="random", steps=s.opt_steps, lr=1e-4, eval_every=s.opt_eval_every, seed=seed,
                  out=out / "optimize", device=device, progress=progress)
@@ -156,7 +152,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
            "png": os.path.relpath(o.files["png"], out), "network": os.path.relpath(o.files["network"], out)}
     times["optimize"] = time.perf_counter() - t0
 
-    _say(progress, "[7/7] PRep images")
+    log(progress, "[7/7] PRep images")
     t0 = time.perf_counter()
     image = visualize(run_dir, strongest, out / "prep_images.png", device=device)
     times["images"] = time.perf_counter() - t0

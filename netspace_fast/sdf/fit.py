@@ -37,7 +37,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -47,7 +46,7 @@ from safetensors.torch import load as st_load, save as st_save
 from .. import archs
 from ..engine.batched import batched_forward
 from ..killpoint import after_checkpoint
-from ..monitor import progress_bar
+from ..monitor import log, progress_bar
 from ..prep import pack_preps
 from ..prep.layout import PRepLayout, unpack_prep
 from ..storage import atomic_write_bytes
@@ -331,11 +330,6 @@ class SirenFitter:
 # the zoo job
 
 
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
-
-
 def _splits(n: int, p: SdfPreset, seed: int) -> list[str]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7)).tolist()
     n_val, n_test = round(n * p.split[0]), round(n * p.split[1])
@@ -377,14 +371,14 @@ def fit_sdf_zoo(out_dir, shapes="procedural", preset: str | SdfPreset = "small",
     for gi, idx in enumerate(groups):
         done = {e["id"] for e in zoo_format.Zoo.open(out).instances()}
         if all(shapeset.ids[i] in done for i in idx):
-            _log(progress, f"group {gi + 1}/{len(groups)}: all {len(idx)} networks already in the zoo")
+            log(progress, f"group {gi + 1}/{len(groups)}: all {len(idx)} networks already in the zoo")
             continue
         fitter = SirenFitter(shapeset, idx, seed=seed, lr=p.lr, lr_decay=p.lr_decay, decay_every=p.decay_every,
                              points=p.points, device=device, kernel=kernel, init=p.init)
         ckpt = out / ".checkpoints" / f"sdf-{gi:04d}.safetensors"
         if ckpt.exists():
             fitter.load_state_bytes(ckpt.read_bytes(), str(ckpt))
-            _log(progress, f"group {gi + 1}/{len(groups)}: resuming after step {fitter.step}")
+            log(progress, f"group {gi + 1}/{len(groups)}: resuming after step {fitter.step}")
         bar = progress_bar(progress, f"sdf group {gi + 1}/{len(groups)} ({len(idx)} networks)", fitter.step, p.steps)
         loss = None
         while fitter.step < p.steps:
@@ -396,7 +390,7 @@ def fit_sdf_zoo(out_dir, shapes="procedural", preset: str | SdfPreset = "small",
                 if bar is not None:
                     bar.set_postfix({"mse": f"{float(loss.mean()):.2e}"}, refresh=False)
                 else:
-                    _log(progress, f"group {gi + 1}/{len(groups)}: step {fitter.step}/{p.steps} "
+                    log(progress, f"group {gi + 1}/{len(groups)}: step {fitter.step}/{p.steps} "
                                    f"mean mse {float(loss.mean()):.3e}")
                 after_checkpoint(fitter.step)
         if bar is not None:
@@ -409,7 +403,7 @@ def fit_sdf_zoo(out_dir, shapes="procedural", preset: str | SdfPreset = "small",
                                       seed=fitter.seeds[k], epoch=p.steps, acc={}, split=where[i],
                                       sdf={"shape": shapeset.names[i], "sdf_mse": mses[k],
                                            "sdf_within_0.01": within[k]})
-        _log(progress, f"group {gi + 1}/{len(groups)}: {len(idx)} networks written; held-out within 0.01: "
+        log(progress, f"group {gi + 1}/{len(groups)}: {len(idx)} networks written; held-out within 0.01: "
                        f"median {sorted(within)[len(within) // 2]:.3f}, min {min(within):.3f}")
         ckpt.unlink(missing_ok=True)  # the group's instances are final
         shapeset.release(idx)

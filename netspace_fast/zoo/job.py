@@ -13,7 +13,7 @@ import torch
 
 from .. import archs, data
 from ..killpoint import after_checkpoint
-from ..monitor import progress_bar, tensorboard_writer
+from ..monitor import log, progress_bar, tensorboard_writer
 from ..storage import TMP_PREFIX, atomic_write_bytes, load_error_reason, locked
 from . import format as zoo_format
 from .augment import NORMALIZED_BLACK
@@ -51,11 +51,6 @@ def _load_checkpoint(path: Path, device) -> dict:
         raise ValueError(f"checkpoint {str(path)!r}: expected a dict with keys {sorted(_CHECKPOINT_KEYS)}, got {got}; "
                          f"delete it to restart this job from epoch 0")
     return state
-
-
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "cpu", progress: bool = True,
@@ -110,7 +105,7 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
             for tmp in (out / ".checkpoints").glob(f"{TMP_PREFIX}{_checkpoint(out, job, arch, mine, B).name}.*"):
                 tmp.unlink(missing_ok=True)  # a killed write's (only this rank writes this checkpoint)
             if all(i in done for i in ids):  # (a rank with an empty block has nothing to do)
-                _log(show, f"{arch}: all {len(ids)} instances{' of rank 0' if world > 1 else ''} already in the zoo")
+                log(show, f"{arch}: all {len(ids)} instances{' of rank 0' if world > 1 else ''} already in the zoo")
                 continue
             _train_job(out, p, arch, (n_train, n_val, n_test), seeds, mine, splits, pad, done, device, show, job,
                        writer, rank, world)
@@ -187,7 +182,7 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
             print(f"{arch}: rank {rank} of {world}: resuming after epoch {start}",
                   file=sys.stderr, flush=True)
         else:
-            _log(progress, f"{arch}: resuming after epoch {start}")
+            log(progress, f"{arch}: resuming after epoch {start}")
     xtr, ytr = splits["train"]
     # single protocol: which split each (run, snapshot) instance goes to, 100:16:16, from the seed
     if p.protocol == "single":
@@ -237,7 +232,7 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
             bar.set_postfix({k: round(v, 4) for k, v in scalars.items()}, refresh=False)
             bar.update(1)
         else:
-            _log(progress, f"{arch}: epoch {epoch}/{p.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+            log(progress, f"{arch}: epoch {epoch}/{p.epochs} " + " ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
         after_checkpoint(epoch)
     if bar is not None:
         bar.close()
@@ -253,4 +248,4 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
             zoo_format.write_instance(out, m, id=iid, arch=arch, dataset=p.dataset, protocol=p.protocol,
                                       seed=seeds_all[i], epoch=p.epochs,
                                       acc={s: float(a[i - mine.start]) for s, a in accs.items()}, split=split)
-        _log(progress, f"{arch}: {len(mine)} instances written (best val acc mean {float(best_acc.mean()):.4f})")
+        log(progress, f"{arch}: {len(mine)} instances written (best val acc mean {float(best_acc.mean()):.4f})")
