@@ -49,9 +49,13 @@ test: test-python test-numerics test-triton test-cpp
 sanitize: install
 	PYTHON=$(PY) bash scripts/cmake_test.sh sanitize
 
-# training-length acceptance runs (tens of minutes on 2 cores): figures go to BENCHMARKS.md
+# training-length acceptance runs (tens of minutes on 2 cores): figures go to BENCHMARKS.md. The real-data
+# part (tests/test_realdata_accept.py, about an hour) needs Fashion-MNIST's idx files in FMNIST_ROOT
+FMNIST_ROOT ?= /usr/share/datasets/fashion-mnist
 accept: install
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -s -m accept tests
+	@$(PY) -c "from netspace_fast import data; data.tensors('fashion-mnist', 'test', root='$(FMNIST_ROOT)')" 2>/dev/null \
+	  || echo "real-data acceptance skipped: Fashion-MNIST not found in $(FMNIST_ROOT); get it with 'apt-get install dataset-fashion-mnist' (or FMNIST_ROOT=DIR, where 'netspace zoo train --download --root DIR' fetches it)"
+	NETSPACE_FMNIST_ROOT=$(FMNIST_ROOT) OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -s -m accept tests
 
 bench: install
 	$(PY) -m pytest -q benchmarks --benchmark-columns=min,median,mean,rounds

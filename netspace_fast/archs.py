@@ -55,6 +55,8 @@ DATASETS: dict[str, tuple[int, int, int]] = {
     "cifar10": (3, 32, 10),
     "tinyimagenet": (3, 64, 200),
     "digits": (3, 32, 10),  # the embedded default: cifar10 geometry
+    "fashion-mnist": (3, 32, 10),  # 28x28 grayscale padded to 32 and replicated: cifar10 geometry
+    "mnist": (3, 32, 10),
 }
 ARCH_NAMES = ("lenetlike", "vanillacnn", "resnet8", "resnet32", "resnet56", "siren")
 CLASS_IDS = {"lenetlike": 0, "vanillacnn": 1, "resnet8": 2, "resnet32": 3}

@@ -1,6 +1,8 @@
 """Image-classification data for training the zoo (METHOD.md section 3, seed Sec. IV and V).
 
-Three datasets, read from local folders only (nothing is ever downloaded):
+Five datasets, read from local folders. Nothing is downloaded unless asked: with ``download=True``
+(the CLI's ``--download``) CIFAR-10, Fashion-MNIST and MNIST are fetched into ``root`` by
+torchvision's own dataset classes, which verify their checksums (:func:`download`).
 
 - ``"digits"`` -- the embedded default: scikit-learn's bundled 8x8 handwritten digits
   (``sklearn.datasets.load_digits``, 1797 images), bilinearly upsampled to 32x32 and replicated to
@@ -14,21 +16,33 @@ Three datasets, read from local folders only (nothing is ever downloaded):
   set is split 80k train / 20k val, the official 10k validation set is the test split. Labels are
   the line index of the wnid in ``wnids.txt``.
 
+- ``"fashion-mnist"`` and ``"mnist"`` -- the four standard idx files in ``<root>`` (gzipped or not):
+  ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
+  ``t10k-labels-idx1-ubyte``; also found in ``<root>/FashionMNIST/raw`` / ``<root>/MNIST/raw``, where
+  torchvision's download puts them. On Debian/Ubuntu ``apt-get install dataset-fashion-mnist``
+  installs Fashion-MNIST's files into ``/usr/share/datasets/fashion-mnist``. The 28x28 grayscale
+  images are padded with black to 32x32 (2 pixels each side) and replicated to 3 channels: the
+  CIFAR-10 geometry of the paper's architectures, as the digits data. The 60k training set is split
+  48k train / 12k val (seeded, as below), the official 10k test set is the test split.
+
 Splits carved from a training set are proportional: the val split holds ``n // 5`` images and the
 train split the rest (40k/10k of CIFAR-10's 50k, 80k/20k of Tiny-ImageNet's 100k, and the same
 4/5 : 1/5 proportion for small stand-in sets). Which images go where is a random permutation drawn
 from ``seed``: the same seed gives the same split, a different seed a different one; the splits are
 disjoint and together cover the set.
 
-Every split is normalized with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225). With
+Every split of every dataset (the grayscale ones after replication) is normalized with mean
+(0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225). With
 ``augment=True`` the train split (only) also gets the standard augmentation: random crop with
 padding ``S // 8`` (4 for 32 px, 8 for 64 px) and a random horizontal flip.
 
-Public API: :data:`DATASETS`, :func:`dataset_info`, :func:`load_splits`, :func:`tensors`.
+Public API: :data:`DATASETS`, :data:`DOWNLOADABLE`, :func:`dataset_info`, :func:`download`,
+:func:`load_splits`, :func:`tensors`, :func:`read_idx`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -41,9 +55,12 @@ from torchvision import transforms as T
 
 from . import archs
 
-__all__ = ["DATASETS", "MEAN", "STD", "dataset_info", "load_splits", "tensors"]
+__all__ = ["DATASETS", "DOWNLOADABLE", "IDX_FILES", "MEAN", "STD", "dataset_info", "download", "fetch", "load_splits",
+           "read_idx", "tensors"]
 
-DATASETS = ("digits", "cifar10", "tinyimagenet")
+DATASETS = ("digits", "cifar10", "tinyimagenet", "fashion-mnist", "mnist")
+DOWNLOADABLE = ("cifar10", "fashion-mnist", "mnist")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "test")
@@ -321,6 +338,187 @@ def _tiny_splits(root, seed: int, augment: bool) -> dict[str, Dataset]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Fashion-MNIST and MNIST (idx files)
+
+_IDX_NAMES = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
+_IDX_SUBFOLDER = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}  # torchvision's <root>/<class>/raw
+_IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_DEBIAN_FOLDER = "/usr/share/datasets/fashion-mnist"
+
+
+def _how_to_get(name: str) -> str:
+    debian = (f"`apt-get install dataset-fashion-mnist` (Debian/Ubuntu; the files land in {_DEBIAN_FOLDER}: pass "
+              "that folder as --root), or " if name == "fashion-mnist" else "")
+    return f"get them with {debian}--download (fetches them into --root)"
+
+
+def read_idx(path) -> np.ndarray:
+    """The array stored in idx file ``path`` (gzip-compressed if its name ends in ``.gz``).
+
+    The idx format: two zero bytes, a type byte (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
+    0x0D float32, 0x0E float64), a byte with the number of dimensions, the dimensions as big-endian
+    uint32, then the data, big-endian, in C order. A file that is not idx, truncated or longer than
+    its header says is a ValueError of one line naming the file.
+    """
+    import gzip
+    import zlib
+
+    path = Path(path)
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(f"{path}: not a readable gzip file ({e})") from None
+    if len(raw) < 4:
+        raise ValueError(f"{path}: not an idx file: {len(raw)} bytes, shorter than the 4-byte magic number")
+    magic = int.from_bytes(raw[:4], "big")
+    if raw[0] or raw[1] or raw[2] not in _IDX_TYPES or raw[3] == 0:
+        raise ValueError(f"{path}: not an idx file: magic number 0x{magic:08X}, expected 0x0000TTNN (TT a type byte "
+                         "08/09/0B/0C/0D/0E, NN the number of dimensions; 0x00000803 for images, 0x00000801 for "
+                         "labels)")
+    dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated idx file: {len(raw)} bytes, its header alone needs {header}")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    need = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != need:
+        what = "truncated" if len(raw) - header < need else "corrupt"
+        raise ValueError(f"{path}: {what} idx file: its header says shape {dims} ({need} bytes of data), the file "
+                         f"holds {len(raw) - header} bytes of data")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))  # a writable copy
+
+
+def _idx_paths(name: str, root) -> dict[str, Path]:
+    """The four idx files of ``name`` (each gzipped or not) in ``root`` or ``root/<class>/raw``."""
+    pretty = _IDX_NAMES[name]
+    files = ", ".join(IDX_FILES)
+    if root is None:
+        raise ValueError(f"root is required for dataset {name!r} (the folder of the four idx files {files}, each "
+                         f"may be .gz); {_how_to_get(name)}")
+    root = Path(root).expanduser()
+    folders = [root, root / _IDX_SUBFOLDER[name] / "raw"]
+    for folder in folders:
+        found = {}
+        for f in IDX_FILES:
+            for cand in (folder / f, folder / f"{f}.gz"):
+                if cand.is_file():
+                    found[f] = cand
+                    break
+        if len(found) == len(IDX_FILES):
+            return found
+    missing = [f for f in IDX_FILES if not any((folders[0] / g).is_file() for g in (f, f"{f}.gz"))]
+    raise FileNotFoundError(f"{pretty} not found: searched {folders[0]} and {folders[1]} for the idx files {files} "
+                            f"(each may be .gz; missing in {folders[0]}: {', '.join(missing)}); {_how_to_get(name)}")
+
+
+def _idx_pair(images_path: Path, labels_path: Path, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = read_idx(images_path), read_idx(labels_path)
+    if x.dtype != np.uint8 or x.ndim != 3:
+        raise ValueError(f"{images_path}: expected uint8 images of shape (n, rows, cols) (magic 0x00000803), got "
+                         f"{x.dtype} of shape {x.shape}")
+    if y.dtype != np.uint8 or y.ndim != 1:
+        raise ValueError(f"{labels_path}: expected uint8 labels of shape (n,) (magic 0x00000801), got {y.dtype} of "
+                         f"shape {y.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"{labels_path}: {len(y)} labels for the {len(x)} images of {images_path.name}; expected the "
+                         "same count")
+    if x.shape[1:] != (28, 28):
+        raise ValueError(f"{images_path}: expected 28x28 images, got {x.shape[1]}x{x.shape[2]}")
+    if len(y) and int(y.max()) >= classes:
+        raise ValueError(f"{labels_path}: label {int(y.max())} out of range; expected labels 0..{classes - 1}")
+    return x, y.astype(np.int64)
+
+
+def _idx_raw(name: str, root) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images (60k, 28, 28) uint8, train labels, test images, test labels), read once per
+    process and set of files (keyed by path, size and modification time)."""
+    paths = _idx_paths(name, root)
+    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths.values())
+    return _idx_cached(key, dataset_info(name)[2])
+
+
+@functools.lru_cache(maxsize=2)
+def _idx_cached(key, classes: int):
+    p = [Path(k[0]) for k in key]
+    return (*_idx_pair(p[0], p[1], classes), *_idx_pair(p[2], p[3], classes))
+
+
+def _gray_to_rgb32(x: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 3, 32, 32) in [0, 1]: black padding of 2 pixels, 3 equal channels."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(255.0)
+    t = F.pad(t, (2, 2, 2, 2))
+    return t.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
+def _idx_arrays(name: str, root, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    xtr, ytr, xte, yte = _idx_raw(name, root)
+    tr_idx, va_idx = _split_train_val(len(ytr), seed)
+    return {"train": (xtr[tr_idx], ytr[tr_idx]), "val": (xtr[va_idx], ytr[va_idx]), "test": (xte, yte)}
+
+
+def _idx_splits(name: str, root, seed: int, augment: bool) -> dict[str, Dataset]:
+    out = {}
+    for s, (x, y) in _idx_arrays(name, root, seed).items():
+        t = _gray_to_rgb32(x)
+        out[s] = _TensorImages(t, torch.from_numpy(y), np.arange(len(y)),
+                               _transform(32, augment and s == "train", pil=False))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# downloads (opt-in)
+
+
+def _download_class(name: str):
+    from torchvision import datasets as tvd
+
+    return {"cifar10": tvd.CIFAR10, "fashion-mnist": tvd.FashionMNIST, "mnist": tvd.MNIST}[name]
+
+
+def download(name: str, root) -> Path:
+    """Fetch dataset ``name`` (one of :data:`DOWNLOADABLE`) into folder ``root`` with torchvision's own
+    dataset class, which checks every file's md5 (files already there and intact are not fetched
+    again); returns ``root``. Only called when the user asked for it (the CLI's ``--download``):
+    nothing else in this package touches the network. CIFAR-10 lands in ``root/cifar-10-batches-py``,
+    Fashion-MNIST / MNIST in ``root/FashionMNIST/raw`` / ``root/MNIST/raw``; both are where
+    :func:`load_splits` looks."""
+    _check_name(name)
+    if name not in DOWNLOADABLE:
+        raise ValueError(f"download: dataset {name!r} cannot be downloaded; downloadable: {', '.join(DOWNLOADABLE)}"
+                         + (" (digits is embedded: nothing to fetch)" if name == "digits" else ""))
+    if root is None:
+        raise ValueError(f"root is required to download {name!r} (the folder to fetch it into)")
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    from urllib.error import URLError
+
+    cls = _download_class(name)
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except (RuntimeError, URLError) as e:  # torchvision's: unreachable mirrors, a checksum that does not match
+        reason = " ".join(str(e).split())
+        raise OSError(f"download: fetching {name!r} into {root} failed: {reason}") from None
+    return root
+
+
+_download = download  # (fetch's flag shadows the name)
+
+
+def fetch(name: str, root, download: bool) -> None:
+    """What every command with ``--root`` / ``--download`` does first: with ``download``, fetch
+    dataset ``name`` into ``root`` (:func:`download`; the embedded digits need nothing and are
+    left alone); without it, nothing (never a network access the user did not ask for)."""
+    if download and _check_name(name) != "digits":
+        _download(name, root)
+
+
+# ----------------------------------------------------------------------------------------------
 # entry points
 
 
@@ -338,6 +536,8 @@ def load_splits(
     _check_name(name)
     if name == "digits":
         return _digits_splits(seed, augment)
+    if name in _IDX_NAMES:
+        return _idx_splits(name, root, seed, augment)
     if name == "cifar10":
         return _cifar_splits(root, seed, augment)
     return _tiny_splits(root, seed, augment)
@@ -360,6 +560,9 @@ def tensors(
         x, y = _digits_images()
         idx = torch.from_numpy(dict(zip(SPLITS, _split_train_val_test(len(y), seed)))[split])
         return _normalize(x[idx]), y[idx]
+    if name in _IDX_NAMES:
+        x, y = _idx_arrays(name, root, seed)[split]
+        return _normalize(_gray_to_rgb32(x)), torch.from_numpy(y)
     if name == "cifar10":
         xtr, ytr, tr_idx, va_idx, xte, yte = _cifar_raw(root, seed)
         data, labels = (xte, yte) if split == "test" else (xtr, ytr)

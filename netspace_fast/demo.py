@@ -1,4 +1,6 @@
-"""`netspace demo` (`make demo`): the NetSpace story end to end on the embedded digits data, on CPU, in minutes.
+"""`netspace demo` (`make demo`): the NetSpace story end to end on the embedded digits data, on CPU, in minutes;
+``--dataset fashion-mnist --root R`` tells the same story on real images (Fashion-MNIST, zoo and space
+presets ``fmnist-single``).
 
 Stages, each timed and written into ``OUT/report.md`` (every number in it is measured by this run):
 
@@ -32,7 +34,7 @@ import torch
 
 from .monitor import log
 
-__all__ = ["DemoSettings", "SETTINGS", "run_demo", "summary_table"]
+__all__ = ["DEMO_DATASETS", "DemoSettings", "SETTINGS", "demo_settings", "run_demo", "summary_table"]
 
 
 class DemoSettings:
@@ -52,6 +54,25 @@ SETTINGS = {
     "smoke": DemoSettings("digits-demo-smoke", "digits-tiny-single", interp_steps=5, opt_steps=4, opt_eval_every=2,
                           selfcheck_width=1024),
 }
+# the demo on real images: the Fashion-MNIST Single presets (zoo ~6 min, space ~6 min on 2 cores)
+_FMNIST_SETTINGS = {
+    "full": DemoSettings("fmnist-single", "fmnist-single", interp_steps=100, opt_steps=3000, opt_eval_every=150,
+                         selfcheck_width=10_000),
+    "smoke": DemoSettings("fmnist-demo-smoke", "fmnist-tiny-single", interp_steps=5, opt_steps=4, opt_eval_every=2,
+                          selfcheck_width=1024),
+}
+DEMO_DATASETS = {"digits": ("the embedded digits data", SETTINGS),
+                 "fashion-mnist": ("Fashion-MNIST", _FMNIST_SETTINGS)}  #: dataset -> (its name in the report, sizes)
+
+
+def demo_settings(dataset: str, size: str) -> DemoSettings:
+    """The presets and budgets of the demo on ``dataset`` at ``size``; a ValueError names the valid ones."""
+    if dataset not in DEMO_DATASETS:
+        raise ValueError(f"dataset: the demo runs on {', '.join(DEMO_DATASETS)}; got {dataset!r}")
+    sizes = DEMO_DATASETS[dataset][1]
+    if size not in sizes:
+        raise ValueError(f"size: expected one of {sorted(sizes)}, got {size!r}")
+    return sizes[size]
 
 
 def _machine() -> str:
@@ -71,8 +92,11 @@ def _pct(v: float) -> str:
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool = False, device: str = "cpu",
-             progress: bool = True, size: str = "full") -> dict:
-    """Run every stage into ``out``; returns the summary (also written as ``summary.json``)."""
+             progress: bool = True, size: str = "full", dataset: str = "digits", root=None,
+             download: bool = False) -> dict:
+    """Run every stage into ``out``; returns the summary (also written as ``summary.json``).
+    ``dataset``: ``"digits"`` (embedded) or ``"fashion-mnist"`` (read from ``root``; ``download``
+    fetches it there first)."""
     from . import archs
     from .explore import interpolate, optimize, visualize
     from .explore.interpolate import summary_lines
@@ -84,11 +108,15 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     from .zoo.format import Zoo
     from .zoo.job import train_zoo
 
-    if size not in SETTINGS:
-        raise ValueError(f"size: expected one of {sorted(SETTINGS)}, got {size!r}")
+    from . import data
+
+    s = demo_settings(dataset, size)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
-    s = SETTINGS[size]
+    if dataset != "digits":
+        data.fetch(dataset, root, download)
+        data.tensors(dataset, "test", root=root, seed=seed)  # missing or bad files: one line, before any work
+        root = str(Path(root).expanduser().resolve())
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -96,13 +124,13 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     zoo_dir, run_dir = out / "zoo", out / "space"
     times: dict[str, float] = {}
     reused: dict[str, bool] = {}
-    summary: dict = {"seed": seed, "size": size, "machine": _machine(), "device": device,
+    summary: dict = {"seed": seed, "size": size, "dataset": dataset, "machine": _machine(), "device": device,
                      "zoo_preset": s.zoo_preset, "space_preset": s.space_preset}
     t_all = time.perf_counter()
 
     log(progress, "[1/7] PRep core self-check")
     t0 = time.perf_counter()
-    check_text, check_ok, check_png = run_checks(out / "selfcheck", "digits", 1, s.selfcheck_width)
+    check_text, check_ok, check_png = run_checks(out / "selfcheck", dataset, 1, s.selfcheck_width)
     times["selfcheck"] = time.perf_counter() - t0
     if not check_ok:
         raise RuntimeError(f"the PRep core self-check failed:\n{check_text}")
@@ -110,7 +138,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     log(progress, f"[2/7] zoo (preset {s.zoo_preset}) -> {zoo_dir}")
     t0 = time.perf_counter()
     reused["zoo"] = _zoo_complete(zoo_dir, s.zoo_preset)
-    train_zoo(zoo_dir, s.zoo_preset, seed=seed, device=device, progress=progress)
+    train_zoo(zoo_dir, s.zoo_preset, root=root, seed=seed, device=device, progress=progress)
     times["zoo"] = time.perf_counter() - t0
     zoo = Zoo.open(zoo_dir)
     zoo_rows = {sp: [e for e in zoo.instances(sp)] for sp in ("train", "val", "test")}
@@ -118,7 +146,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     log(progress, f"[3/7] NetSpace Single-Architecture (preset {s.space_preset}) -> {run_dir}")
     t0 = time.perf_counter()
     reused["space"] = _run_complete(run_dir)
-    train_space(run_dir, zoo_dir, "single", s.space_preset, seed=seed, device=device, progress=progress)
+    train_space(run_dir, zoo_dir, "single", s.space_preset, seed=seed, device=device, root=root, progress=progress)
     times["space"] = time.perf_counter() - t0
     space = Space.load(run_dir, device=device)
 
@@ -158,14 +186,16 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     times["images"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - t_all
 
-    spec = archs.spec("lenetlike", "digits")
+    spec = archs.spec("lenetlike", dataset)
     summary.update({
         "times_s": times, "reused": reused,
         "zoo": {sp: {"networks": len(v), "min_test_acc": min((e["test_acc"] for e in v), default=None),
                      "max_test_acc": max((e["test_acc"] for e in v), default=None)} for sp, v in zoo_rows.items()},
         "num_params": spec.num_params,
         "evaluate": {"networks": stats["networks"], "mean_abs_gap": stats.get("mean_abs_gap"),
-                     "spearman": stats.get("spearman"), "mean_input_acc": _mean(r["input_acc"] for r in rows),
+                     "spearman": stats.get("spearman"), "slope": stats.get("slope"),
+                     "intercept": stats.get("intercept"), "span_ratio": stats.get("span_ratio"),
+                     "mean_input_acc": _mean(r["input_acc"] for r in rows),
                      "mean_decoded_acc": stats.get("mean_decoded_acc")},
         "interpolate": interp, "optimize": opt, "images": {k: (os.path.relpath(v, out) if k == "path" else v) for k, v in image.items()},
         "selfcheck_png": None if check_png is None else os.path.relpath(check_png, out),
@@ -233,7 +263,8 @@ def _report(s: dict, rows: list[dict], check_text: str) -> str:
         lines.append(f"| {k} | {t[k]:.1f} | {notes.get(k, '')} |")
     z = s["zoo"]
     lines += ["", "## The zoo", "",
-              f"LeNetLike ({s['num_params']:,} parameters, BN-free) snapshots of Adam runs on the digits data "
+              f"LeNetLike ({s['num_params']:,} parameters, BN-free) snapshots of Adam runs on "
+              f"{DEMO_DATASETS[s.get('dataset', 'digits')][0]} "
               f"(zoo preset `{s['zoo_preset']}`).", "",
               "| split | networks | test accuracy min | max |", "|---|---:|---:|---:|"]
     for sp in ("train", "val", "test"):
@@ -242,8 +273,10 @@ def _report(s: dict, rows: list[dict], check_text: str) -> str:
                      f"{_pct(hi) if hi is not None else '-'} |")
     lines += ["", "## Decoded vs input networks (test split)", "",
               f"Mean absolute accuracy gap **{100 * ev['mean_abs_gap']:.2f} points** over {ev['networks']} test "
-              f"networks; Spearman correlation of input and decoded accuracy {ev['spearman']:.3f}; mean input "
-              f"accuracy {_pct(ev['mean_input_acc'])}, mean decoded {_pct(ev['mean_decoded_acc'])}.", "",
+              f"networks; Spearman correlation of input and decoded accuracy {ev['spearman']:.3f}; least-squares "
+              f"slope of decoded on input accuracy {ev.get('slope', float('nan')):.2f} (1: decoded networks track "
+              f"their inputs, 0: one network for all; span ratio {ev.get('span_ratio', float('nan')):.2f}); mean "
+              f"input accuracy {_pct(ev['mean_input_acc'])}, mean decoded {_pct(ev['mean_decoded_acc'])}.", "",
               _eval_verdict(rows), "",
               "| network | input | decoded | gap (points) |", "|---|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: r["input_acc"]):
@@ -327,6 +360,7 @@ def summary_table(s: dict) -> str:
     ev, op, it, t = s["evaluate"], s["optimize"], s["interpolate"], s["times_s"]
     rows = [("decoded vs input: mean |gap| (test)", f"{100 * ev['mean_abs_gap']:.2f} points"),
             ("decoded vs input: Spearman", f"{ev['spearman']:.3f}"),
+            ("decoded vs input: slope", f"{ev.get('slope', float('nan')):.2f}"),
             ("interpolation: min accuracy, embeddings", _pct(it["min_embedding_acc"])),
             ("interpolation: min accuracy, raw weights", _pct(it["min_weight_acc"])),
             ("latent optimization from random: best test acc", _pct(op["best_acc"])),

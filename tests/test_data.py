@@ -30,12 +30,12 @@ def test_datasets_and_info_match_archs():
 
 
 def test_unknown_name():
-    for fn in (lambda: data.load_splits("mnist"), lambda: data.dataset_info("mnist"),
-               lambda: data.tensors("mnist", "train")):  # fmt: skip
+    for fn in (lambda: data.load_splits("svhn"), lambda: data.dataset_info("svhn"),
+               lambda: data.tensors("svhn", "train")):  # fmt: skip
         with pytest.raises(ValueError) as e:
             fn()
         msg = str(e.value)
-        assert "name" in msg and "mnist" in msg
+        assert "name" in msg and "svhn" in msg
         assert all(n in msg for n in data.DATASETS)
 
 

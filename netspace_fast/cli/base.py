@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-__all__ = ["CliError", "check_device", "cli", "config_option", "device_option", "load_config", "user_errors"]
+__all__ = ["CliError", "check_device", "cli", "config_option", "device_option", "download_option", "load_config",
+           "user_errors"]
 
 # exceptions that mean "the user asked for something that cannot be done", not a bug
 _USER_ERRORS = (ValueError, OSError)  # OSError covers FileNotFoundError, NotADirectoryError, PermissionError
@@ -116,6 +117,14 @@ def check_device(device: str) -> str:
             raise CliError("device: 'cuda' was asked for, but this machine has no usable CUDA device "
                            "(use --device cpu)", 2)
     return device
+
+
+def download_option(f):
+    """``--download``: fetch the dataset into ``--root`` first (CIFAR-10, Fashion-MNIST, MNIST, with
+    torchvision's checksums). Never a download without it."""
+    return click.option("--download", is_flag=True,
+                        help="Fetch the dataset (cifar10, fashion-mnist, mnist) into --root first, checksummed "
+                             "(needs a network; nothing is ever downloaded without this flag).")(f)
 
 
 def device_option(f):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .base import CliError, cli, config_option, user_errors
+from .base import CliError, cli, config_option, download_option, user_errors
 
 __all__ = ["eval_run", "train"]
 
@@ -22,7 +22,7 @@ def train() -> None:
     """Train a NetSpace on a zoo (resumable: rerun the same command after a kill)."""
 
 
-def _train(protocol: str, zoo_dir: Path, out_dir: Path, preset, seed: int, epochs, device: str, root,
+def _train(protocol: str, zoo_dir: Path, out_dir: Path, preset, seed: int, epochs, device: str, root, download,
            no_progress: bool, tensorboard) -> None:
     from .. import settings
     from ..space.train import train_space
@@ -32,7 +32,7 @@ def _train(protocol: str, zoo_dir: Path, out_dir: Path, preset, seed: int, epoch
     try:
         with user_errors():
             train_space(out_dir, zoo_dir, protocol, preset, seed=seed, epochs=epochs, device=device, root=root,
-                        progress=not no_progress, tensorboard=tensorboard)
+                        progress=not no_progress, tensorboard=tensorboard, download=download)
     except KeyboardInterrupt:
         click.echo(f"interrupted; the last completed epoch is kept in {str(out_dir)!r}", err=True)
         sys.exit(130)
@@ -49,7 +49,8 @@ def _train_options(f):
     f = click.option("--epochs", type=int, default=None, help="Epochs (default: the preset's).")(f)
     f = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")(f)
     f = click.option("--root", type=click.Path(path_type=Path), default=None,
-                     help="Dataset root folder (CIFAR-10, Tiny-ImageNet).")(f)
+                     help="Dataset root folder (CIFAR-10, Tiny-ImageNet, Fashion-MNIST, MNIST).")(f)
+    f = download_option(f)
     f = click.option("--no-progress", is_flag=True, help="No progress lines.")(f)
     f = click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
                      help="Also write per-epoch scalars for TensorBoard (needs the tensorboard package).")(f)
@@ -58,16 +59,16 @@ def _train_options(f):
 
 @train.command("single")
 @_train_options
-def train_single(zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress, tensorboard) -> None:
+def train_single(zoo_dir, out_dir, preset, seed, epochs, device, root, download, no_progress, tensorboard) -> None:
     """Single-Architecture NetSpace (the input networks distil their own decoded networks)."""
-    _train("single", zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress, tensorboard)
+    _train("single", zoo_dir, out_dir, preset, seed, epochs, device, root, download, no_progress, tensorboard)
 
 
 @train.command("multi")
 @_train_options
-def train_multi(zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress, tensorboard) -> None:
+def train_multi(zoo_dir, out_dir, preset, seed, epochs, device, root, download, no_progress, tensorboard) -> None:
     """Multi-Architecture NetSpace (teacher: the zoo's ResNet56; ClassId head; L_gamma)."""
-    _train("multi", zoo_dir, out_dir, preset, seed, epochs, device, root, no_progress, tensorboard)
+    _train("multi", zoo_dir, out_dir, preset, seed, epochs, device, root, download, no_progress, tensorboard)
 
 
 def _fmt(v) -> str:
@@ -124,8 +125,9 @@ def eval_run(run_dir: Path, split: str, csv_path: Path | None, device: str) -> N
     s = summarize(rows)
     for arch, a in s["per_arch"].items():
         click.echo(f"{arch}: {a['networks']} networks, mean input acc {a['input_acc']:.4f}, mean decoded acc "
-                   f"{a['decoded_acc']:.4f}")
-    click.echo(f"mean |input - decoded| {s['mean_abs_gap']:.4f}; spearman {_fmt(s['spearman'])}"
+                   f"{a['decoded_acc']:.4f}, mean |input - decoded| {a['mean_abs_gap']:.4f}")
+    click.echo(f"mean |input - decoded| {s['mean_abs_gap']:.4f}; spearman {_fmt(s['spearman'])}; slope of decoded on "
+               f"input {_fmt(s['slope'])} (intercept {_fmt(s['intercept'])}, span ratio {_fmt(s['span_ratio'])})"
                + (f"; ClassId accuracy {s['class_id_acc']:.4f}" if "class_id_acc" in s else ""))
     if csv_path is not None:
         with user_errors():

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .base import CliError, cli, config_option, user_errors
+from .base import CliError, cli, config_option, download_option, user_errors
 
 __all__ = ["zoo"]
 
@@ -133,6 +133,7 @@ def _load_trainer() -> tuple[Callable[..., Any], dict[str, Any] | None]:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Zoo directory to create, or to resume into with the same configuration.")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Dataset root folder.")
+@download_option
 @click.option("--seed", type=int, default=None, help="Base seed (default: the preset's).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Training device (default: the trainer's choice).")
@@ -140,7 +141,7 @@ def _load_trainer() -> tuple[Callable[..., Any], dict[str, Any] | None]:
 @click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
               help="Also write per-epoch scalars for TensorBoard to LOGDIR (needs the tensorboard package).")
 @config_option
-def zoo_train(preset: str, out_dir: Path, root: Path | None, seed: int | None, device: str | None,
+def zoo_train(preset: str, out_dir: Path, root: Path | None, download: bool, seed: int | None, device: str | None,
               no_progress: bool, tensorboard: Path | None) -> None:
     """Train a zoo of networks from a preset into --out (resumable: completed instances are kept).
 
@@ -160,6 +161,8 @@ def zoo_train(preset: str, out_dir: Path, root: Path | None, seed: int | None, d
         kwargs["device"] = device
     if tensorboard is not None:
         kwargs["tensorboard"] = tensorboard
+    if download:
+        kwargs["download"] = True
     # a training command: keep freed activation memory for reuse (see netspace_fast.settings; NETSPACE_TUNE_MALLOC=0 turns it off)
     from .. import settings
 
@@ -181,9 +184,10 @@ def zoo_train(preset: str, out_dir: Path, root: Path | None, seed: int | None, d
               help="Zoo directory to create (or to resume an interrupted import into).")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Dataset root folder: evaluate train/val/test accuracy (default: not recorded).")
+@download_option
 @click.option("--base", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory that relative .pt paths resolve against (default: the current directory).")
-def zoo_import(lists: tuple[Path, ...], out_dir: Path, root: Path | None, base: Path | None) -> None:
+def zoo_import(lists: tuple[Path, ...], out_dir: Path, root: Path | None, download: bool, base: Path | None) -> None:
     """Import the original NetSpace code's zoo: its list files (train.txt, val.txt, test.txt; one
     network a line, 'class;<typed params>;path/to/file.pt') and the state dicts they name.
 
@@ -192,7 +196,9 @@ def zoo_import(lists: tuple[Path, ...], out_dir: Path, root: Path | None, base: 
     from ..zoo.importer import import_original_zoo
 
     with user_errors():
-        z = import_original_zoo(list(lists), out_dir, root=root, base=base,
+        if download and root is None:
+            raise ValueError("download: --download needs --root (the folder to fetch the dataset into)")
+        z = import_original_zoo(list(lists), out_dir, root=root, base=base, download=download,
                                 log=lambda msg: click.echo(msg, err=True))
     counts = ", ".join(f"{s} {len(v)}" for s, v in z.splits.items())
     click.echo(f"done: {len(z)} networks in zoo {str(out_dir)!r} ({counts})")

@@ -65,7 +65,8 @@ def sample_unseen(run_dir, *, alphas=None, ends: tuple[str, str] = ("lenetlike",
         if not v:
             raise ValueError(f"zoo: the run's zoo {str(ex.zoo.path)!r} has no {n} training instances to "
                              f"interpolate from")
-    seen = [n for n in keep if ex.zoo.instances("train", n)]
+    trained_on = ex.space.preset.train_archs or names  # a preset may leave some of the zoo's train archs out
+    seen = [n for n in keep if n in trained_on and ex.zoo.instances("train", n)]
     with torch.no_grad():
         za = torch.cat([ex.space.encode(ex.preps(ids[ends[0]][s:s + chunk])) for s in range(0, len(ids[ends[0]]),
                                                                                             chunk)])

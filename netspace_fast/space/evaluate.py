@@ -78,17 +78,35 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares ``y ~ slope * x + intercept`` and the span ratio ``range(y) / range(x)``: whether the
+    decoded accuracies (y) track the inputs' (x) across their range (slope 1) or collapse to one
+    network (slope 0). NaN where x has no spread."""
+    n = len(x)
+    if n < 2 or max(x) == min(x):
+        return math.nan, math.nan, math.nan
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx
+    return slope, my - slope * mx, (max(y) - min(y)) / (max(x) - min(x))
+
+
 def summarize(rows: Sequence[dict]) -> dict:
-    """Per-architecture means, the mean |input - decoded| gap, Spearman(input, decoded), ClassId accuracy."""
+    """Per-architecture means and gaps, the mean |input - decoded| gap, Spearman(input, decoded), the
+    least-squares slope and intercept of decoded on input accuracy and the span ratio (decoded range /
+    input range; :func:`fit_line`), ClassId accuracy."""
     out: dict = {"networks": len(rows), "per_arch": {}}
     for arch in sorted({r["arch"] for r in rows}):
         rs = [r for r in rows if r["arch"] == arch]
         out["per_arch"][arch] = {"networks": len(rs), "input_acc": sum(r["input_acc"] for r in rs) / len(rs),
-                                 "decoded_acc": sum(r["decoded_acc"] for r in rs) / len(rs)}
+                                 "decoded_acc": sum(r["decoded_acc"] for r in rs) / len(rs),
+                                 "mean_abs_gap": sum(abs(r["input_acc"] - r["decoded_acc"]) for r in rs) / len(rs)}
     if rows:
         out["mean_abs_gap"] = sum(abs(r["input_acc"] - r["decoded_acc"]) for r in rows) / len(rows)
         out["mean_decoded_acc"] = sum(r["decoded_acc"] for r in rows) / len(rows)
         out["spearman"] = spearman([r["input_acc"] for r in rows], [r["decoded_acc"] for r in rows])
+        out["slope"], out["intercept"], out["span_ratio"] = fit_line([r["input_acc"] for r in rows],
+                                                                     [r["decoded_acc"] for r in rows])
         with_class = [r for r in rows if r["class_id"] is not None and r["predicted_class_id"] is not None]
         if with_class:
             out["class_id_acc"] = sum(r["class_id"] == r["predicted_class_id"] for r in with_class) / len(with_class)

@@ -29,11 +29,20 @@ class SpacePreset:
     lr_milestones: tuple[int, ...] = ()  #: epochs after which the learning rate is multiplied by 0.1 (the paper: none)
     space: dict = field(default_factory=dict)
     archs: tuple[str, ...] = ()
+    images_per_epoch: int = 0  #: > 0: an epoch is this many training images (a fresh random subset each epoch)
+    val_images: int = 0  #: > 0: validation (best epoch) on a fixed seeded subset of this many val images
+    #: True: every step's meta-batch is one pair of networks of the two training architectures, formed as
+    #: the original code's unseen-architecture training set (:func:`netspace_fast.space.train.arch_pairs`)
+    pairs: bool = False
+    #: Multi: the architectures whose train-split networks are trained on (empty: all of ``archs``); the
+    #: others are unseen in training (in val/test only), whatever the zoo's train split holds
+    train_archs: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, d: dict) -> "SpacePreset":
         """The preset a run recorded (:meth:`to_json`)."""
-        return cls(**{**d, "archs": tuple(d["archs"]), "lr_milestones": tuple(d.get("lr_milestones", ()))})
+        return cls(**{**d, "archs": tuple(d["archs"]), "lr_milestones": tuple(d.get("lr_milestones", ())),
+                      "train_archs": tuple(d.get("train_archs", ()))})
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of ``epoch`` (1-based): ``lr`` times 0.1 per milestone already passed."""
@@ -43,6 +52,7 @@ class SpacePreset:
         d = asdict(self)
         d["archs"] = list(self.archs)
         d["lr_milestones"] = list(self.lr_milestones)
+        d["train_archs"] = list(self.train_archs)
         return d
 
 
@@ -58,6 +68,9 @@ SPACE_PRESETS: dict[str, SpacePreset] = {
                                space=_SMALL),
     "digits-tiny-single": SpacePreset("smoke test: a tiny Single space on a digits zoo, 3 epochs", "digits", "single",
                                       1024, epochs=3, meta_batch=2, image_batch=512, lr=1e-3, space=_TINY),
+    "fmnist-tiny-single": SpacePreset("smoke test: a tiny Single space on a Fashion-MNIST zoo, 3 epochs",
+                                      "fashion-mnist", "single", 1024, epochs=3, meta_batch=2, image_batch=512, lr=1e-3,
+                                      space=_TINY),
     "digits-tiny-multi": SpacePreset("smoke test: a tiny Multi space on a digits zoo, 2 epochs", "digits", "multi",
                                      1024, epochs=2, meta_batch=2, image_batch=512, lr=1e-3, space=_TINY,
                                      archs=MULTI_ARCHS),
@@ -73,6 +86,23 @@ SPACE_PRESETS: dict[str, SpacePreset] = {
     "digits-unseen": SpacePreset("sampling unseen architectures on a digits-unseen zoo (CPU)", "digits", "multi", 1024,
                                  epochs=300, meta_batch=2, image_batch=128, lr=3e-4, val_every=10, clip_grad=1.0,
                                  space={**_SMALL, "bias_init": "centered"}, archs=MULTI_ARCHS),
+    # real data on 2 CPU cores (Fashion-MNIST): the digits recipes, an epoch being a fresh random subset of 1,152
+    # training images (9 image batches, as a digits epoch) and validation on a fixed 2,000 of the 12k val images
+    "fmnist-single": SpacePreset("Single-Architecture on an fmnist-single zoo (CPU, ~6 min)", "fashion-mnist",
+                                 "single", 1024, epochs=200, meta_batch=8, image_batch=128, lr=1e-3, val_every=5,
+                                 space=_SMALL, images_per_epoch=1152, val_images=2000),
+    "fmnist-multi": SpacePreset("Multi-Architecture on an fmnist-multi zoo (CPU, ~15 min)", "fashion-mnist", "multi",
+                                1024, epochs=150, meta_batch=2, image_batch=128, lr=3e-4, val_every=10, clip_grad=1.0,
+                                space={**_SMALL, "bias_init": "centered"}, archs=MULTI_ARCHS, images_per_epoch=1152,
+                                val_images=2000),
+    # trains on LeNetLike + ResNet32 only (on an fmnist-unseen zoo, or on an fmnist-multi zoo, whose other train
+    # networks it leaves out), one LeNetLike + one ResNet32 per step, paired as the original's unseen-architecture
+    # training set
+    "fmnist-unseen": SpacePreset("sampling unseen architectures on an fmnist-unseen or fmnist-multi zoo (CPU, ~15 min)",
+                                 "fashion-mnist", "multi", 1024, epochs=150, meta_batch=2, image_batch=128, lr=3e-4,
+                                 val_every=10, clip_grad=1.0, space={**_SMALL, "bias_init": "centered"},
+                                 archs=MULTI_ARCHS, images_per_epoch=1152, val_images=2000, pairs=True,
+                                 train_archs=("lenetlike", "resnet32")),
     "cifar10-single": SpacePreset("Single-Architecture, CIFAR-10 (paper)", "cifar10", "single", 10_000, epochs=1000,
                                   meta_batch=8, image_batch=128, val_every=10),
     "cifar10-multi": SpacePreset("Multi-Architecture, CIFAR-10 (paper)", "cifar10", "multi", 10_000, epochs=1000,
@@ -86,9 +116,13 @@ SPACE_PRESETS: dict[str, SpacePreset] = {
 }
 
 
+PRESET_PREFIX = {"fashion-mnist": "fmnist"}  #: dataset -> the prefix of its preset names (others: the dataset)
+
+
 def default_preset(protocol: str, dataset: str) -> str:
-    """The preset that fits a zoo's dataset (e.g. digits-single for a digits zoo)."""
-    name = f"{dataset}-{protocol}"
+    """The preset that fits a zoo's dataset (e.g. digits-single for a digits zoo, fmnist-multi for a
+    Fashion-MNIST zoo)."""
+    name = f"{PRESET_PREFIX.get(dataset, dataset)}-{protocol}"
     if name not in SPACE_PRESETS:
         raise ValueError(f"preset: no {protocol} preset for dataset {dataset!r}; valid presets: "
                          f"{', '.join(SPACE_PRESETS)}")

@@ -56,6 +56,23 @@ class SpaceData:
         return preps, ids
 
 
+def arch_pairs(class_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """The meta-batches of the unseen-architecture training set, as the original code forms them
+    (``NetsDatasetMissing``): the networks of the lower ClassId (A) and of the higher (B), each in
+    zoo order, paired A[i] with B[i]; the leftovers of the larger group paired with each other,
+    consecutively (an odd one out is left out: the original would fail on it). Needs exactly two
+    ClassIds among ``class_ids``; returns pairs of indices into it."""
+    present = sorted(set(class_ids.tolist()))
+    if len(present) != 2:
+        raise ValueError(f"preset: pairs need the train split to hold exactly two architectures (ClassIds), got "
+                         f"{present}")
+    a = [i for i, c in enumerate(class_ids.tolist()) if c == present[0]]
+    b = [i for i, c in enumerate(class_ids.tolist()) if c == present[1]]
+    n = min(len(a), len(b))
+    rest = a[n:] if len(a) > n else b[n:]
+    return list(zip(a[:n], b[:n])) + [(rest[i], rest[i + 1]) for i in range(0, len(rest) - 1, 2)]
+
+
 def _zoo_archs(zoo, split: str) -> list[str]:
     return sorted({e["architecture"] for e in zoo.instances(split)} - {TEACHER})
 
@@ -91,6 +108,8 @@ def load_space_data(zoo_dir, preset: SpacePreset, *, root=None, splits=("train",
     for split in splits:
         gs = []
         for c, spec in enumerate(specs):
+            if split == "train" and preset.train_archs and spec.name not in preset.train_archs:
+                continue  # unseen in training
             ids = [e["id"] for e in zoo.instances(split, spec.name)]
             if ids:
                 gs.append(NetGroup(ids, spec, c if preset.protocol == "multi" else None,
@@ -123,8 +142,18 @@ def build_space(preset: SpacePreset, height: int, seed: int, device: str = "cpu"
     return Encoder(cfg).to(device), Decoder(cfg).to(device)
 
 
-def _validate(enc, dec, d: SpaceData, preset: SpacePreset) -> tuple[float, dict]:
+def _val_images(d: SpaceData, preset: SpacePreset, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation images: all of the val split, or a fixed seeded subset of ``preset.val_images``."""
     x, y = d.images["val"]
+    if preset.val_images and preset.val_images < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 11))[:preset.val_images]
+        keep = keep.sort().values.to(y.device)
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def _validate(enc, dec, d: SpaceData, preset: SpacePreset, images=None) -> tuple[float, dict]:
+    x, y = images if images is not None else d.images["val"]
     rows = evaluate_networks(enc, dec, d.groups["val"], x, y, d.specs if preset.protocol == "multi" else None)
     s = summarize(rows)
     score = -s["mean_abs_gap"] if preset.protocol == "single" else s["mean_decoded_acc"]
@@ -133,10 +162,11 @@ def _validate(enc, dec, d: SpaceData, preset: SpacePreset) -> tuple[float, dict]
 
 def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, seed: int = 0,
                 epochs: int | None = None, device: str = "cpu", root=None, progress: bool = True,
-                tensorboard=None) -> Run:
+                tensorboard=None, download: bool = False) -> Run:
     """Train (or resume) a NetSpace run in ``run_dir`` on the zoo in ``zoo_dir``; returns the run.
     ``tensorboard``: a log directory for per-epoch scalars (every loss term, the validation gap,
-    Spearman, ClassId accuracy; needs the ``tensorboard`` package)."""
+    Spearman, ClassId accuracy; needs the ``tensorboard`` package). ``download``: fetch the preset's
+    dataset into ``root`` first (:func:`netspace_fast.data.download`)."""
     from ..zoo.format import Zoo
 
     if protocol not in ("single", "multi"):
@@ -154,12 +184,17 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
     n_epochs = p.epochs if epochs is None else int(epochs)
     names = list(p.archs) if protocol == "multi" else _zoo_archs(zoo, "train")
     config = {"zoo": str(Path(zoo_dir).resolve()), "preset": name, "recipe": p.to_json(), "archs": names,
-              "seed": int(seed), "epochs": n_epochs, "root": None if root is None else str(root)}
+              "seed": int(seed), "epochs": n_epochs,
+              "root": None if root is None else str(Path(root).expanduser().resolve())}
     rank, world, device, dist, owned = setup_distributed(device)
     if world > 1 and protocol == "single" and p.meta_batch % world:
         raise ValueError(f"preset: Single under torchrun splits the meta-batch of {p.meta_batch} networks over the "
                          f"ranks; {world} ranks do not divide it")
     writer = tensorboard_writer(tensorboard) if rank == 0 else None  # a missing package: before any work
+    if rank == 0:
+        data.fetch(p.dataset, root, download)
+    if dist is not None and download:
+        dist.barrier()  # the other ranks read what rank 0 fetched
     try:
         if rank == 0:
             run = Run.create_or_resume(run_dir, f"train {protocol}", config)
@@ -228,6 +263,8 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
     preps, class_ids = d.stacked("train")
     x, y = d.images["train"]
     M = x.shape[0]
+    val_images = _val_images(d, p, seed)
+    pairs = torch.tensor(arch_pairs(class_ids)) if p.pairs else None
     bar = progress_bar(progress, f"NetSpace {protocol}" + (f" (rank 0 of {world})" if world > 1 else ""),
                        state["epoch"], n_epochs)
     for epoch in range(state["epoch"] + 1, n_epochs + 1):
@@ -236,10 +273,16 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
             group["lr"] = p.lr_at(epoch)
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(M, generator=g)
+        if p.images_per_epoch:
+            order = order[:p.images_per_epoch]
         losses, terms = [], {}
-        for s in range(0, M, p.image_batch):
+        pair_order = torch.randperm(len(pairs), generator=g) if pairs is not None else None
+        for t, s in enumerate(range(0, len(order), p.image_batch)):
             idx = order[s:s + p.image_batch].to(x.device)
-            nets = torch.randperm(preps.shape[0], generator=g)[:p.meta_batch].to(preps.device)
+            if pairs is not None:  # one pair a step, the pairs in a fresh order each epoch
+                nets = pairs[pair_order[t % len(pairs)]].to(preps.device)
+            else:
+                nets = torch.randperm(preps.shape[0], generator=g)[:p.meta_batch].to(preps.device)
             loss, out = rank_loss(enc, dec, protocol, d.specs, preps, class_ids, nets, x, y, d.teacher_logits, idx,
                                   rank, world)
             opt.zero_grad(set_to_none=True)
@@ -256,7 +299,7 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
         record.update({k: sum(v) / len(v) for k, v in terms.items()})
         if epoch % p.val_every == 0 or epoch == n_epochs:
             enc.eval(), dec.eval()
-            score, summary = _validate(enc, dec, d, p)
+            score, summary = _validate(enc, dec, d, p, val_images)
             record["val"] = summary
             if state["best_score"] is None or score > state["best_score"]:
                 state["best_score"] = score

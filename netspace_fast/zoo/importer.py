@@ -321,11 +321,12 @@ def _evaluate(entries: list[OriginalEntry], root, seed: int, device: str, chunk:
 
 
 def import_original_zoo(lists, out, *, root=None, base=None, seed: int = 0, device: str = "cpu", chunk: int = 16,
-                        log: Callable[[str], None] | None = None):
+                        log: Callable[[str], None] | None = None, download: bool = False):
     """Turn the original code's zoo (its list files ``lists``) into the netspace_fast zoo ``out``.
 
     Returns the opened :class:`netspace_fast.zoo.format.Zoo`. See the module docstring for the
-    list format, ids, accuracies (evaluated only with ``root``) and resuming.
+    list format, ids, accuracies (evaluated only with ``root``) and resuming. ``download``: fetch the
+    datasets the lists name (CIFAR-10) into ``root`` before evaluating.
     """
     from .format import MANIFEST_NAME, Zoo, init_zoo, write_instance
 
@@ -369,6 +370,10 @@ def import_original_zoo(lists, out, *, root=None, base=None, seed: int = 0, devi
     pending = [k for k, i in enumerate(ids) if i not in done]
     accs = [{} for _ in entries]
     if root is not None and pending:
+        from .. import data
+
+        for ds in dict.fromkeys(entries[k].dataset for k in pending):
+            data.fetch(ds, root, download)
         for k, a in zip(pending, _evaluate([entries[k] for k in pending], root, seed, device, chunk, log)):
             accs[k] = a
     init_zoo(out, config)

@@ -54,7 +54,7 @@ def _load_checkpoint(path: Path, device) -> dict:
 
 
 def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "cpu", progress: bool = True,
-              tensorboard=None):
+              tensorboard=None, download: bool = False):
     """Train the zoo of ``preset`` into ``out_dir``; resumable after a kill, refuses another config.
 
     Each architecture is one batched job (all its instances trained together). The job state is
@@ -73,6 +73,7 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
     the manifest are never retrained, whatever K. Temporary files of writes cut by a kill are removed
     on the rerun.
     ``tensorboard``: a log directory for per-epoch scalars (needs the ``tensorboard`` package).
+    ``download``: fetch the preset's dataset into ``root`` first (:func:`netspace_fast.data.download`).
     """
 
     if preset not in PRESETS:
@@ -80,11 +81,15 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
     p = PRESETS[preset]
     writer = tensorboard_writer(tensorboard)  # a missing package is reported before any work
     rank, world, device, dist, owned = setup_distributed(device)
+    if rank == 0:
+        data.fetch(p.dataset, root, download)
+    if dist is not None and download:
+        dist.barrier()  # the other ranks read what rank 0 fetched
     out = Path(out_dir)
     config = {"preset": preset, "seed": int(seed), "dataset": p.dataset, "protocol": p.protocol,
               "archs": [list(a) for a in p.archs], "epochs": p.epochs, "lr": p.lr, "runs": p.runs,
               "snapshots": list(p.snapshots), "milestones": list(p.milestones), "batch_size": p.batch_size,
-              "crop_pad": p.crop_pad, "flip": p.flip}
+              "crop_pad": p.crop_pad, "flip": p.flip, **p.config()}
     zoo_format.init_zoo(out, config)
     with locked(out):  # every writer of the zoo's files writes under this lock: a temporary file seen
         for tmp in out.glob(f"{TMP_PREFIX}*"):  # here is a killed writer's (zoo verify would report it)
@@ -92,6 +97,13 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
     _refuse_other_rank_count(out, p, world)
     splits = {s: data.tensors(p.dataset, s, root=root, seed=seed) for s in ("train", "val", "test")}
     splits = {s: (x.to(device), y.to(device)) for s, (x, y) in splits.items()}
+    if p.eval_images:  # accuracies of train/val on a fixed subset; training still draws from all of train
+        g = torch.Generator().manual_seed(int(seed) + 7)
+        sub = {s: torch.randperm(len(splits[s][1]), generator=g)[:p.eval_images].sort().values for s in ("train", "val")}
+        splits["eval_train"] = tuple(t[sub["train"].to(device)] for t in splits["train"])
+        splits["eval_val"] = tuple(t[sub["val"].to(device)] for t in splits["val"])
+    else:
+        splits["eval_train"], splits["eval_val"] = splits["train"], splits["val"]
     (out / ".checkpoints").mkdir(exist_ok=True)
     pad = archs.DATASETS[p.dataset][1] // 8 if p.crop_pad < 0 else p.crop_pad
     show = progress and rank == 0
@@ -195,11 +207,12 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
     who = f"{B} instances" + (f", rank 0 of {world}" if world > 1 else "")
     bar = progress_bar(progress, f"{arch} ({who})", start, p.epochs)
     for epoch in range(start + 1, p.epochs + 1):
-        loss = train_epoch(net, opt, xtr, ytr, order, p.batch_size, pad, p.flip, list(NORMALIZED_BLACK))
+        loss = train_epoch(net, opt, xtr, ytr, order, p.batch_size, pad, p.flip, list(NORMALIZED_BLACK),
+                           limit=p.images_per_epoch)
         if sched is not None:
             sched.step()
         if p.protocol == "single" and epoch in p.snapshots:
-            accs = {s: evaluate(net, *splits[s]) for s in ("train", "val", "test")}
+            accs = {s: evaluate(net, *splits[f"eval_{s}" if s != "test" else s]) for s in ("train", "val", "test")}
             for r, m in zip(mine, net.instances()):
                 k = r * len(p.snapshots) + p.snapshots.index(epoch)
                 iid = f"{arch}-r{r}-e{epoch:03d}"
@@ -209,7 +222,7 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
                                               acc={s: float(a[r - mine.start]) for s, a in accs.items()},
                                               split=where[k])
         elif p.protocol != "single":
-            val = evaluate(net, *splits["val"])
+            val = evaluate(net, *splits["eval_val"])
             better = val > best_acc
             if bool(better.any()):
                 for k, v in net.state_dict().items():
@@ -238,7 +251,7 @@ def _train_job(out, p: Preset, arch: str, counts, seeds_all, mine: range, splits
         bar.close()
     if p.protocol != "single":  # the best-on-validation instances are final now
         net.load_state_dict(best_state)
-        accs = {s: evaluate(net, *splits[s]) for s in ("train", "val", "test")}
+        accs = {s: evaluate(net, *splits[f"eval_{s}" if s != "test" else s]) for s in ("train", "val", "test")}
         n_train, n_val, _ = counts
         for i, m in zip(mine, net.instances()):
             iid = f"{arch}-{i:03d}"

@@ -41,8 +41,11 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def train_epoch(net: BatchedZooNet, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                order: DataOrder, batch_size: int, augment_pad: int = 0, flip: bool = True, fill=None) -> torch.Tensor:
+                order: DataOrder, batch_size: int, augment_pad: int = 0, flip: bool = True, fill=None,
+                limit: int = 0) -> torch.Tensor:
     """One epoch over (images, labels) for every instance, each in its own order; returns (B,) mean loss.
+    ``limit`` > 0: the epoch is the first ``limit`` images of each instance's order (a fresh random
+    subset every epoch) instead of all of them.
 
     ``augment_pad``: random crops with that padding (value ``fill[c]`` per channel, default 0; for
     normalized images the normalized black, :data:`NORMALIZED_BLACK`, pads like torchvision's
@@ -50,6 +53,8 @@ def train_epoch(net: BatchedZooNet, optimizer: torch.optim.Optimizer, images: to
     net.train()
     B, M = net.B, images.shape[0]
     perms = [torch.randperm(M, generator=g) for g in order.gens]
+    if limit and limit < M:
+        perms, M = [p[:limit] for p in perms], limit
     steps = math.ceil(M / batch_size)
     total = torch.zeros(B, device=images.device)
     images = images.detach().contiguous(memory_format=CL)  # once per epoch: the gather then reads C floats at once

@@ -280,3 +280,68 @@ def test_digits_unseen_meta_batch_can_form_an_l_gamma_pair():
     assert p.meta_batch >= 2
     assert [t for _, _, _, t in gamma_plan([0, 3][:p.meta_batch], len(p.archs))] == [1, 2]
     assert gamma_plan([0], len(p.archs)) == []
+
+
+def test_arch_pairs_match_the_original():
+    """The unseen-architecture meta-batches as the original's NetsDatasetMissing forms them: A[i] with
+    B[i] in zoo order, then the larger group's leftovers two by two (an odd one out dropped)."""
+    from netspace_fast.space.train import arch_pairs
+
+    ids = torch.tensor([0, 0, 3, 3, 3, 3, 3, 0])
+    assert arch_pairs(ids) == [(0, 2), (1, 3), (7, 4), (5, 6)]
+    assert arch_pairs(torch.tensor([3, 0, 0, 0, 0])) == [(1, 0), (2, 3)]  # leftover 4 has no partner
+    assert arch_pairs(torch.tensor([0, 3])) == [(0, 1)]
+    with pytest.raises(ValueError, match="exactly two architectures"):
+        arch_pairs(torch.tensor([0, 1, 3]))
+
+
+def test_unseen_preset_trains_on_pairs_of_its_train_archs(multi_zoo, tmp_path, monkeypatch):
+    """train_archs leaves the zoo's other training networks out; pairs: every step's meta-batch is one
+    LeNetLike and one ResNet32; images_per_epoch: the steps of an epoch; val_images: the images
+    validation uses."""
+    from netspace_fast.space import train as space_train
+
+    base = space_presets.SPACE_PRESETS["digits-tiny-multi"]
+    preset = space_presets.SpacePreset(**{**base.__dict__, "epochs": 2, "image_batch": 64, "images_per_epoch": 192,
+                                          "val_images": 100, "pairs": True,
+                                          "train_archs": ("lenetlike", "resnet32")})
+    monkeypatch.setitem(space_presets.SPACE_PRESETS, "digits-tiny-unseen", preset)
+    seen_nets, val_sizes = [], []
+    real_loss, real_eval = space_train.rank_loss, space_train.evaluate_networks
+
+    def spy_loss(enc, dec, protocol, specs, preps, class_ids, nets, *a):
+        seen_nets.append(sorted(class_ids[nets].tolist()))
+        return real_loss(enc, dec, protocol, specs, preps, class_ids, nets, *a)
+
+    def spy_eval(enc, dec, groups, x, y, specs):
+        val_sizes.append(len(y))
+        return real_eval(enc, dec, groups, x, y, specs)
+
+    monkeypatch.setattr(space_train, "rank_loss", spy_loss)
+    monkeypatch.setattr(space_train, "evaluate_networks", spy_eval)
+    run = train_space(tmp_path / "run", multi_zoo, "multi", "digits-tiny-unseen", progress=False)
+    assert seen_nets == [[0, 3]] * 6  # 192 images / 64 a step, 2 epochs; one LeNetLike + one ResNet32 each
+    assert val_sizes == [100, 100]
+    recipe = run.config["recipe"]
+    assert recipe["train_archs"] == ["lenetlike", "resnet32"] and recipe["pairs"] is True
+    assert space_presets.SpacePreset.from_json(recipe) == preset
+    d = space_train.load_space_data(multi_zoo, preset)
+    assert [g.spec.name for g in d.groups["train"]] == ["lenetlike", "resnet32"]
+    assert [g.spec.name for g in d.groups["val"]] == ["lenetlike", "resnet32"]  # val keeps every architecture
+
+
+def test_slope_intercept_and_span_ratio():
+    """summarize's least-squares fit of decoded on input accuracy: an exact line comes back; decoded
+    networks that collapse to one accuracy give slope 0 and span ratio 0."""
+    from netspace_fast.space.evaluate import fit_line
+
+    x = [0.4, 0.55, 0.7, 0.9]
+    slope, intercept, span = fit_line(x, [0.5 * v + 0.1 for v in x])
+    assert slope == pytest.approx(0.5) and intercept == pytest.approx(0.1) and span == pytest.approx(0.5)
+    assert fit_line(x, [0.8] * 4)[0] == 0 and fit_line(x, [0.8] * 4)[2] == 0
+    assert all(v != v for v in fit_line([0.5, 0.5], [0.1, 0.2]))  # no spread in x: NaN
+    rows = [{"network": str(i), "arch": "lenetlike", "class_id": None, "predicted_class_id": None,
+             "input_acc": a, "decoded_acc": 2 * a - 0.3} for i, a in enumerate(x)]
+    s = summarize(rows)
+    assert s["slope"] == pytest.approx(2.0) and s["intercept"] == pytest.approx(-0.3)
+    assert s["per_arch"]["lenetlike"]["mean_abs_gap"] == pytest.approx(s["mean_abs_gap"])

@@ -117,3 +117,49 @@ def test_digits_single_acceptance(tmp_path):
     # NetSpace: the test split, on which it is judged, holds >= 10 networks spanning < 50% to > 90%
     test = [e["test_acc"] for e in zoo.instances("test")]
     assert len(test) >= 10 and min(test) < 0.5 and max(test) > 0.9, test
+
+
+def test_images_per_epoch_and_eval_images(tmp_path, monkeypatch):
+    """images_per_epoch: each instance's epoch is a fresh random subset of that many training images;
+    eval_images: train/val accuracies on fixed subsets of that size (test: all of it); both recorded
+    in the zoo's config."""
+    import dataclasses
+
+    from netspace_fast.zoo import job as zoo_job, loop as zoo_loop
+    from netspace_fast.zoo.format import Zoo
+    from netspace_fast.zoo.presets import PRESETS
+
+    p = dataclasses.replace(PRESETS["digits-tiny"], epochs=2, images_per_epoch=100, eval_images=50)
+    monkeypatch.setitem(PRESETS, "digits-tiny-sub", p)
+    steps, evals = [], []
+    real_train, real_eval = zoo_loop.train_epoch, zoo_job.evaluate
+
+    def spy_train(net, opt, x, y, order, bs, *a, limit=0):
+        steps.append(limit)
+        return real_train(net, opt, x, y, order, bs, *a, limit=limit)
+
+    monkeypatch.setattr(zoo_job, "train_epoch", spy_train)
+    monkeypatch.setattr(zoo_job, "evaluate", lambda net, x, y, *a: evals.append(len(y)) or real_eval(net, x, y, *a))
+    train_zoo(tmp_path / "z", "digits-tiny-sub", progress=False)
+    assert steps == [100, 100]
+    assert evals == [50, 50, 50, 50, 359]  # best-on-val each epoch, then train / val subsets and all of test
+    z = Zoo.open(tmp_path / "z")
+    assert z.config["images_per_epoch"] == 100 and z.config["eval_images"] == 50
+    assert "images_per_epoch" not in {**PRESETS["digits-tiny"].config()}  # unset: older zoos' configs unchanged
+
+
+def test_train_epoch_limit_draws_a_subset():
+    import torch
+
+    from netspace_fast import archs
+    from netspace_fast.zoo.loop import DataOrder, make_optimizer, train_epoch
+    from netspace_fast.zoo.model import BatchedZooNet
+
+    torch.manual_seed(0)
+    net = BatchedZooNet([archs.build("lenetlike", "digits") for _ in range(2)])
+    x, y = torch.randn(40, 3, 32, 32), torch.randint(0, 10, (40,))
+    calls = []
+    real = net.forward
+    net.forward = lambda xb, grouped=False: calls.append(xb.shape[0]) or real(xb, grouped=grouped)
+    train_epoch(net, make_optimizer(net, "single", 1e-3), x, y, DataOrder.from_seeds([0, 1]), 8, limit=20)
+    assert calls == [8, 8, 4]  # 20 images a step of 8 at a time, not 40
