@@ -220,9 +220,10 @@ def _cifar_class():
         """torchvision's CIFAR10 without md5 verification.
 
         ``CIFAR10`` checks every batch file (and ``batches.meta``) against the md5 sums of the
-        official archive. We never download, and we want to read any local copy in the same format
+        official archive. Reading, we want any local copy in the same format
         (including small stand-in sets in tests), so only the files' existence is checked:
-        ``check_integrity(path, None)`` is exactly an ``os.path.isfile`` test.
+        ``check_integrity(path, None)`` is exactly an ``os.path.isfile`` test. (:func:`download`
+        uses torchvision's own class, which does check them.)
         """
 
         train_list = [[f, None] for f, _ in CIFAR10.train_list]

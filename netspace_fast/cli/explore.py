@@ -1,4 +1,4 @@
-"""``netspace interpolate | sample-unseen | optimize | export | visualize``: exploring a trained space
+"""``netspace interpolate | sample-unseen | optimize | export | visualize | audit``: exploring a trained space
 (:mod:`netspace_fast.explore`). Each takes a run folder (RUN); instance ids are those of the zoo the run
 records. Every command takes ``--config FILE`` (YAML option values) and ``--device``."""
 
@@ -11,7 +11,7 @@ import click
 from .base import CliError, check_device, cli, config_option, device_option, user_errors
 from .space import _fmt
 
-__all__ = ["export_cmd", "interpolate_cmd", "optimize_cmd", "sample_unseen_cmd", "visualize_cmd"]
+__all__ = ["audit_cmd", "export_cmd", "interpolate_cmd", "optimize_cmd", "sample_unseen_cmd", "visualize_cmd"]
 
 _RUN = click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 _NO_PROGRESS = click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -80,6 +80,36 @@ def sample_unseen_cmd(run_dir, out_dir, alphas, chunk, device, no_progress) -> N
     for row in r.table:
         click.echo(",".join(_fmt(row[k]) for k in TABLE_FIELDS))
     click.echo(f"done: {r.files['samples']}, {r.files['table']} and {r.files['png']}")
+
+
+@cli.command("audit")
+@_RUN
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for audit.csv, audit.png and summary.md.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="The zoo split whose networks are decoded (and interpolated between).")
+@click.option("--steps", type=int, default=5, show_default=True,
+              help="Inner interpolation points between the split's weakest and strongest network.")
+@click.option("--embedding", "embeddings", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="Also audit the network decoded from this embedding file (repeatable; e.g. "
+                                   "netspace optimize's best_embedding.safetensors).")
+@click.option("--images", type=int, default=2000, show_default=True,
+              help="Test images the networks' predictions are compared on.")
+@click.option("--chunk", type=int, default=16, show_default=True, help="Networks per decoder / batched call.")
+@device_option
+@config_option
+def audit_cmd(run_dir, out_dir, split, steps, embeddings, images, chunk, device) -> None:
+    """Memorization audit: for the decoded networks of a split, an interpolation, decoded embeddings and
+    (unseen spaces) unseen-architecture samples, the nearest training network by PRep L2 distance and by
+    prediction agreement on the test images; the same for two baselines (an input plus noise of matched
+    norm, the average of the two training networks nearest to it)."""
+    from ..explore.audit import audit, summary_lines
+
+    with user_errors():
+        a = audit(run_dir, out=out_dir, split=split, steps=steps, embeddings=list(embeddings), images=images,
+                  device=check_device(device), chunk=chunk)
+    click.echo("\n".join(summary_lines(a)))
+    click.echo(f"done: {a.files['csv']}, {a.files['png']} and {a.files['summary']}")
 
 
 @cli.command("optimize")
