@@ -79,7 +79,7 @@ def test_demo_bad_arguments(tmp_path):
         demo.main(["--out", str(tmp_path), "--batch", "0"])
     assert e.value.code == 2
     with pytest.raises(SystemExit):
-        demo.main(["--out", str(tmp_path), "--dataset", "mnist"])
+        demo.main(["--out", str(tmp_path), "--dataset", "svhn"])
 
 
 def test_demo_randomize_bn_is_not_identity():
