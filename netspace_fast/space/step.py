@@ -41,7 +41,7 @@ class SingleStep:
 @dataclass
 class MultiStep:
     loss: torch.Tensor
-    class_loss: torch.Tensor  #: L_class of the meta-batch
+    class_loss: torch.Tensor  #: L_class of the meta-batch, summed over its networks (the original's reduction)
     kd: torch.Tensor  #: (B,) distillation mixture of the meta-batch's decoded networks
     gamma_class_loss: torch.Tensor  #: L_class of the interpolated embeddings, summed (0 without pairs)
     gamma_kd: torch.Tensor  #: (K,) mixture of the interpolated decoded networks
@@ -91,8 +91,10 @@ def multi_step(encoder: Encoder, decoder: Decoder, specs: Sequence[ArchSpec], pr
         student = batched_forward(specs[c], decoded[idx], images)
         parts.append((idx, multi_kd_loss(student, teacher_logits, labels)))
     kd_all = kd_all.index_put((torch.cat([i for i, _ in parts]),), torch.cat([v for _, v in parts]))
-    l_class = class_loss(logits[:B], class_ids)
-    loss = l_class + kd_all[:B].mean()
+    # the original's compute_losses SUMS L_class and the mixture over the meta-batch's networks (its
+    # arch_loss / kl_loss / ce_loss `+=` per network, no division), as it sums over the interpolations
+    l_class = class_loss(logits[:B], class_ids) * B
+    loss = l_class + kd_all[:B].sum()
     g_class = logits.new_zeros(())
     if plan:
         g_class = class_loss(logits[B:], targets) * len(plan)  # the sum over the interpolations

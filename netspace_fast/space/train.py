@@ -47,6 +47,7 @@ class SpaceData:
     groups: dict[str, list[NetGroup]]  #: split -> networks per architecture
     images: dict[str, tuple[torch.Tensor, torch.Tensor]]  #: split -> (images, labels)
     teacher_logits: torch.Tensor | None  #: Multi: the teacher's logits on the training images
+    teacher: torch.nn.Module | None = None  #: Multi: the teacher itself (for augmented images)
 
     def stacked(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """All PReps of a split (B, H, W) and their ClassIds (B,) (0 in Single)."""
@@ -122,7 +123,7 @@ def load_space_data(zoo_dir, preset: SpacePreset, *, root=None, splits=("train",
     for split in splits:
         x, y = data.tensors(preset.dataset, images_split or split, root=root, seed=seed)
         images[split] = (x.to(device), y.to(device))
-    teacher_logits = None
+    teacher_logits = teacher = None
     if preset.protocol == "multi" and "train" in splits:
         teachers = zoo.instances(arch=TEACHER)
         if not teachers:
@@ -132,7 +133,7 @@ def load_space_data(zoo_dir, preset: SpacePreset, *, root=None, splits=("train",
         x = images["train"][0]
         with torch.no_grad():
             teacher_logits = torch.cat([teacher(x[s:s + 512]) for s in range(0, x.shape[0], 512)])
-    return SpaceData(specs, height, groups, images, teacher_logits)
+    return SpaceData(specs, height, groups, images, teacher_logits, teacher)
 
 
 def build_space(preset: SpacePreset, height: int, seed: int, device: str = "cpu") -> tuple[Encoder, Decoder]:
@@ -212,6 +213,21 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
     return run
 
 
+def augment_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The zoo's augmentation of a batch of normalized images (N, C, S, S): a random crop with padding
+    S // 8 (normalized black) and a random horizontal flip per image, drawn from ``gen``
+    (:func:`netspace_fast.zoo.augment.crop_flip_draws`), applied by the ``gather_grouped`` op."""
+    from ..ops.gather_grouped import gather_grouped
+    from ..zoo.augment import NORMALIZED_BLACK, crop_flip_draws
+
+    n, pad = x.shape[0], x.shape[-1] // 8
+    off, flips = crop_flip_draws(n, pad, gen)
+    index = torch.arange(n)[None]
+    if x.device.type != "cpu":
+        index, off, flips = index.to(x.device), off.to(x.device), flips.to(x.device)
+    return gather_grouped(x, index, off[None], flips[None], pad, list(NORMALIZED_BLACK)).contiguous()
+
+
 def rank_loss(enc, dec, protocol: str, specs, preps, class_ids, nets, x, y, teacher_logits, idx, rank: int,
               world: int):
     """Rank ``rank``'s share of one step's loss (of ``world`` ranks), such that the mean over the ranks
@@ -228,7 +244,7 @@ def rank_loss(enc, dec, protocol: str, specs, preps, class_ids, nets, x, y, teac
     if world == 1:
         return out.loss, out
     share = world * part.numel() / idx.numel()  # this rank's images, as a share of the mean
-    return out.class_loss + out.gamma_class_loss + share * (out.kd.mean() + out.gamma_kd.sum()), out
+    return out.class_loss + out.gamma_class_loss + share * (out.kd.sum() + out.gamma_kd.sum()), out
 
 
 def _allreduce_grads(params, world: int, dist) -> None:
@@ -283,7 +299,16 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
                 nets = pairs[pair_order[t % len(pairs)]].to(preps.device)
             else:
                 nets = torch.randperm(preps.shape[0], generator=g)[:p.meta_batch].to(preps.device)
-            loss, out = rank_loss(enc, dec, protocol, d.specs, preps, class_ids, nets, x, y, d.teacher_logits, idx,
+            if p.augment:  # the batch augmented, and the teacher's logits on the augmented images
+                xb, yb = augment_images(x[idx], g), y[idx]
+                tb = None
+                if d.teacher is not None:
+                    with torch.no_grad():
+                        tb = d.teacher(xb)
+                loss, out = rank_loss(enc, dec, protocol, d.specs, preps, class_ids, nets, xb, yb, tb,
+                                      torch.arange(len(idx), device=x.device), rank, world)
+            else:
+                loss, out = rank_loss(enc, dec, protocol, d.specs, preps, class_ids, nets, x, y, d.teacher_logits, idx,
                                   rank, world)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -345,7 +370,7 @@ def _scalars(record: dict) -> dict[str, float]:
     out = {f"train/{k}": v for k, v in record.items() if isinstance(v, float)}
     val = record.get("val")
     if val:
-        for k in ("mean_abs_gap", "spearman", "mean_decoded_acc", "class_id_acc"):
+        for k in ("mean_abs_gap", "spearman", "slope", "intercept", "span_ratio", "mean_decoded_acc", "class_id_acc"):
             if k in val and isinstance(val[k], float) and not math.isnan(val[k]):
                 out[f"val/{k}"] = val[k]
     return out

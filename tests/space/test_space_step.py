@@ -97,9 +97,10 @@ def test_multi_step_equals_the_per_network_loop(monkeypatch):
     assert pred == out.predicted.tolist()
     mix = [0.9 * _kd(s := _forward(ARCHS[c], decoded[k], images), teacher) + 0.1 * F.cross_entropy(s, labels)
            for k, c in enumerate(pred)]
-    ref = (F.cross_entropy(logits[:3], class_ids) + torch.stack(mix[:3]).mean()
-           + F.cross_entropy(logits[3], torch.tensor(1)) + F.cross_entropy(logits[4], torch.tensor(2))
-           + mix[3] + mix[4])
+    # the original's reductions: compute_losses SUMS over the meta-batch's networks (arch_loss, kl_loss and
+    # ce_loss `+=` per network), interpolation_loss sums over the interpolations (reduction="sum", `+=`)
+    ref = (sum(F.cross_entropy(logits[k:k + 1], class_ids[k:k + 1]) for k in range(3)) + sum(mix[:3])
+           + F.cross_entropy(logits[3:5], torch.tensor([1, 2]), reduction="sum") + mix[3] + mix[4])
     _close(out.loss.detach(), ref.detach())
     for a, b in zip(_grads(out.loss, enc, dec), _grads(ref, enc, dec)):
         if b is None:

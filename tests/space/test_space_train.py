@@ -225,14 +225,16 @@ def test_progress_lines_when_not_a_terminal(tiny_zoo, tmp_path, capsys):
 
 
 def test_space_presets_follow_the_issue():
-    """The paper's recipes: Single meta-batch 8; Multi 2 and 1 for the paper's unseen preset (digits-unseen: 2, so that
-    L_gamma has pairs; see the next test); the paper's Adam lr 1e-4 and exact configuration (no `space`
+    """The paper's recipes: Single meta-batch 8; Multi 2; the unseen presets one (LeNetLike, ResNet32) pair a
+    step, as the original's NetsDatasetMissing; the paper's Adam lr 1e-4 and exact configuration (no `space`
     overrides: E = 4096, width 10,000, the original's bias init)."""
     P = space_presets.SPACE_PRESETS
     for name, p in P.items():
-        expected = 8 if p.protocol == "single" else 1 if name == "cifar10-unseen" else 2
+        expected = 8 if p.protocol == "single" else 2
         if "tiny" not in name:
             assert p.meta_batch == expected, name
+        if name.endswith("-unseen"):
+            assert p.pairs and p.train_archs == ("lenetlike", "resnet32"), name
         if name.startswith(("cifar10", "tinyimagenet")):
             assert p.lr == 1e-4 and p.width == 10_000 and p.space == {} and p.clip_grad == 0, name
         if p.protocol == "multi":
@@ -345,3 +347,42 @@ def test_slope_intercept_and_span_ratio():
     s = summarize(rows)
     assert s["slope"] == pytest.approx(2.0) and s["intercept"] == pytest.approx(-0.3)
     assert s["per_arch"]["lenetlike"]["mean_abs_gap"] == pytest.approx(s["mean_abs_gap"])
+
+
+def test_augment_images_is_the_zoo_augmentation():
+    """NetSpace's training-image augmentation is the zoo's: the same draws from the same generator give
+    the reference crop + flip (padding S // 8 with normalized black)."""
+    from netspace_fast.space.train import augment_images
+    from netspace_fast.zoo.augment import NORMALIZED_BLACK, random_crop_flip
+
+    x = torch.randn(6, 3, 32, 32)
+    got = augment_images(x, torch.Generator().manual_seed(3))
+    ref = random_crop_flip(x, 4, torch.Generator().manual_seed(3), True, list(NORMALIZED_BLACK))
+    assert torch.equal(got, ref) and not torch.equal(got, x)
+
+
+def test_augmented_multi_training_distills_on_the_augmented_images(multi_zoo, tmp_path, monkeypatch):
+    """augment: every step's images are augmented and the teacher runs on those very images (not the
+    precomputed logits of the plain ones); the paper presets augment, the CPU presets state they do not."""
+    from netspace_fast.space import train as space_train
+
+    base = space_presets.SPACE_PRESETS["digits-tiny-multi"]
+    monkeypatch.setitem(space_presets.SPACE_PRESETS, "digits-tiny-aug",
+                        space_presets.SpacePreset(**{**base.__dict__, "epochs": 1, "image_batch": 96,
+                                                     "augment": True}))
+    seen = []
+    real = space_train.rank_loss
+
+    def spy(enc, dec, protocol, specs, preps, class_ids, nets, x, y, teacher_logits, idx, *a):
+        seen.append((x[idx].clone(), teacher_logits[idx].clone()))
+        return real(enc, dec, protocol, specs, preps, class_ids, nets, x, y, teacher_logits, idx, *a)
+
+    monkeypatch.setattr(space_train, "rank_loss", spy)
+    train_space(tmp_path / "run", multi_zoo, "multi", "digits-tiny-aug", progress=False)
+    d = space_train.load_space_data(multi_zoo, space_presets.SPACE_PRESETS["digits-tiny-aug"])
+    for xb, tb in seen:
+        torch.testing.assert_close(tb, d.teacher(xb), rtol=1e-5, atol=1e-5)
+        assert not any(torch.equal(xb[0], x0) for x0 in d.images["train"][0])  # augmented (shifted or flipped)
+    P = space_presets.SPACE_PRESETS
+    assert all(P[n].augment for n in P if n.startswith(("cifar10", "tinyimagenet")))
+    assert not any(P[n].augment for n in P if n.startswith(("digits", "fmnist")) and n != "digits-tiny-aug")
