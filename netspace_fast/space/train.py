@@ -33,7 +33,7 @@ from .presets import SPACE_PRESETS, SpacePreset, default_preset
 from .run import Run
 from .step import multi_step, single_step
 
-__all__ = ["SpaceData", "build_space", "load_space_data", "rank_loss", "train_space"]
+__all__ = ["SpaceData", "StepModule", "build_space", "load_space_data", "rank_loss", "train_space"]
 
 TEACHER = "resnet56"
 
@@ -247,17 +247,29 @@ def rank_loss(enc, dec, protocol: str, specs, preps, class_ids, nets, x, y, teac
     return out.class_loss + out.gamma_class_loss + share * (out.kd.sum() + out.gamma_kd.sum()), out
 
 
-def _allreduce_grads(params, world: int, dist) -> None:
-    """Data parallelism: every rank's gradient replaced by the mean over the ranks (one flat buffer)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    o = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[o:o + n].view_as(p).clone()
-        o += n
+class StepModule(torch.nn.Module):
+    """The encoder and the decoder as one module whose forward is a rank's share of a step's loss
+    (:func:`rank_loss`): what ``DistributedDataParallel`` wraps under torchrun, so that its hooks
+    average the gradients over the ranks during the backward (every rank then takes the step one
+    process would take on the whole meta-batch)."""
+
+    def __init__(self, encoder: Encoder, decoder: Decoder) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, *args):
+        return rank_loss(self.encoder, self.decoder, *args)
+
+
+def _ddp(enc: Encoder, dec: Decoder, device) -> torch.nn.Module:
+    """``DistributedDataParallel`` over :class:`StepModule` (gloo on CPU, NCCL on a CUDA device).
+    ``find_unused_parameters``: a step need not reach every parameter (a Single step never uses a
+    ClassId head; a Multi rank's images may leave a branch unused), and DDP must not wait for them."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = torch.device(device)
+    return DistributedDataParallel(StepModule(enc, dec), device_ids=[dev] if dev.type == "cuda" else None,
+                                   find_unused_parameters=True)
 
 
 def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_epochs: int, device: str, root,
@@ -266,7 +278,8 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
     Single splits the meta-batch's networks over the ranks (each rank encodes, decodes and evaluates
     its share: the loss is a mean over networks), Multi splits the image batch (the meta-batch's
     L_gamma pairs need all its networks in one place; the image-dependent terms are weighted by the
-    rank's share of the images). The gradients are averaged over the ranks after every backward,
+    rank's share of the images). The gradients are averaged over the ranks during every backward
+    (``DistributedDataParallel`` over :class:`StepModule`),
     so every rank takes the same step as one process on the whole meta-batch; rank 0 writes."""
     d = load_space_data(zoo_dir, p, root=root, device=device)
     enc, dec = build_space(p, d.height, seed, device)
@@ -279,6 +292,7 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
     preps, class_ids = d.stacked("train")
     x, y = d.images["train"]
     M = x.shape[0]
+    step = _ddp(enc, dec, device) if world > 1 else StepModule(enc, dec)
     val_images = _val_images(d, p, seed)
     pairs = torch.tensor(arch_pairs(class_ids)) if p.pairs else None
     bar = progress_bar(progress, f"NetSpace {protocol}" + (f" (rank 0 of {world})" if world > 1 else ""),
@@ -305,15 +319,12 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
                 if d.teacher is not None:
                     with torch.no_grad():
                         tb = d.teacher(xb)
-                loss, out = rank_loss(enc, dec, protocol, d.specs, preps, class_ids, nets, xb, yb, tb,
-                                      torch.arange(len(idx), device=x.device), rank, world)
+                loss, out = step(protocol, d.specs, preps, class_ids, nets, xb, yb, tb,
+                                 torch.arange(len(idx), device=x.device), rank, world)
             else:
-                loss, out = rank_loss(enc, dec, protocol, d.specs, preps, class_ids, nets, x, y, d.teacher_logits, idx,
-                                  rank, world)
+                loss, out = step(protocol, d.specs, preps, class_ids, nets, x, y, d.teacher_logits, idx, rank, world)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
-                _allreduce_grads(params, world, dist)
+            loss.backward()  # under torchrun DDP's hooks average the gradients over the ranks here
             if p.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(params, p.clip_grad)
             opt.step()
