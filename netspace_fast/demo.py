@@ -14,6 +14,8 @@ Stages, each timed and written into ``OUT/report.md`` (every number in it is mea
    network.
 6. ``optimize``: latent optimization from a random embedding (decoder frozen, distillation).
 7. ``images``: input and decoded PReps as images.
+8. ``audit``: the memorization audit (``netspace audit``): are the decoded networks copies of
+   training networks?
 
 A second run reuses what the first finished (the zoo, the trained space: both resume where they
 stopped) unless ``fresh``; the cheap stages after them are run again. Deterministic given the seed
@@ -41,10 +43,11 @@ class DemoSettings:
     """What one demo size runs: zoo and space presets and the exploration budgets."""
 
     def __init__(self, zoo_preset: str, space_preset: str, interp_steps: int, opt_steps: int, opt_eval_every: int,
-                 selfcheck_width: int) -> None:
+                 selfcheck_width: int, audit_steps: int = 5, audit_images: int = 2000) -> None:
         self.zoo_preset, self.space_preset = zoo_preset, space_preset
         self.interp_steps, self.opt_steps, self.opt_eval_every = interp_steps, opt_steps, opt_eval_every
         self.selfcheck_width = selfcheck_width
+        self.audit_steps, self.audit_images = audit_steps, audit_images
 
 
 SETTINGS = {
@@ -52,14 +55,14 @@ SETTINGS = {
                          selfcheck_width=10_000),
     # CI: every stage at its smallest (seconds); the numbers mean nothing
     "smoke": DemoSettings("digits-demo-smoke", "digits-tiny-single", interp_steps=5, opt_steps=4, opt_eval_every=2,
-                          selfcheck_width=1024),
+                          selfcheck_width=1024, audit_steps=2, audit_images=64),
 }
 # the demo on real images: the Fashion-MNIST Single presets (zoo ~6 min, space ~6 min on 2 cores)
 _FMNIST_SETTINGS = {
     "full": DemoSettings("fmnist-single", "fmnist-single", interp_steps=100, opt_steps=3000, opt_eval_every=150,
                          selfcheck_width=10_000),
     "smoke": DemoSettings("fmnist-demo-smoke", "fmnist-tiny-single", interp_steps=5, opt_steps=4, opt_eval_every=2,
-                          selfcheck_width=1024),
+                          selfcheck_width=1024, audit_steps=2, audit_images=64),
 }
 DEMO_DATASETS = {"digits": ("the embedded digits data", SETTINGS),
                  "fashion-mnist": ("Fashion-MNIST", _FMNIST_SETTINGS)}  #: dataset -> (its name in the report, sizes)
@@ -99,6 +102,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     fetches it there first)."""
     from . import archs
     from .explore import interpolate, optimize, visualize
+    from .explore.audit import audit, summary_lines as audit_summary_lines
     from .explore.interpolate import summary_lines
     from .selfcheck import run_checks
     from .space import Space
@@ -128,14 +132,14 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
                      "zoo_preset": s.zoo_preset, "space_preset": s.space_preset}
     t_all = time.perf_counter()
 
-    log(progress, "[1/7] PRep core self-check")
+    log(progress, "[1/8] PRep core self-check")
     t0 = time.perf_counter()
     check_text, check_ok, check_png = run_checks(out / "selfcheck", dataset, 1, s.selfcheck_width)
     times["selfcheck"] = time.perf_counter() - t0
     if not check_ok:
         raise RuntimeError(f"the PRep core self-check failed:\n{check_text}")
 
-    log(progress, f"[2/7] zoo (preset {s.zoo_preset}) -> {zoo_dir}")
+    log(progress, f"[2/8] zoo (preset {s.zoo_preset}) -> {zoo_dir}")
     t0 = time.perf_counter()
     reused["zoo"] = _zoo_complete(zoo_dir, s.zoo_preset)
     train_zoo(zoo_dir, s.zoo_preset, root=root, seed=seed, device=device, progress=progress)
@@ -143,14 +147,14 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     zoo = Zoo.open(zoo_dir)
     zoo_rows = {sp: [e for e in zoo.instances(sp)] for sp in ("train", "val", "test")}
 
-    log(progress, f"[3/7] NetSpace Single-Architecture (preset {s.space_preset}) -> {run_dir}")
+    log(progress, f"[3/8] NetSpace Single-Architecture (preset {s.space_preset}) -> {run_dir}")
     t0 = time.perf_counter()
     reused["space"] = _run_complete(run_dir)
     train_space(run_dir, zoo_dir, "single", s.space_preset, seed=seed, device=device, root=root, progress=progress)
     times["space"] = time.perf_counter() - t0
     space = Space.load(run_dir, device=device)
 
-    log(progress, "[4/7] decoded vs input networks (test split)")
+    log(progress, "[4/8] decoded vs input networks (test split)")
     t0 = time.perf_counter()
     rows = space.evaluate("test")
     stats = summarize(rows)
@@ -159,7 +163,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
 
     test = sorted(rows, key=lambda r: r["input_acc"])
     weakest, strongest = test[0]["network"], test[-1]["network"]
-    log(progress, f"[5/7] interpolation {weakest} -> {strongest} ({s.interp_steps} steps)")
+    log(progress, f"[5/8] interpolation {weakest} -> {strongest} ({s.interp_steps} steps)")
     t0 = time.perf_counter()
     it = interpolate(run_dir, weakest, strongest, steps=s.interp_steps, out=out / "interpolate", device=device,
                      progress=progress)
@@ -171,7 +175,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
               "csv": os.path.relpath(it.files["csv"], out), "png": os.path.relpath(it.files["png"], out)}
     times["interpolate"] = time.perf_counter() - t0
 
-    log(progress, f"[6/7] latent optimization from a random embedding ({s.opt_steps} steps)")
+    log(progress, f"[6/8] latent optimization from a random embedding ({s.opt_steps} steps)")
     t0 = time.perf_counter()
     o = optimize(run_dir, start="random", steps=s.opt_steps, lr=1e-4, eval_every=s.opt_eval_every, seed=seed,
                  out=out / "optimize", device=device, progress=progress)
@@ -180,10 +184,18 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
            "png": os.path.relpath(o.files["png"], out), "network": os.path.relpath(o.files["network"], out)}
     times["optimize"] = time.perf_counter() - t0
 
-    log(progress, "[7/7] PRep images")
+    log(progress, "[7/8] PRep images")
     t0 = time.perf_counter()
     image = visualize(run_dir, strongest, out / "prep_images.png", device=device)
     times["images"] = time.perf_counter() - t0
+
+    log(progress, "[8/8] memorization audit")
+    t0 = time.perf_counter()
+    au = audit(run_dir, out=out / "audit", steps=s.audit_steps, embeddings=[o.files["embedding"]],
+               images=s.audit_images, device=device)
+    audit_summary = {"lines": audit_summary_lines(au), "kinds": au.summary,
+                     "csv": os.path.relpath(au.files["csv"], out), "png": os.path.relpath(au.files["png"], out)}
+    times["audit"] = time.perf_counter() - t0
     times["total"] = time.perf_counter() - t_all
 
     spec = archs.spec("lenetlike", dataset)
@@ -197,7 +209,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
                      "intercept": stats.get("intercept"), "span_ratio": stats.get("span_ratio"),
                      "mean_input_acc": _mean(r["input_acc"] for r in rows),
                      "mean_decoded_acc": stats.get("mean_decoded_acc")},
-        "interpolate": interp, "optimize": opt, "images": {k: (os.path.relpath(v, out) if k == "path" else v) for k, v in image.items()},
+        "interpolate": interp, "optimize": opt, "audit": audit_summary, "images": {k: (os.path.relpath(v, out) if k == "path" else v) for k, v in image.items()},
         "selfcheck_png": None if check_png is None else os.path.relpath(check_png, out),
     })
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
@@ -259,7 +271,7 @@ def _report(s: dict, rows: list[dict], check_text: str) -> str:
     ]
     notes = {"zoo": "reused (resumed a finished zoo)" if s["reused"].get("zoo") else f"preset {s['zoo_preset']}",
              "space": "reused (resumed a finished run)" if s["reused"].get("space") else f"preset {s['space_preset']}"}
-    for k in ("selfcheck", "zoo", "space", "evaluate", "interpolate", "optimize", "images", "total"):
+    for k in ("selfcheck", "zoo", "space", "evaluate", "interpolate", "optimize", "images", "audit", "total"):
         lines.append(f"| {k} | {t[k]:.1f} | {notes.get(k, '')} |")
     z = s["zoo"]
     lines += ["", "## The zoo", "",
@@ -307,6 +319,14 @@ def _report(s: dict, rows: list[dict], check_text: str) -> str:
               f"Input (left, test accuracy {_pct(im['input_acc'])}) and decoded (right, {_pct(im['decoded_acc'])}) "
               f"PRep of `{it['b']}`: parameters in a near-square layout, one colour range for both, clipped to the "
               f"1st-99th percentiles.", "", f"![PRep images]({im['path']})", "",
+              "## Memorization audit", "",
+              "Are the generated networks copies of training networks? For each decoded test network, an "
+              "interpolation between the weakest and the strongest, and the latent optimization's result: the "
+              "training network whose test predictions agree most with its own, and the L2 distance to the nearest "
+              "training PRep as a fraction of the median distance between two training networks (0: a copy). "
+              "Baselines: each input plus Gaussian noise of the decoded network's distance, and the average of the "
+              "two training networks nearest to the input (`netspace audit`).", "",
+              *s["audit"]["lines"], "", f"CSV: `{s['audit']['csv']}`.", "", f"![audit]({s['audit']['png']})", "",
               "## PRep core self-check", "", "```", check_text, "```", ""]
     return "\n".join(lines)
 

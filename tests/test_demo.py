@@ -52,7 +52,7 @@ def test_demo_writes_every_stage(first):
     for f in ("report.md", "summary.json", "evaluate.csv", "interpolate/interpolation.csv",
               "interpolate/interpolation.png", "optimize/curve.csv", "optimize/curve.png",
               "optimize/best.safetensors", "prep_images.png", "selfcheck/prep_resnet8_digits.png",
-              "zoo/manifest.json", "space/best.safetensors"):
+              "zoo/manifest.json", "space/best.safetensors", "audit/audit.csv", "audit/audit.png"):
         assert (out / f).is_file(), f
     for png in ("interpolate/interpolation.png", "optimize/curve.png", "prep_images.png"):
         with Image.open(out / png) as im:
@@ -78,6 +78,11 @@ def test_demo_report_states_the_measured_figures(first):
     assert accs[s["interpolate"]["a"]] == min(accs.values()) and accs[s["interpolate"]["b"]] == max(accs.values())
     report = (out / "report.md").read_text()
     assert f"**{100 * gap:.2f} points**" in report
+    # the audit: one decoded row per test network, the optimized embedding, the summary in the report
+    audit = list(csv.DictReader((out / "audit/audit.csv").open()))
+    assert sum(r["kind"] == "decoded" for r in audit) == len(rows)
+    assert sum(r["kind"] == "embedding" for r in audit) == 1
+    assert "## Memorization audit" in report and s["audit"]["lines"][0] in report
     for r in rows:
         assert f"| {r['network']} | {100 * float(r['input_acc']):.1f}% | {100 * float(r['decoded_acc']):.1f}% |" in report
     for k in ("selfcheck", "zoo", "space", "evaluate", "interpolate", "optimize", "images", "total"):
