@@ -41,6 +41,7 @@ class SpacePreset:
     #: horizontal flip, as the original's training image loader; the teacher sees the same augmented
     #: images); validation and test images never
     augment: bool = False
+    kd_temperature: float = 4.0  #: the distillation temperature T (the paper's 4)
 
     @classmethod
     def from_json(cls, d: dict) -> "SpacePreset":

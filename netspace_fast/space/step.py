@@ -25,7 +25,7 @@ import torch
 
 from ..archs import ArchSpec
 from ..engine import batched_forward
-from .losses import class_loss, gamma_plan, interpolate, kd_loss, multi_kd_loss
+from .losses import KD_T, class_loss, gamma_plan, interpolate, kd_loss, multi_kd_loss
 from .nets import Decoder, Encoder
 
 __all__ = ["MultiStep", "SingleStep", "multi_step", "single_step"]
@@ -50,22 +50,23 @@ class MultiStep:
 
 
 def single_step(encoder: Encoder, decoder: Decoder, spec: ArchSpec, preps: torch.Tensor,
-                images: torch.Tensor) -> SingleStep:
+                images: torch.Tensor, T: float = KD_T) -> SingleStep:
     """The Single-Architecture loss of a meta-batch ``preps`` (B, H, W) of ``spec`` networks on
-    ``images`` (N, ...): the input networks are the teachers of their own decoded networks."""
+    ``images`` (N, ...): the input networks are the teachers of their own decoded networks
+    (distillation temperature ``T``; the paper's 4)."""
     if preps.dim() != 3:
         raise ValueError(f"preps: expected a meta-batch (B, H, W), got {tuple(preps.shape)}")
     with torch.no_grad():
         teacher = batched_forward(spec, preps, images)  # (B, N, C), one call
     decoded = decoder(encoder(preps))
     student = batched_forward(spec, decoded, images)  # one call
-    per = kd_loss(student, teacher)
+    per = kd_loss(student, teacher, T)
     return SingleStep(per.mean(), per, decoded)
 
 
 def multi_step(encoder: Encoder, decoder: Decoder, specs: Sequence[ArchSpec], preps: torch.Tensor,
                class_ids: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-               teacher_logits: torch.Tensor) -> MultiStep:
+               teacher_logits: torch.Tensor, T: float = KD_T) -> MultiStep:
     """The Multi-Architecture loss of a meta-batch ``preps`` (B, H, W) (every PRep at the tallest
     architecture's height) with true ``class_ids`` (B,); ``specs[c]`` is the architecture of ClassId
     c; ``teacher_logits`` (N, C) the teacher's (ResNet56) logits on ``images``, ``labels`` (N,)."""
@@ -89,7 +90,7 @@ def multi_step(encoder: Encoder, decoder: Decoder, specs: Sequence[ArchSpec], pr
     for c in predicted.unique().tolist():  # one batched call per predicted architecture
         idx = (predicted == c).nonzero().flatten()
         student = batched_forward(specs[c], decoded[idx], images)
-        parts.append((idx, multi_kd_loss(student, teacher_logits, labels)))
+        parts.append((idx, multi_kd_loss(student, teacher_logits, labels, T)))
     kd_all = kd_all.index_put((torch.cat([i for i, _ in parts]),), torch.cat([v for _, v in parts]))
     # the original's compute_losses SUMS L_class and the mixture over the meta-batch's networks (its
     # arch_loss / kl_loss / ce_loss `+=` per network, no division), as it sums over the interpolations

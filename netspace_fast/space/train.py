@@ -31,6 +31,7 @@ from .evaluate import NetGroup, evaluate_networks, summarize
 from .nets import Decoder, Encoder, SpaceConfig
 from .presets import SPACE_PRESETS, SpacePreset, default_preset
 from .run import Run
+from .losses import KD_T
 from .step import multi_step, single_step
 
 __all__ = ["SpaceData", "StepModule", "build_space", "load_space_data", "rank_loss", "train_space"]
@@ -229,7 +230,7 @@ def augment_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def rank_loss(enc, dec, protocol: str, specs, preps, class_ids, nets, x, y, teacher_logits, idx, rank: int,
-              world: int):
+              world: int, T: float = KD_T):
     """Rank ``rank``'s share of one step's loss (of ``world`` ranks), such that the mean over the ranks
     of its gradients is the gradient of the whole step's loss: Single takes its slice of the
     meta-batch's networks ``nets`` (a mean over networks of equal slices); Multi takes its slice of the
@@ -237,10 +238,10 @@ def rank_loss(enc, dec, protocol: str, specs, preps, class_ids, nets, x, y, teac
     step's outputs)."""
     if protocol == "single":
         mine = nets.chunk(world)[rank] if world > 1 else nets
-        out = single_step(enc, dec, specs[0], preps[mine], x[idx])
+        out = single_step(enc, dec, specs[0], preps[mine], x[idx], T)
         return out.loss, out
     part = idx.tensor_split(world)[rank] if world > 1 else idx
-    out = multi_step(enc, dec, specs, preps[nets], class_ids[nets], x[part], y[part], teacher_logits[part])
+    out = multi_step(enc, dec, specs, preps[nets], class_ids[nets], x[part], y[part], teacher_logits[part], T)
     if world == 1:
         return out.loss, out
     share = world * part.numel() / idx.numel()  # this rank's images, as a share of the mean
@@ -257,8 +258,8 @@ class StepModule(torch.nn.Module):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
 
-    def forward(self, *args):
-        return rank_loss(self.encoder, self.decoder, *args)
+    def forward(self, *args, **kwargs):
+        return rank_loss(self.encoder, self.decoder, *args, **kwargs)
 
 
 def _ddp(enc: Encoder, dec: Decoder, device) -> torch.nn.Module:
@@ -320,9 +321,10 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
                     with torch.no_grad():
                         tb = d.teacher(xb)
                 loss, out = step(protocol, d.specs, preps, class_ids, nets, xb, yb, tb,
-                                 torch.arange(len(idx), device=x.device), rank, world)
+                                 torch.arange(len(idx), device=x.device), rank, world, T=p.kd_temperature)
             else:
-                loss, out = step(protocol, d.specs, preps, class_ids, nets, x, y, d.teacher_logits, idx, rank, world)
+                loss, out = step(protocol, d.specs, preps, class_ids, nets, x, y, d.teacher_logits, idx, rank, world,
+                                 T=p.kd_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # under torchrun DDP's hooks average the gradients over the ranks here
             if p.clip_grad > 0:

@@ -133,3 +133,22 @@ def test_bad_step_inputs():
                    torch.zeros(1, 3, 32, 32), torch.tensor([0]), torch.zeros(1, 10))
     with pytest.raises(ValueError, match="preps: expected a meta-batch"):
         single_step(Encoder(cfg), Decoder(cfg), specs[0], torch.zeros(8, 1024), torch.zeros(1, 3, 32, 32))
+
+
+def test_step_temperature():
+    """The steps distill at the temperature they are given (the paper's T = 4 by default)."""
+    from netspace_fast.space.losses import kd_loss
+
+    torch.manual_seed(3)
+    spec = archs.spec("lenetlike", "digits")
+    height = PRepLayout.for_spec(spec, 1024).height
+    preps = torch.cat([pack_preps(archs.build("lenetlike", "digits", batchnorm=False), 1024, height).detach()
+                       for _ in range(2)])
+    cfg = _config(height, 1024)
+    enc, dec, x = Encoder(cfg), Decoder(cfg), torch.randn(3, 3, 32, 32)
+    for T in (1.0, 4.0):
+        out = single_step(enc, dec, spec, preps, x, T)
+        teacher = _forward("lenetlike", preps[0], x)
+        student = _forward("lenetlike", out.decoded[0], x)
+        torch.testing.assert_close(out.per_network[0], kd_loss(student, teacher, T), rtol=1e-4, atol=1e-6)
+    assert not torch.equal(single_step(enc, dec, spec, preps, x, 1.0).loss, single_step(enc, dec, spec, preps, x).loss)

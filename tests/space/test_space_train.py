@@ -306,14 +306,15 @@ def test_unseen_preset_trains_on_pairs_of_its_train_archs(multi_zoo, tmp_path, m
     base = space_presets.SPACE_PRESETS["digits-tiny-multi"]
     preset = space_presets.SpacePreset(**{**base.__dict__, "epochs": 2, "image_batch": 64, "images_per_epoch": 192,
                                           "val_images": 100, "pairs": True,
-                                          "train_archs": ("lenetlike", "resnet32")})
+                                          "train_archs": ("lenetlike", "resnet32"), "kd_temperature": 2.0})
     monkeypatch.setitem(space_presets.SPACE_PRESETS, "digits-tiny-unseen", preset)
-    seen_nets, val_sizes = [], []
+    seen_nets, val_sizes, temperatures = [], [], []
     real_loss, real_eval = space_train.rank_loss, space_train.evaluate_networks
 
-    def spy_loss(enc, dec, protocol, specs, preps, class_ids, nets, *a):
+    def spy_loss(enc, dec, protocol, specs, preps, class_ids, nets, *a, **k):
         seen_nets.append(sorted(class_ids[nets].tolist()))
-        return real_loss(enc, dec, protocol, specs, preps, class_ids, nets, *a)
+        temperatures.append(k["T"])
+        return real_loss(enc, dec, protocol, specs, preps, class_ids, nets, *a, **k)
 
     def spy_eval(enc, dec, groups, x, y, specs):
         val_sizes.append(len(y))
@@ -323,7 +324,7 @@ def test_unseen_preset_trains_on_pairs_of_its_train_archs(multi_zoo, tmp_path, m
     monkeypatch.setattr(space_train, "evaluate_networks", spy_eval)
     run = train_space(tmp_path / "run", multi_zoo, "multi", "digits-tiny-unseen", progress=False)
     assert seen_nets == [[0, 3]] * 6  # 192 images / 64 a step, 2 epochs; one LeNetLike + one ResNet32 each
-    assert val_sizes == [100, 100]
+    assert val_sizes == [100, 100] and temperatures == [2.0] * 6  # the preset's distillation temperature
     recipe = run.config["recipe"]
     assert recipe["train_archs"] == ["lenetlike", "resnet32"] and recipe["pairs"] is True
     assert space_presets.SpacePreset.from_json(recipe) == preset
@@ -373,9 +374,9 @@ def test_augmented_multi_training_distills_on_the_augmented_images(multi_zoo, tm
     seen = []
     real = space_train.rank_loss
 
-    def spy(enc, dec, protocol, specs, preps, class_ids, nets, x, y, teacher_logits, idx, *a):
+    def spy(enc, dec, protocol, specs, preps, class_ids, nets, x, y, teacher_logits, idx, *a, **k):
         seen.append((x[idx].clone(), teacher_logits[idx].clone()))
-        return real(enc, dec, protocol, specs, preps, class_ids, nets, x, y, teacher_logits, idx, *a)
+        return real(enc, dec, protocol, specs, preps, class_ids, nets, x, y, teacher_logits, idx, *a, **k)
 
     monkeypatch.setattr(space_train, "rank_loss", spy)
     train_space(tmp_path / "run", multi_zoo, "multi", "digits-tiny-aug", progress=False)
