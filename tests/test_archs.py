@@ -125,7 +125,7 @@ def test_unknown_dataset(fn):
     with pytest.raises(ValueError, match="dataset"):
         fn("resnet8", "imagenet")
     with pytest.raises(ValueError, match="dataset"):
-        fn("lenetlike", "mnist")
+        fn("lenetlike", "svhn")
     with pytest.raises(TypeError, match="dataset"):
         fn("lenetlike", None)
 
