@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine import batched_forward
+from ..engine import batched_forward, images_per_call
 from ..storage import atomic_write_bytes
 from .common import Explorer, check_out_dir, decode_batches, open_explorer, pyplot, save_figure, trim, write_csv
 
@@ -61,8 +61,9 @@ def predictions(spec, preps: torch.Tensor, images: torch.Tensor, *, chunk: int =
     out = torch.empty(preps.shape[0], images.shape[0], dtype=torch.long)
     for s in range(0, preps.shape[0], chunk):
         p = preps[s:s + chunk]
-        for t in range(0, images.shape[0], batch):
-            out[s:s + p.shape[0], t:t + batch] = batched_forward(spec, p, images[t:t + batch]).argmax(-1).cpu()
+        n = images_per_call(p.shape[0], batch, p.device)  # CPU: networks x images capped (engine.calls)
+        for t in range(0, images.shape[0], n):
+            out[s:s + p.shape[0], t:t + n] = batched_forward(spec, p, images[t:t + n]).argmax(-1).cpu()
     return out
 
 

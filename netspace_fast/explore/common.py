@@ -17,7 +17,7 @@ import torch
 
 from .. import data
 from ..archs import ArchSpec
-from ..engine import batched_forward
+from ..engine import batched_forward, images_per_call
 from ..prep import PRepLayout, pack_preps
 from ..storage import atomic_write_bytes
 
@@ -178,9 +178,10 @@ def accuracies(specs: Sequence[ArchSpec] | ArchSpec, preps: torch.Tensor, class_
         for s in range(0, idx.numel(), chunk):
             part = idx[s:s + chunk]
             p = preps[part.to(preps.device)]
-            for t in range(0, images.shape[0], batch):
-                out = batched_forward(specs[c], p, images[t:t + batch])
-                correct[part] += (out.argmax(-1) == labels[t:t + batch]).sum(1).float().cpu()
+            n = images_per_call(p.shape[0], batch, p.device)  # CPU: networks x images capped (engine.calls)
+            for t in range(0, images.shape[0], n):
+                out = batched_forward(specs[c], p, images[t:t + n])
+                correct[part] += (out.argmax(-1) == labels[t:t + n]).sum(1).float().cpu()
     return correct / max(images.shape[0], 1)
 
 

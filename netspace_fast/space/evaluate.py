@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..archs import ArchSpec
-from ..engine import batched_forward
+from ..engine import batched_forward, images_per_call
 from .nets import Decoder, Encoder
 
 __all__ = ["NetGroup", "evaluate_networks", "spearman", "summarize"]
@@ -34,6 +34,7 @@ def _accuracy(spec: ArchSpec, preps: torch.Tensor, images: torch.Tensor, labels:
               batch: int) -> torch.Tensor:
     """(B,) accuracy of every PRep's network on the images (batched calls of ``batch`` images)."""
     correct = torch.zeros(preps.shape[0])
+    batch = images_per_call(preps.shape[0], batch, preps.device)  # CPU: B x batch capped (engine.calls)
     for s in range(0, images.shape[0], batch):
         out = batched_forward(spec, preps, images[s:s + batch])
         correct += (out.argmax(-1) == labels[s:s + batch]).sum(1).cpu()
@@ -43,12 +44,19 @@ def _accuracy(spec: ArchSpec, preps: torch.Tensor, images: torch.Tensor, labels:
 @torch.no_grad()
 def evaluate_networks(encoder: Encoder, decoder: Decoder, groups: Sequence[NetGroup], images: torch.Tensor,
                       labels: torch.Tensor, specs: Sequence[ArchSpec] | None = None, *, chunk: int = 16,
-                      batch: int = 512) -> list[dict]:
+                      batch: int = 512, input_cache: dict | None = None) -> list[dict]:
     """Rows for every network of ``groups``. With ``specs`` (Multi: the architectures in ClassId order)
-    each decoded PRep is read as the architecture its predicted ClassId names."""
+    each decoded PRep is read as the architecture its predicted ClassId names. ``input_cache``: the
+    input networks' accuracies on these same images by network id, from an earlier call (training
+    validates the same inputs on the same images every time): read where present, filled where not."""
     rows = []
     for g in groups:
-        inp = _accuracy(g.spec, g.preps, images, labels, batch)
+        if input_cache is not None and all(nid in input_cache for nid in g.ids):
+            inp = torch.tensor([input_cache[nid] for nid in g.ids], dtype=torch.float64)
+        else:
+            inp = _accuracy(g.spec, g.preps, images, labels, batch)
+            if input_cache is not None:
+                input_cache.update(zip(g.ids, inp.tolist()))
         dec_acc = torch.zeros(len(g.ids))
         predicted = [None] * len(g.ids)
         for s in range(0, len(g.ids), chunk):

@@ -94,20 +94,21 @@ SPACE_PRESETS: dict[str, SpacePreset] = {
                                  train_archs=("lenetlike", "resnet32")),
     # real data on 2 CPU cores (Fashion-MNIST): the digits recipes, an epoch being a fresh random subset of 1,152
     # training images (9 image batches, as a digits epoch) and validation on a fixed 2,000 of the 12k val images
+    # (Multi: 1,000, with the zoo's 1,000, so that fmnist-multi's zoo + space fit ~30 min)
     "fmnist-single": SpacePreset("Single-Architecture on an fmnist-single zoo (CPU, ~6 min)", "fashion-mnist",
                                  "single", 1024, epochs=200, meta_batch=8, image_batch=128, lr=1e-3, val_every=5,
                                  space=_SMALL, images_per_epoch=1152, val_images=2000),
     "fmnist-multi": SpacePreset("Multi-Architecture on an fmnist-multi zoo (CPU, ~15 min)", "fashion-mnist", "multi",
                                 1024, epochs=150, meta_batch=2, image_batch=128, lr=3e-4, val_every=10, clip_grad=1.0,
                                 space={**_SMALL, "bias_init": "centered"}, archs=MULTI_ARCHS, images_per_epoch=1152,
-                                val_images=2000),
+                                val_images=1000),
     # trains on LeNetLike + ResNet32 only (on an fmnist-unseen zoo, or on an fmnist-multi zoo, whose other train
     # networks it leaves out), one LeNetLike + one ResNet32 per step, paired as the original's unseen-architecture
     # training set
     "fmnist-unseen": SpacePreset("sampling unseen architectures on an fmnist-unseen or fmnist-multi zoo (CPU, ~15 min)",
                                  "fashion-mnist", "multi", 1024, epochs=150, meta_batch=2, image_batch=128, lr=3e-4,
                                  val_every=10, clip_grad=1.0, space={**_SMALL, "bias_init": "centered"},
-                                 archs=MULTI_ARCHS, images_per_epoch=1152, val_images=2000, pairs=True,
+                                 archs=MULTI_ARCHS, images_per_epoch=1152, val_images=1000, pairs=True,
                                  train_archs=("lenetlike", "resnet32")),
     "cifar10-single": SpacePreset("Single-Architecture, CIFAR-10 (paper)", "cifar10", "single", 10_000, epochs=1000,
                                   meta_batch=8, image_batch=128, val_every=10, augment=True),

@@ -154,9 +154,11 @@ def _val_images(d: SpaceData, preset: SpacePreset, seed: int) -> tuple[torch.Ten
     return x, y
 
 
-def _validate(enc, dec, d: SpaceData, preset: SpacePreset, images=None) -> tuple[float, dict]:
+def _validate(enc, dec, d: SpaceData, preset: SpacePreset, images=None, input_cache: dict | None = None
+              ) -> tuple[float, dict]:
     x, y = images if images is not None else d.images["val"]
-    rows = evaluate_networks(enc, dec, d.groups["val"], x, y, d.specs if preset.protocol == "multi" else None)
+    rows = evaluate_networks(enc, dec, d.groups["val"], x, y, d.specs if preset.protocol == "multi" else None,
+                             input_cache=input_cache)
     s = summarize(rows)
     score = -s["mean_abs_gap"] if preset.protocol == "single" else s["mean_decoded_acc"]
     return score, s
@@ -295,6 +297,7 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
     M = x.shape[0]
     step = _ddp(enc, dec, device) if world > 1 else StepModule(enc, dec)
     val_images = _val_images(d, p, seed)
+    val_inputs: dict = {}  # the val networks' own accuracies on val_images: computed once, not every validation
     pairs = torch.tensor(arch_pairs(class_ids)) if p.pairs else None
     bar = progress_bar(progress, f"NetSpace {protocol}" + (f" (rank 0 of {world})" if world > 1 else ""),
                        state["epoch"], n_epochs)
@@ -337,7 +340,7 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
         record.update({k: sum(v) / len(v) for k, v in terms.items()})
         if epoch % p.val_every == 0 or epoch == n_epochs:
             enc.eval(), dec.eval()
-            score, summary = _validate(enc, dec, d, p, val_images)
+            score, summary = _validate(enc, dec, d, p, val_images, val_inputs)
             record["val"] = summary
             if state["best_score"] is None or score > state["best_score"]:
                 state["best_score"] = score

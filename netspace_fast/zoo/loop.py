@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.calls import images_per_call
 from ..ops.gather_grouped import gather_grouped
 from .augment import crop_flip_draws
 from .model import BatchedZooNet
@@ -84,6 +85,7 @@ def evaluate(net: BatchedZooNet, images: torch.Tensor, labels: torch.Tensor, bat
     """(B,) accuracy of every instance on the same images."""
     net.eval()
     correct = torch.zeros(net.B, device=images.device)
+    batch_size = images_per_call(net.B, batch_size, images.device)  # CPU: B x batch capped (engine.calls)
     for s in range(0, images.shape[0], batch_size):
         x = images[s:s + batch_size]
         out = net(x.unsqueeze(0).expand(net.B, *x.shape))

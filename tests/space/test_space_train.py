@@ -316,9 +316,9 @@ def test_unseen_preset_trains_on_pairs_of_its_train_archs(multi_zoo, tmp_path, m
         temperatures.append(k["T"])
         return real_loss(enc, dec, protocol, specs, preps, class_ids, nets, *a, **k)
 
-    def spy_eval(enc, dec, groups, x, y, specs):
+    def spy_eval(enc, dec, groups, x, y, specs, **kw):
         val_sizes.append(len(y))
-        return real_eval(enc, dec, groups, x, y, specs)
+        return real_eval(enc, dec, groups, x, y, specs, **kw)
 
     monkeypatch.setattr(space_train, "rank_loss", spy_loss)
     monkeypatch.setattr(space_train, "evaluate_networks", spy_eval)
@@ -387,3 +387,29 @@ def test_augmented_multi_training_distills_on_the_augmented_images(multi_zoo, tm
     P = space_presets.SPACE_PRESETS
     assert all(P[n].augment for n in P if n.startswith(("cifar10", "tinyimagenet")))
     assert not any(P[n].augment for n in P if n.startswith(("digits", "fmnist")) and n != "digits-tiny-aug")
+
+
+def test_validation_reuses_the_inputs_accuracies(multi_zoo, monkeypatch):
+    """evaluate_networks with an input cache: the first call fills it, a second call on the same images
+    runs only the decoded networks, and both give the rows of a call without a cache."""
+    from netspace_fast.space import evaluate as ev
+    from netspace_fast.space.train import build_space, load_space_data
+
+    preset = space_presets.SPACE_PRESETS["digits-tiny-multi"]
+    d = load_space_data(multi_zoo, preset)
+    enc, dec = build_space(preset, d.stacked("val")[0].shape[1], 0)
+    enc.eval(), dec.eval()
+    x, y = d.images["val"]
+    x, y = x[:40], y[:40]
+    plain = ev.evaluate_networks(enc, dec, d.groups["val"], x, y, d.specs)
+    calls, real = [], ev._accuracy
+    monkeypatch.setattr(ev, "_accuracy", lambda spec, preps, *a: calls.append(preps) or real(spec, preps, *a))
+    cache: dict = {}
+    first = ev.evaluate_networks(enc, dec, d.groups["val"], x, y, d.specs, input_cache=cache)
+    n_first = len(calls)
+    second = ev.evaluate_networks(enc, dec, d.groups["val"], x, y, d.specs, input_cache=cache)
+    assert first == plain and second == plain
+    assert set(cache) == {r["network"] for r in plain}
+    inputs = [g.preps for g in d.groups["val"]]
+    assert sum(any(c is p for p in inputs) for c in calls[:n_first]) == len(inputs)  # first call: every input group
+    assert not any(any(c is p for p in inputs) for c in calls[n_first:])  # second call: decoded networks only
