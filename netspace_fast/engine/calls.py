@@ -1,20 +1,19 @@
 """How many images one batched evaluation call takes.
 
-A no-grad evaluation of B networks on n images makes activations of B x n images at once. On the
-CPU, past about a thousand images per call the tensors (a ResNet's first stage is 64 KiB an image)
-no longer stay near the cores and the call gets slower per image, not faster. Measured on the
-2-core Xeon (2026-12-06), ms per image and network:
+A no-grad evaluation of B networks on n images makes activations of B x n images at once: for nine
+ResNet32s at 512 images a call, 300 MB a tensor. Inside a training job, between steps whose
+allocations are of other sizes, glibc hands such blocks back to the kernel and maps them again (with
+``tune_malloc`` too: a freed top of heap above its 2 GB trim threshold is trimmed), so every call pays
+first-touch page faults for them. Measured on the 2-core Xeon (2026-12-06), the ``fmnist-multi`` zoo
+(seed 0, idle machine) before and after the cap: 22 min 34 s -> 18 min 24 s wall, system time 680 s
+-> 11 s, 115 M -> a few minor page faults a second, peak RSS 11.5 GB -> 4.1 GB; the zoo written is the
+same. A first call of 9 ResNet32 x 512 images in a fresh process: 3.6 ms per image and network (44 s
+of it system time) against 0.75 at 113 images. In a steady loop that keeps its memory (the benchmark
+``benchmarks/zoo/test_bench_zoo_eval.py``) the two run at the same speed (0.97x): the cap costs
+nothing there and removes the churn and the memory peak where it happens.
 
-======================  =====  =====  =====  =====  =====
-images per call (B x n)  288   576    1,152  2,304  4,608
-======================  =====  =====  =====  =====  =====
-ResNet32, B = 9 (zoo)    0.85  0.81   0.75   0.94   3.6
-ResNet8, B = 9 (zoo)     0.19  0.18   0.16   --     0.17
-======================  =====  =====  =====  =====  =====
-
-(``batched_forward``, ResNet32, B = 16: 1,024 images 0.70, 2,048 0.64, 8,192 2.19.) So on the CPU
-every evaluation loop of the package caps B x n at :data:`CPU_IMAGES_PER_CALL`; on a GPU the
-caller's batch stands (large calls are what a GPU wants).
+So on the CPU every evaluation loop of the package caps B x n at :data:`CPU_IMAGES_PER_CALL`; on a
+GPU the caller's batch stands (large calls are what a GPU wants).
 """
 
 from __future__ import annotations
