@@ -5,6 +5,7 @@ trainable parameters. CPU execution in :mod:`.cpu`, the GPU path in :mod:`.batch
 ops' Triton kernels), gradient bookkeeping in :mod:`.grads`."""
 
 from .batched import batched_forward, batched_forward_reference
-from .calls import CPU_IMAGES_PER_CALL, images_per_call
+from .calls import CPU_IMAGES_PER_CALL, CPU_MODULE_IMAGES_PER_CALL, images_per_call, module_logits
 
-__all__ = ["CPU_IMAGES_PER_CALL", "batched_forward", "batched_forward_reference", "images_per_call"]
+__all__ = ["CPU_IMAGES_PER_CALL", "CPU_MODULE_IMAGES_PER_CALL", "batched_forward", "batched_forward_reference",
+           "images_per_call", "module_logits"]

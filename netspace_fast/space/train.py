@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .. import archs, data
+from ..engine import module_logits
 from ..archs import ArchSpec
 from ..killpoint import after_checkpoint
 from ..monitor import end_epoch, log, progress_bar, tensorboard_writer
@@ -131,9 +132,7 @@ def load_space_data(zoo_dir, preset: SpacePreset, *, root=None, splits=("train",
             raise ValueError(f"zoo: a Multi-Architecture run needs a {TEACHER} teacher in the zoo; "
                              f"{str(zoo_dir)!r} has none")
         teacher = zoo.model(teachers[0]["id"]).to(device).eval()
-        x = images["train"][0]
-        with torch.no_grad():
-            teacher_logits = torch.cat([teacher(x[s:s + 512]) for s in range(0, x.shape[0], 512)])
+        teacher_logits = module_logits(teacher, images["train"][0])  # CPU: small calls, channels_last
     return SpaceData(specs, height, groups, images, teacher_logits, teacher)
 
 
