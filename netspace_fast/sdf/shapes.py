@@ -56,6 +56,7 @@ __all__ = [
     "MeshShapes",
     "NpzShapes",
     "ProceduralChairs",
+    "SHAPES_INDEX",
     "ShapeSet",
     "box_sdf",
     "deepsdf_pool",
@@ -72,6 +73,10 @@ NOISE_VARIANCES = (0.0025, 0.00025)
 NEAR_FRACTION = 47 / 50
 #: DeepSDF's normalization: the farthest vertex lands at radius 1 / NORMALIZE_BUFFER
 NORMALIZE_BUFFER = 1.03
+#: a mesh folder's optional index (written by :func:`.catalog.extract_chairs`): a JSON list of records
+#: with at least "file"; MeshShapes.describe() records the ATTRIBUTION_KEYS of its meshes' records
+SHAPES_INDEX = "shapes.json"
+ATTRIBUTION_KEYS = ("file", "name", "creator", "licence", "licence_text", "catalog", "model", "flagged")
 _ID_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -400,11 +405,30 @@ def _list_folder(folder, suffixes: tuple[str, ...], what: str, arg: str) -> list
     return files
 
 
+def _read_attribution(folder: Path, names: list[str]) -> list[dict] | None:
+    """The ATTRIBUTION_KEYS of the records of ``folder``'s SHAPES_INDEX for the files ``names`` (in
+    their order; a file without a record is left out); None without an index."""
+    path = folder / SHAPES_INDEX
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable shape index ({type(e).__name__}: {e})") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) and isinstance(r.get("file"), str) for r in data):
+        raise ValueError(f"{path}: expected a list of records with a 'file' each (the shape index of "
+                         f"netspace shapes extract-chairs)")
+    by_file = {r["file"]: r for r in data}
+    return [{k: by_file[n].get(k) for k in ATTRIBUTION_KEYS} for n in names if n in by_file]
+
+
 class MeshShapes(ShapeSet):
     """The meshes (.obj, .off, .ply) of ``folder``, sorted by file name, normalized to the unit
     sphere and sampled as DeepSDF does; signed distances by libigl, cached in ``cache_dir`` (one
     .npz per mesh, keyed by the file's sha256 and the sampling parameters; None: no cache).
-    Every mesh is read when the set is made: an empty or unreadable one is a ValueError naming it."""
+    Every mesh is read when the set is made: an empty or unreadable one is a ValueError naming it.
+    A ``shapes.json`` in the folder (:data:`SHAPES_INDEX`, from ``netspace shapes extract-chairs``)
+    adds the meshes' creators and licences to :meth:`describe` (key ``attribution``)."""
 
     def __init__(self, folder, *, cache_dir=None, seed: int = 0, pool_size: int = 100_000,
                  heldout_size: int = 20_000) -> None:
@@ -415,6 +439,7 @@ class MeshShapes(ShapeSet):
         self.names = [p.name for p in self.files]
         self.ids = _unique_ids([p.stem for p in self.files])
         self.sha = [sha256_file(p) for p in self.files]
+        self.attribution = _read_attribution(self.folder, self.names)
         for i, p in enumerate(self.files):  # fail early, naming the file (a cached mesh was read before)
             cached = self._cache_path(i)
             if cached is None or not cached.is_file():
@@ -472,9 +497,12 @@ class MeshShapes(ShapeSet):
         return tuple(out)
 
     def describe(self) -> dict:
-        return {"source": "meshes", "folder": str(self.folder.resolve()), "files": self.names,
-                "sha256": self.sha, "seed": self.seed, "pool_size": self.pool_size,
-                "heldout_size": self.heldout_size}
+        d = {"source": "meshes", "folder": str(self.folder.resolve()), "files": self.names,
+             "sha256": self.sha, "seed": self.seed, "pool_size": self.pool_size,
+             "heldout_size": self.heldout_size}
+        if self.attribution is not None:  # only with a shapes.json: older descriptions stay equal
+            d["attribution"] = self.attribution
+        return d
 
 
 def _read_samples(path: Path) -> tuple[np.ndarray, np.ndarray]:
