@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..storage import TMP_PREFIX, atomic_write_bytes
-from .shapes import NEAR_FRACTION, NORMALIZE_BUFFER, SHAPES_INDEX, _unique_ids, deepsdf_pool
+from .shapes import NEAR_FRACTION, SHAPES_INDEX, _unique_ids, deepsdf_pool, normalize_mesh
 
 __all__ = [
     "AMBIGUOUS_BAND",
@@ -428,10 +428,9 @@ def ambiguous_fraction(mesh, *, n: int = 20_000, seed: int = 0) -> float:
     import igl
     import trimesh
 
-    v = np.asarray(mesh.vertices, dtype=np.float64)
-    v = v - (v.min(0) + v.max(0)) / 2
-    v = v / (np.linalg.norm(v, axis=1).max() * NORMALIZE_BUFFER)
-    m = trimesh.Trimesh(v, np.asarray(mesh.faces), process=False)
+    m = normalize_mesh(trimesh.Trimesh(np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces),
+                                       process=False))
+    v = m.vertices
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA3B1]))
     surf = trimesh.sample.sample_surface(m, max(n // 2, 1000), seed=int(rng.integers(0, 2**31)))[0]
     pts = deepsdf_pool(np.asarray(surf, dtype=np.float64), n, rng)[:int(round(n * NEAR_FRACTION))]

@@ -60,6 +60,7 @@ __all__ = [
     "ShapeSet",
     "box_sdf",
     "deepsdf_pool",
+    "normalize_mesh",
     "make_chair",
     "open_shapes",
     "reopen_shapes",
@@ -360,6 +361,14 @@ class ProceduralChairs(ShapeSet):
                 "heldout_size": self.heldout_size}
 
 
+def normalize_mesh(mesh):
+    """``mesh`` (a trimesh, changed in place and returned) moved and scaled as DeepSDF does: the
+    bounding-box centre at the origin, the farthest vertex at radius 1 / NORMALIZE_BUFFER."""
+    mesh.apply_translation(-mesh.bounds.mean(0))
+    mesh.apply_scale(1.0 / (np.linalg.norm(mesh.vertices, axis=1).max() * NORMALIZE_BUFFER))
+    return mesh
+
+
 def _load_mesh(path: Path):
     import trimesh
 
@@ -454,10 +463,7 @@ class MeshShapes(ShapeSet):
 
     def normalized_mesh(self, index: int):
         """The trimesh of shape ``index``: bounding-box centre at the origin, farthest vertex at 1/1.03."""
-        mesh = _load_mesh(self.files[self._check_index(index)])
-        mesh.apply_translation(-mesh.bounds.mean(0))
-        mesh.apply_scale(1.0 / (np.linalg.norm(mesh.vertices, axis=1).max() * NORMALIZE_BUFFER))
-        return mesh
+        return normalize_mesh(_load_mesh(self.files[self._check_index(index)]))
 
     def _signed_distance(self, mesh, points: np.ndarray, path: Path) -> np.ndarray:
         import igl
