@@ -50,12 +50,16 @@ sanitize: install
 	PYTHON=$(PY) bash scripts/cmake_test.sh sanitize
 
 # training-length acceptance runs (tens of minutes on 2 cores): figures go to BENCHMARKS.md. The real-data
-# part (tests/test_realdata_accept.py, about an hour) needs Fashion-MNIST's idx files in FMNIST_ROOT
+# part (tests/test_realdata_accept.py, about an hour) needs Fashion-MNIST's idx files in FMNIST_ROOT; the
+# real-chair part (tests/sdf/test_chairs_accept.py, about an hour) the Sweet Home 3D catalogs in SH3F_ROOT
 FMNIST_ROOT ?= /usr/share/datasets/fashion-mnist
+SH3F_ROOT ?= /usr/share/sweethome3d/furniture
 accept: install
 	@$(PY) -c "from netspace_fast import data; data.tensors('fashion-mnist', 'test', root='$(FMNIST_ROOT)')" 2>/dev/null \
 	  || echo "real-data acceptance skipped: Fashion-MNIST not found in $(FMNIST_ROOT); get it with 'apt-get install dataset-fashion-mnist' (or FMNIST_ROOT=DIR, where 'netspace zoo train --download --root DIR' fetches it)"
-	NETSPACE_FMNIST_ROOT=$(FMNIST_ROOT) OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -s -m accept tests
+	@ls $(SH3F_ROOT)/*.sh3f >/dev/null 2>&1 \
+	  || echo "real-chair acceptance skipped: no Sweet Home 3D catalogs (.sh3f) in $(SH3F_ROOT); get them with 'apt-get install sweethome3d-furniture' (or SH3F_ROOT=DIR, a folder of .sh3f catalogs)"
+	NETSPACE_FMNIST_ROOT=$(FMNIST_ROOT) NETSPACE_SH3F_ROOT=$(SH3F_ROOT) OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -s -m accept tests
 
 bench: install
 	$(PY) -m pytest -q benchmarks --benchmark-columns=min,median,mean,rounds

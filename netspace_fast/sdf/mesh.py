@@ -11,7 +11,8 @@ meshes written as .ply (trimesh) and rendered into one PNG (matplotlib, flat sha
   (both ends included, as ``netspace interpolate``), decoded, meshed, written as
   ``step_000.ply`` ...; the two input MLPs' own meshes (``input_a.ply``, ``input_b.ply``);
   ``interpolation.png`` (input A, the decoded steps, input B) and ``interpolation.csv`` (per shape:
-  vertices, faces, whether the mesh is non-empty and watertight, its file; for the two decoded ends
+  vertices, faces, whether the mesh is non-empty and watertight, its connected components and the
+  largest one's share of the area, its file; for the two decoded ends
   the fraction of grid points within 0.01 of their input MLP).
 
 Coordinates: the MLPs' own (x, y, z); the render shows y up (ShapeNet's and the procedural chairs'
@@ -36,8 +37,8 @@ from ..storage import atomic_write_bytes
 __all__ = ["MESH_FIELDS", "ShapeInterpolation", "decode_meshes", "grid_points", "interpolate_shapes",
            "mesh_from_grid", "mesh_stats", "meshes_from_preps", "render_meshes", "sdf_grid", "write_mesh"]
 
-MESH_FIELDS = ("shape", "kind", "step", "alpha", "id", "vertices", "faces", "non_empty", "watertight", "within_0.01",
-               "file")
+MESH_FIELDS = ("shape", "kind", "step", "alpha", "id", "vertices", "faces", "non_empty", "watertight", "components",
+               "largest_part", "within_0.01", "file")
 
 
 def _check_resolution(resolution) -> int:
@@ -99,10 +100,22 @@ def mesh_from_grid(volume, bound: float = 1.0, level: float = 0.0):
 
 
 def mesh_stats(mesh) -> dict:
-    """Vertices, faces, whether the mesh is non-empty and watertight (closed)."""
+    """Vertices, faces, whether the mesh is non-empty and watertight (closed), its number of connected
+    components (faces joined by shared vertices; 0 for an empty mesh: one connected shape has 1,
+    floating fragments add theirs) and the largest component's share of the surface area."""
     nonempty = len(mesh.faces) > 0
+    components, largest = 0, 0.0
+    if nonempty:
+        import trimesh
+
+        labels = trimesh.graph.connected_component_labels(mesh.edges_unique, node_count=len(mesh.vertices))
+        face_label = labels[mesh.faces[:, 0]]
+        components = int(len(np.unique(face_label)))
+        area = np.bincount(face_label, weights=mesh.area_faces)
+        largest = float(area.max() / max(area.sum(), 1e-30))
     return {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)), "non_empty": bool(nonempty),
-            "watertight": bool(nonempty and mesh.is_watertight)}
+            "watertight": bool(nonempty and mesh.is_watertight), "components": components,
+            "largest_part": round(largest, 6)}
 
 
 def meshes_from_preps(preps: torch.Tensor, resolution: int = 64, bound: float = 1.0) -> list:
@@ -208,10 +221,13 @@ class ShapeInterpolation:
     def summary_lines(self) -> list[str]:
         d = self.decoded_rows
         ok = sum(r["non_empty"] and r["watertight"] for r in d)
+        one = sum(r["components"] == 1 for r in d)
         lines = [f"{r['shape']}: alpha {r['alpha']:.3f}, {r['faces']} faces, "
-                 f"{'non-empty' if r['non_empty'] else 'EMPTY'}, {'closed' if r['watertight'] else 'not closed'}"
+                 f"{'non-empty' if r['non_empty'] else 'EMPTY'}, {'closed' if r['watertight'] else 'not closed'}, "
+                 f"{r['components']} component{'' if r['components'] == 1 else 's'}"
                  for r in self.rows]
-        return lines + [f"{ok} of {len(d)} decoded steps give a non-empty closed mesh"]
+        return lines + [f"{ok} of {len(d)} decoded steps give a non-empty closed mesh",
+                        f"{one} of {len(d)} decoded steps are one connected mesh"]
 
 
 def _shown_steps(steps: int, panels: int) -> list[int]:

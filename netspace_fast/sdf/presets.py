@@ -20,6 +20,11 @@ only by what fitting changed and the same space reaches 0.8 (~140 epochs on unif
 on shape points, ``sdf-small``). Fit quality is the
 same (median held-out within 0.01: 0.920 shared, 0.921 per shape).
 
+``chairs``: real chair meshes (``netspace shapes extract-chairs``; a folder source fits all its
+shapes): the small preset with twice the steps (2,400, lr x0.9 every 300). Real chairs carry more
+detail than the procedural ones (thin slats, cushions, turned legs): the small preset leaves their
+median held-out fraction within 0.01 just under 0.9 (figures in BENCHMARKS.md, "Real chairs").
+
 ``tiny``: 2 chairs, a handful of steps, small pools: the test suite's smoke preset.
 """
 
@@ -66,6 +71,9 @@ SDF_PRESETS: dict[str, SdfPreset] = {
     "small": SdfPreset("small", n_shapes=24, steps=1_200, lr=3e-4, lr_decay=0.9, decay_every=200, points=1_024,
                        group=24, pool_size=50_000, heldout_size=10_000, checkpoint_every=100, split=(0.125, 0.125),
                        init="shared"),
+    "chairs": SdfPreset("chairs", n_shapes=24, steps=2_400, lr=3e-4, lr_decay=0.9, decay_every=300, points=1_024,
+                        group=25, pool_size=50_000, heldout_size=10_000, checkpoint_every=100,
+                        split=(0.125, 0.125), init="shared"),
     "paper": SdfPreset("paper", n_shapes=1_000, steps=10_000, lr=1e-4, lr_decay=0.9, decay_every=1_000,
                        points=20_000, group=64, pool_size=500_000, heldout_size=20_000, checkpoint_every=250,
                        split=(0.1, 0.1)),

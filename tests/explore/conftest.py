@@ -22,7 +22,10 @@ def _few_tensors(name, split, root=None, seed=0):
 
 
 @pytest.fixture(scope="package", autouse=True)
-def _small_splits():  # package scope: undone when the exploration tests end (the other tests see full splits)
+def _small_splits():
+    """Package scope: undone when the exploration tests end (the other tests see full splits). The zoo
+    and run fixtures below request it and share its scope, so they are built on the cut splits whatever
+    test runs first (a session-scoped fixture would be set up before it, on the full splits)."""
     mp = pytest.MonkeyPatch()
     mp.setattr(data, "tensors", _few_tensors)
     yield
@@ -53,15 +56,15 @@ def _write(path, items, trained=()):
     return path
 
 
-@pytest.fixture(scope="session")
-def single_zoo(tmp_path_factory):
+@pytest.fixture(scope="package")
+def single_zoo(_small_splits, tmp_path_factory):
     """Five LeNetLike (train 3, val 1, test 1); lenetlike-2 briefly trained, the others untrained."""
     items = [("lenetlike", s) for s in ("train", "train", "train", "val", "test")]
     return _write(tmp_path_factory.mktemp("szoo") / "z", items, trained=(2,))
 
 
-@pytest.fixture(scope="session")
-def multi_zoo(tmp_path_factory):
+@pytest.fixture(scope="package")
+def multi_zoo(_small_splits, tmp_path_factory):
     """An unseen-style zoo: LeNetLike and ResNet32 to train (and validate), VanillaCNN and ResNet8 only
     in test, and a ResNet56 teacher."""
     items = [("lenetlike", "train"), ("resnet32", "train"), ("lenetlike", "val"), ("resnet32", "val"),
@@ -69,7 +72,7 @@ def multi_zoo(tmp_path_factory):
     return _write(tmp_path_factory.mktemp("mzoo") / "z", items)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def single_run(single_zoo, tmp_path_factory):
     """40 epochs (one step each on the 96 images): enough for decoded networks that move with the
     embedding (after one step they hardly do, and latent optimization has nothing to follow)."""
@@ -78,7 +81,7 @@ def single_run(single_zoo, tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def multi_run(multi_zoo, tmp_path_factory):
     run = tmp_path_factory.mktemp("mrun") / "run"
     train_space(run, multi_zoo, "multi", "digits-tiny-multi", epochs=1, progress=False)

@@ -69,10 +69,29 @@ def test_sphere_mesh_is_closed_with_the_right_radius(radius, center):
     assert mesh.volume == pytest.approx(4 / 3 * math.pi * radius ** 3, rel=0.03)
 
 
+def test_components_count_separate_pieces_and_the_largest_share_is_by_area():
+    one = trimesh.creation.icosphere(subdivisions=2, radius=0.4)
+    s = mesh_stats(one)
+    assert s["components"] == 1 and s["largest_part"] == pytest.approx(1.0)
+    small = trimesh.creation.icosphere(subdivisions=2, radius=0.2)
+    small.apply_translation([0.7, 0.0, 0.0])
+    two = trimesh.util.concatenate([one, small])
+    s = mesh_stats(two)
+    # spheres of radii 0.4 and 0.2: areas 4:1, the same tessellation
+    assert s["components"] == 2 and s["largest_part"] == pytest.approx(0.8, abs=1e-6)
+    # a small box inside the large sphere shares no vertex with it: a third piece, whatever the face order
+    three = trimesh.util.concatenate([two, trimesh.creation.box(extents=(0.1, 0.1, 0.1))])
+    assert mesh_stats(three)["components"] == 3
+    perm = np.random.default_rng(0).permutation(len(three.faces))
+    shuffled = trimesh.Trimesh(three.vertices, three.faces[perm], process=False)
+    assert mesh_stats(shuffled)["components"] == 3
+
+
 def test_no_zero_crossing_is_an_empty_mesh(tmp_path):
     meshes = meshes_from_preps(_preps([constant_mlp(0.3), constant_mlp(-0.2)]), resolution=8)
     for m in meshes:
-        assert mesh_stats(m) == {"vertices": 0, "faces": 0, "non_empty": False, "watertight": False}
+        assert mesh_stats(m) == {"vertices": 0, "faces": 0, "non_empty": False, "watertight": False,
+                                 "components": 0, "largest_part": 0.0}
     write_mesh(tmp_path / "empty.ply", meshes[0])
     back = trimesh.load(tmp_path / "empty.ply", force="mesh")
     assert len(back.vertices) == 0
