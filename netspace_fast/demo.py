@@ -57,7 +57,8 @@ SETTINGS = {
     "smoke": DemoSettings("digits-demo-smoke", "digits-tiny-single", interp_steps=5, opt_steps=4, opt_eval_every=2,
                           selfcheck_width=1024, audit_steps=2, audit_images=64),
 }
-# the demo on real images: the Fashion-MNIST Single presets (zoo ~6 min, space ~6 min on 2 cores); latent
+# the demo on real images: the Fashion-MNIST Single presets (zoo ~6 min, space ~20 min on 2 cores: 600 epochs at
+# T = 1, the recipe whose decoded networks keep their inputs' accuracies, BENCHMARKS.md); latent
 # optimization 1,000 steps (a step costs ~0.17 s on 32x32 images, 20x a digits step; measured: 1,000 steps move
 # a random embedding's decoded network by ~0.1 point, so 3,000 would add 6 minutes and nothing to the story)
 _FMNIST_SETTINGS = {
