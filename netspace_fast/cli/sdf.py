@@ -24,8 +24,8 @@ _MAX_AMBIGUOUS = 0.03
               help="An SDF zoo (SIREN MLPs, netspace zoo fit-sdf).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder to create, or to resume with the same configuration.")
-@click.option("--preset", default=None, metavar="NAME", help="Training preset (default: sdf-small; sdf-paper: the "
-              "paper's).")
+@click.option("--preset", default=None, metavar="NAME", help="Training preset (default: sdf-small; sdf-chairs: "
+              "real chairs from furniture catalogs; sdf-paper: the paper's).")
 @click.option("--seed", type=int, default=0, help="Seed of the initialization, the meta-batches and the points.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epoch budget (default: the preset's).")
 @click.option("--target", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,

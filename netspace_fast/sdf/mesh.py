@@ -11,8 +11,8 @@ meshes written as .ply (trimesh) and rendered into one PNG (matplotlib, flat sha
   (both ends included, as ``netspace interpolate``), decoded, meshed, written as
   ``step_000.ply`` ...; the two input MLPs' own meshes (``input_a.ply``, ``input_b.ply``);
   ``interpolation.png`` (input A, the decoded steps, input B) and ``interpolation.csv`` (per shape:
-  vertices, faces, whether the mesh is non-empty and watertight, its connected components and the
-  largest one's share of the area, its file; for the two decoded ends
+  vertices, faces, whether the mesh is non-empty and watertight, its connected components, its parts
+  (components of at least 1% of the area) and the largest one's share of the area, its file; for the two decoded ends
   the fraction of grid points within 0.01 of their input MLP).
 
 Coordinates: the MLPs' own (x, y, z); the render shows y up (ShapeNet's and the procedural chairs'
@@ -34,11 +34,12 @@ from ..engine import batched_forward
 from ..interpolation import check_steps
 from ..storage import atomic_write_bytes
 
-__all__ = ["MESH_FIELDS", "ShapeInterpolation", "decode_meshes", "grid_points", "interpolate_shapes",
+__all__ = ["MESH_FIELDS", "PART_SHARE", "ShapeInterpolation", "decode_meshes", "grid_points", "interpolate_shapes",
            "mesh_from_grid", "mesh_stats", "meshes_from_preps", "render_meshes", "sdf_grid", "write_mesh"]
 
 MESH_FIELDS = ("shape", "kind", "step", "alpha", "id", "vertices", "faces", "non_empty", "watertight", "components",
-               "largest_part", "within_0.01", "file")
+               "parts", "largest_part", "within_0.01", "file")
+PART_SHARE = 0.01  #: a connected component with at least this share of a mesh's surface area is a part (smaller: a speck)
 
 
 def _check_resolution(resolution) -> int:
@@ -100,21 +101,23 @@ def mesh_from_grid(volume, bound: float = 1.0, level: float = 0.0):
 
 
 def mesh_stats(mesh) -> dict:
-    """Vertices, faces, whether the mesh is non-empty and watertight (closed), its number of connected
-    components (faces joined by shared vertices; 0 for an empty mesh: one connected shape has 1,
-    floating fragments add theirs) and the largest component's share of the surface area."""
+    """Vertices, faces, whether the mesh is non-empty and watertight (closed); its connected components
+    (faces joined by shared vertices; 0 for an empty mesh), its parts (the components holding at least
+    ``PART_SHARE`` of the surface area: a chair in one piece is 1 part, a broken-off leg or a floating
+    fragment adds one; the specks a SIREN leaves away from its surface are components, not parts) and
+    the largest component's share of the area."""
     nonempty = len(mesh.faces) > 0
-    components, largest = 0, 0.0
+    components, parts, largest = 0, 0, 0.0
     if nonempty:
         import trimesh
 
         labels = trimesh.graph.connected_component_labels(mesh.edges_unique, node_count=len(mesh.vertices))
         face_label = labels[mesh.faces[:, 0]]
-        components = int(len(np.unique(face_label)))
-        area = np.bincount(face_label, weights=mesh.area_faces)
-        largest = float(area.max() / max(area.sum(), 1e-30))
+        area = np.bincount(face_label, weights=mesh.area_faces)[np.unique(face_label)]
+        share = area / max(float(area.sum()), 1e-30)
+        components, parts, largest = int(len(area)), int((share >= PART_SHARE).sum()), float(share.max())
     return {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)), "non_empty": bool(nonempty),
-            "watertight": bool(nonempty and mesh.is_watertight), "components": components,
+            "watertight": bool(nonempty and mesh.is_watertight), "components": components, "parts": parts,
             "largest_part": round(largest, 6)}
 
 
@@ -222,12 +225,15 @@ class ShapeInterpolation:
         d = self.decoded_rows
         ok = sum(r["non_empty"] and r["watertight"] for r in d)
         one = sum(r["components"] == 1 for r in d)
+        one_part = sum(r["parts"] == 1 for r in d)
         lines = [f"{r['shape']}: alpha {r['alpha']:.3f}, {r['faces']} faces, "
                  f"{'non-empty' if r['non_empty'] else 'EMPTY'}, {'closed' if r['watertight'] else 'not closed'}, "
-                 f"{r['components']} component{'' if r['components'] == 1 else 's'}"
+                 f"{r['parts']} part{'' if r['parts'] == 1 else 's'} ({r['components']} "
+                 f"component{'' if r['components'] == 1 else 's'})"
                  for r in self.rows]
         return lines + [f"{ok} of {len(d)} decoded steps give a non-empty closed mesh",
-                        f"{one} of {len(d)} decoded steps are one connected mesh"]
+                        f"{one_part} of {len(d)} decoded steps are one connected part "
+                        f"(components under {PART_SHARE:.0%} of the area aside; {one} with no such speck either)"]
 
 
 def _shown_steps(steps: int, panels: int) -> list[int]:

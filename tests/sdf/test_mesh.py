@@ -14,7 +14,7 @@ import trimesh
 
 from netspace_fast.prep import pack_preps
 from netspace_fast.sdf import mesh as sdf_mesh
-from netspace_fast.sdf.mesh import (MESH_FIELDS, decode_meshes, grid_points, interpolate_shapes, mesh_from_grid,
+from netspace_fast.sdf.mesh import (MESH_FIELDS, PART_SHARE, decode_meshes, grid_points, interpolate_shapes, mesh_from_grid,
                                     mesh_stats, meshes_from_preps, sdf_grid, write_mesh)
 from netspace_fast.sdf.space import SdfSpace, train_sdf_space
 
@@ -81,7 +81,13 @@ def test_components_count_separate_pieces_and_the_largest_share_is_by_area():
     assert s["components"] == 2 and s["largest_part"] == pytest.approx(0.8, abs=1e-6)
     # a small box inside the large sphere shares no vertex with it: a third piece, whatever the face order
     three = trimesh.util.concatenate([two, trimesh.creation.box(extents=(0.1, 0.1, 0.1))])
-    assert mesh_stats(three)["components"] == 3
+    assert mesh_stats(three)["components"] == 3 and mesh_stats(three)["parts"] == 3
+    assert mesh_stats(two)["parts"] == 2 and mesh_stats(one)["parts"] == 1
+    # a speck (under PART_SHARE of the area) is a component, not a part
+    speck = trimesh.creation.icosphere(subdivisions=1, radius=0.01)
+    speck.apply_translation([0.0, 0.8, 0.0])
+    specked = mesh_stats(trimesh.util.concatenate([one, speck]))
+    assert specked["components"] == 2 and specked["parts"] == 1 and specked["largest_part"] > 1 - PART_SHARE
     perm = np.random.default_rng(0).permutation(len(three.faces))
     shuffled = trimesh.Trimesh(three.vertices, three.faces[perm], process=False)
     assert mesh_stats(shuffled)["components"] == 3
@@ -91,7 +97,7 @@ def test_no_zero_crossing_is_an_empty_mesh(tmp_path):
     meshes = meshes_from_preps(_preps([constant_mlp(0.3), constant_mlp(-0.2)]), resolution=8)
     for m in meshes:
         assert mesh_stats(m) == {"vertices": 0, "faces": 0, "non_empty": False, "watertight": False,
-                                 "components": 0, "largest_part": 0.0}
+                                 "components": 0, "parts": 0, "largest_part": 0.0}
     write_mesh(tmp_path / "empty.ply", meshes[0])
     back = trimesh.load(tmp_path / "empty.ply", force="mesh")
     assert len(back.vertices) == 0
