@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from netspace_fast import data
-from netspace_fast.cli import cli
+from accept_cli import record, run_cli
 
 pytestmark = pytest.mark.accept
 
@@ -54,19 +53,11 @@ def base(tmp_path_factory):
     return path
 
 
-def _cli(*args) -> str:
-    t0 = time.perf_counter()
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    assert r.exit_code == 0, r.output
-    print(f"$ netspace {' '.join(map(str, args))}   ({time.perf_counter() - t0:.0f} s)")
-    return r.output
+_cli = run_cli
 
 
 def _record(base: Path, key: str, value) -> None:
-    path = base / "realdata-summary.json"
-    s = json.loads(path.read_text()) if path.is_file() else {}
-    s[key] = value
-    path.write_text(json.dumps(s, indent=1, sort_keys=True, default=str) + "\n")
+    record(base / "realdata-summary.json", key, value)
 
 
 def _finite(*values) -> bool:
