@@ -48,7 +48,7 @@ Python: :func:`train_sdf_space`, :func:`sdf_step`, :func:`within_fraction`, :cla
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -155,16 +155,6 @@ SDF_SPACE_PRESETS: dict[str, SdfSpacePreset] = {
                                 points=2048, lr=1e-3, prep_lr=2e-4, lr_decay=0.99, passes=4, val_every=5,
                                 eval_points=4096, prep_init="mean", center=True, points_from="shapes",
                                 space=_SMALL),
-    # real chairs (netspace shapes extract-chairs, fit-sdf --preset chairs: 37 training MLPs, more detail than the
-    # procedural chairs): sdf-small with the learning rates decaying x0.98 a epoch instead of x0.99 and the scale
-    # layer at 1e-4 instead of 2e-4. The scale layer's bias IS the decoded weights and Adam moves it by ~its learning
-    # rate every step, a noise floor on every decoded MLP: on these chairs sdf-small is at 0.33 of the points within
-    # 0.01 after 30 epochs; x0.97 a epoch levels off at ~0.74 (scale layer 2e-4) or ~0.77 (1e-4); x0.98 with the
-    # scale layer at 1e-4 reaches 0.8 at epoch 155, 19 min on 2 cores (BENCHMARKS.md, "Real chairs")
-    "sdf-chairs": SdfSpacePreset("NetSpace on the real chairs' SIREN MLPs (CPU, ~20 min)", 1024, epochs=300,
-                                 meta_batch=4, points=2048, lr=1e-3, prep_lr=1e-4, lr_decay=0.98, passes=4,
-                                 val_every=5, eval_points=4096, prep_init="mean", center=True, points_from="shapes",
-                                 space=_SMALL),
     "sdf-tiny": SdfSpacePreset("smoke test: a tiny SDF space, 3 epochs", 1024, epochs=3, meta_batch=2, points=256,
                                lr=1e-3, prep_lr=2e-4, eval_points=1024, prep_init="siren", space=_TINY),
     # the paper (seed Sec. V) as the original code runs it (train_mlps.py, trainers/mlps.py): SpaceConfig.paper
@@ -176,6 +166,15 @@ SDF_SPACE_PRESETS: dict[str, SdfSpacePreset] = {
                                 epochs=4000, meta_batch=4, points=50_000, lr=1e-4, val_every=10, eval_points=20_000,
                                 points_from="shapes"),
 }
+# real chairs (netspace shapes extract-chairs, fit-sdf --preset chairs: 37 training MLPs, more detail than the
+# procedural chairs): sdf-small with the learning rates decaying x0.98 a epoch instead of x0.99 and the scale
+# layer at 1e-4 instead of 2e-4. The scale layer's bias IS the decoded weights and Adam moves it by ~its learning
+# rate every step, a noise floor on every decoded MLP: on these chairs sdf-small is at 0.33 of the points within
+# 0.01 after 30 epochs; x0.97 a epoch levels off at ~0.74 (scale layer 2e-4) or ~0.77 (1e-4); x0.98 with the
+# scale layer at 1e-4 reaches 0.8 at epoch 155, 19 min on 2 cores (BENCHMARKS.md, "Real chairs")
+SDF_SPACE_PRESETS["sdf-chairs"] = replace(SDF_SPACE_PRESETS["sdf-small"],
+                                         description="NetSpace on the real chairs' SIREN MLPs (CPU, ~20 min)",
+                                         prep_lr=1e-4, lr_decay=0.98)
 DEFAULT_PRESET = "sdf-small"
 
 
