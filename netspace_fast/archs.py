@@ -45,6 +45,13 @@ __all__ = [
     "build",
     "spec",
     "spec_forward",
+    "spec_from_module",
+    "spec_hash",
+    "register",
+    "registered",
+    "resolve",
+    "apply_activation",
+    "layer_op",
 ]
 
 LEAKY_SLOPE = 0.01  # METHOD.md section 2: LeakyReLU slope everywhere in the classifiers
@@ -60,7 +67,24 @@ DATASETS: dict[str, tuple[int, int, int]] = {
 }
 ARCH_NAMES = ("lenetlike", "vanillacnn", "resnet8", "resnet32", "resnet56", "siren")
 CLASS_IDS = {"lenetlike": 0, "vanillacnn": 1, "resnet8": 2, "resnet32": 3}
-ACTIVATIONS = ("none", "leaky_relu", "sin")
+ACTIVATIONS = ("none", "relu", "leaky_relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid", "sin")
+# the layer kinds; conv/linear carry parameters, "act" is a standalone activation (and/or addition)
+KINDS = ("conv", "linear", "avgpool", "maxpool", "adaptive_avgpool", "flatten", "act")
+# activations of the fast engine (batched layer ops: C++, Triton, CUDA), at their default argument
+FAST_ACTIVATIONS = ("none", "leaky_relu", "sin")
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _norm_pair(v):
+    """An int, or an (h, w) pair; a pair of equal entries is normalized to the int."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2 or not all(isinstance(e, int) for e in v):
+            raise ValueError(f"expected an int or a pair of ints, got {v!r}")
+        return v[0] if v[0] == v[1] else (int(v[0]), int(v[1]))
+    return v
 
 
 @dataclass(frozen=True)
@@ -77,9 +101,19 @@ class ParamSpec:
 class LayerSpec:
     """One node of the BN-free network graph.
 
-    kind: 'conv', 'linear', 'avgpool' or 'flatten'. For conv/linear, ``name`` is the module path
-    in the BN-free module (its parameters are ``name.weight`` and ``name.bias``) and ``bn`` the
-    path of the BatchNorm that follows it in the trained (BN) form, or None.
+    kind: one of :data:`KINDS`. For conv/linear, ``name`` is the module path (its parameters are
+    ``name.weight`` and, where there is one, ``name.bias``) and ``bn`` the path of the BatchNorm
+    that follows it in the trained (BN) form, or None. A layer computes
+    ``act(op(src) [+ residual])``; BatchNorm (trained form) applies right after the op. ``act``
+    is one of :data:`ACTIVATIONS`; ``act_arg`` its argument where it has one (LeakyReLU's slope,
+    default 0.01; sin's w0 in sin(w0 x), default 30), None for the default.
+
+    ``kernel``, ``stride``, ``padding``, ``dilation``: an int, or an (h, w) pair for a rectangular
+    one (a pair of equal entries is stored as the int). ``groups``: conv groups (depthwise: groups
+    = in_features). ``bias``: whether the trained form's conv/linear has its own bias (the BN-free
+    form has one if this or ``bn``). Pools: ``kernel``/``stride``/``padding`` (max: also
+    ``dilation``; avg: ``count_include_pad``); adaptive average pooling: ``output_size`` (h, w).
+    Kind ``act``: an activation (and/or, with ``residual``, an addition) of its own.
     """
 
     kind: str
@@ -94,6 +128,61 @@ class LayerSpec:
     act: str = "none"
     residual: int | None = None
     bn: str | None = None
+    groups: int = 1
+    dilation: int | tuple[int, int] = 1
+    bias: bool = True
+    act_arg: float | None = None
+    output_size: tuple[int, int] | None = None
+    count_include_pad: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"act: expected one of {ACTIVATIONS}, got {self.act!r}")
+        for f in ("kernel", "stride", "padding", "dilation"):
+            object.__setattr__(self, f, _norm_pair(getattr(self, f)))
+        arg = self.act_arg
+        if arg is not None:
+            arg = float(arg)
+            if (self.act == "leaky_relu" and arg == LEAKY_SLOPE) or (self.act == "sin" and arg == SIREN_W0):
+                arg = None  # the default, stored as None: one spelling per network
+            elif self.act not in ("leaky_relu", "sin"):
+                raise ValueError(f"act_arg: {self.act!r} takes no argument, got {arg}")
+        object.__setattr__(self, "act_arg", arg)
+        if self.output_size is not None:
+            object.__setattr__(self, "output_size", _pair(self.output_size))
+        if self.kind == "conv" and (self.groups < 1 or self.in_features % self.groups
+                                    or self.out_features % self.groups):
+            raise ValueError(f"groups: expected a positive divisor of in_features={self.in_features} and "
+                             f"out_features={self.out_features}, got {self.groups}")
+
+    @property
+    def has_bias(self) -> bool:
+        """Whether the BN-free form of this conv/linear has a bias (its own, or a folded BatchNorm)."""
+        return self.bias or self.bn is not None
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        if self.kind == "conv":
+            return (self.out_features, self.in_features // self.groups, *_pair(self.kernel))
+        return (self.out_features, self.in_features)
+
+    @property
+    def fast(self) -> bool:
+        """Whether the fast engine (fused batched layer ops, native kernels) runs this layer."""
+        if self.act not in FAST_ACTIVATIONS or self.act_arg is not None:
+            return False
+        if self.kind in ("conv", "linear"):
+            if not self.has_bias:
+                return False
+            if self.kind == "conv":
+                return (self.groups == 1 and self.dilation == 1 and all(
+                    isinstance(getattr(self, f), int) for f in ("kernel", "stride", "padding")))
+            return self.bn is None
+        if self.kind == "avgpool":
+            return isinstance(self.kernel, int) and isinstance(self.stride, int) and self.padding == 0
+        return self.kind == "flatten"
 
 
 @dataclass(frozen=True)
@@ -123,14 +212,16 @@ class ArchSpec:
         object.__setattr__(self, "pack_layers", pack_layers)
         params = []
         for layer in pack_layers:
-            if layer.kind == "conv":
-                k = layer.kernel
-                params.append(ParamSpec(f"{layer.name}.weight", (layer.out_features, layer.in_features, k, k)))
-                params.append(ParamSpec(f"{layer.name}.bias", (layer.out_features,)))
-            elif layer.kind == "linear":
-                params.append(ParamSpec(f"{layer.name}.weight", (layer.out_features, layer.in_features)))
+            params.append(ParamSpec(f"{layer.name}.weight", layer.weight_shape))
+            if layer.has_bias:
                 params.append(ParamSpec(f"{layer.name}.bias", (layer.out_features,)))
         object.__setattr__(self, "params", tuple(params))
+
+    @property
+    def fast(self) -> bool:
+        """Whether every layer runs on the fast engine (the built-in architectures do); other specs
+        run on the general batched engine (:mod:`netspace_fast.engine.general`)."""
+        return all(layer.fast for layer in self.layers)
 
     @property
     def num_params(self) -> int:
@@ -143,8 +234,8 @@ class ArchSpec:
         extra = 0
         for layer in self.layers:
             if layer.bn is not None:
-                # the conv loses its bias, the BN brings gamma and beta
-                extra += layer.out_features
+                # BN brings gamma and beta; the BN-free form's bias is the layer's own or the folded one
+                extra += layer.out_features * (2 if layer.bias else 1)
         return self.num_params + extra
 
     @property
@@ -216,7 +307,7 @@ def _resnet(depth: int, dataset: str) -> ArchSpec:
     cin, size, classes = DATASETS[dataset]
     g = _GraphBuilder()
     v = g.add("conv", 0, name="conv1", in_features=cin, out_features=16, kernel=3, stride=1, padding=1,
-              act="leaky_relu", bn="bn1")
+              act="leaky_relu", bn="bn1", bias=False)
     order = ["conv1"]  # packing order: torchvision's registration order (block: conv1, conv2, downsample)
     c = 16
     for stage, (width, stride) in enumerate([(16, 1), (32, 2), (64, 2)], 1):
@@ -224,17 +315,17 @@ def _resnet(depth: int, dataset: str) -> ArchSpec:
             s = stride if b == 0 else 1
             p = f"layer{stage}.{b}"
             h = g.add("conv", v, name=f"{p}.conv1", in_features=c, out_features=width, kernel=3, stride=s,
-                      padding=1, act="leaky_relu", bn=f"{p}.bn1")
+                      padding=1, act="leaky_relu", bn=f"{p}.bn1", bias=False)
             order += [f"{p}.conv1", f"{p}.conv2"]
             # the downsample conv runs before conv2 (conv2's epilogue adds it) but is packed after it
             if s != 1 or c != width:
                 short = g.add("conv", v, name=f"{p}.downsample.0", in_features=c, out_features=width, kernel=1,
-                              stride=s, padding=0, bn=f"{p}.downsample.1")
+                              stride=s, padding=0, bn=f"{p}.downsample.1", bias=False)
                 order.append(f"{p}.downsample.0")
             else:
                 short = v
             v = g.add("conv", h, name=f"{p}.conv2", in_features=width, out_features=width, kernel=3, stride=1,
-                      padding=1, act="leaky_relu", residual=short, bn=f"{p}.bn2")
+                      padding=1, act="leaky_relu", residual=short, bn=f"{p}.bn2", bias=False)
             c = width
             size = _conv_out(size, 3, s, 1)
     v = g.add("avgpool", v, kernel=8, stride=8)
@@ -255,12 +346,111 @@ def _siren() -> ArchSpec:
     return ArchSpec("siren", None, (3,), 1, tuple(g.layers), None)
 
 
+@dataclass(frozen=True)
+class Registered:
+    """A user architecture made available by name (:func:`register`)."""
+
+    name: str
+    factory: object
+    datasets: tuple[str, ...] | None  #: the datasets it is made for (None: any of DATASETS)
+    path: str | None  #: ``package.module:factory`` when the factory is importable by that path
+
+    def make(self, dataset: str | None) -> nn.Module:
+        """A fresh module from the factory: ``factory(dataset)`` if it takes an argument, else ``factory()``."""
+        import inspect
+
+        try:
+            takes = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+                        for p in inspect.signature(self.factory).parameters.values())
+        except (TypeError, ValueError):
+            takes = False
+        module = self.factory(dataset) if takes else self.factory()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"factory: {self.path or self.name} returned a {type(module).__name__}, expected an "
+                            f"nn.Module")
+        return module
+
+
+_REGISTRY: dict[str, Registered] = {}
+
+
+def _factory_path(factory) -> str | None:
+    mod, qual = getattr(factory, "__module__", None), getattr(factory, "__qualname__", None)
+    if not mod or not qual or "<" in qual or mod == "__main__":
+        return None
+    return f"{mod}:{qual}"
+
+
+def register(name: str, factory, *, datasets=None) -> str:
+    """Make a user architecture available by ``name`` wherever an architecture name is taken.
+
+    ``factory`` returns the network (an ``nn.Module`` in its trained form, BatchNorm included),
+    called as ``factory(dataset)`` if it takes an argument, else ``factory()``. ``datasets``: the
+    dataset names it is made for (default: every one of :data:`DATASETS`). Its spec is traced
+    (:func:`spec_from_module`) on an input of the dataset's geometry; the first trace refuses an
+    unsupported network. Registering a name again replaces it; built-in names cannot be taken.
+    Returns the name (lower case).
+    """
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-" for c in name):
+        raise ValueError(f"name: expected a non-empty name of letters, digits, '_' or '-', got {name!r}")
+    key = name.lower()
+    if key in ARCH_NAMES:
+        raise ValueError(f"name: {name!r} is a built-in architecture; choose another name")
+    if not callable(factory):
+        raise TypeError(f"factory: expected a callable returning an nn.Module, got {type(factory).__name__}")
+    if datasets is not None:
+        if isinstance(datasets, str):
+            datasets = (datasets,)
+        datasets = tuple(str(d).lower() for d in datasets)
+        bad = [d for d in datasets if d not in DATASETS]
+        if bad or not datasets:
+            raise ValueError(f"datasets: expected names among {', '.join(DATASETS)}, got {list(datasets)}")
+    _REGISTRY[key] = Registered(key, factory, datasets, _factory_path(factory))
+    _spec_cached.cache_clear()
+    return key
+
+
+def resolve(arch: str) -> str:
+    """An architecture name, or ``package.module:factory`` (imported and registered under the
+    factory's name); returns the name to use with :func:`spec` / :func:`build`."""
+    if not isinstance(arch, str):
+        raise TypeError(f"arch: expected a str, got {type(arch).__name__}")
+    if ":" not in arch:
+        return arch.lower()
+    import importlib
+
+    mod_name, _, attr = arch.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"arch: cannot import {mod_name!r} for {arch!r} ({e}); is it on PYTHONPATH?") from None
+    obj = mod
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ValueError(f"arch: {mod_name!r} has no attribute {attr!r}")
+    name = attr.split(".")[-1].lower()
+    for key, reg in _REGISTRY.items():
+        if reg.factory is obj:
+            return key
+    key = register(name, obj)
+    object.__setattr__(_REGISTRY[key], "path", arch)
+    return key
+
+
+def registered(name: str) -> Registered | None:
+    """The registration of a user architecture (None for a built-in or unknown name)."""
+    return _REGISTRY.get(name.lower()) if isinstance(name, str) else None
+
+
 def _check_name(name: object, dataset: object) -> tuple[str, str | None]:
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, one of {ARCH_NAMES}; got {type(name).__name__}")
     key = name.lower()
-    if key not in ARCH_NAMES:
-        raise ValueError(f"name: unknown architecture {name!r}; expected one of {', '.join(ARCH_NAMES)}")
+    if key not in ARCH_NAMES and key not in _REGISTRY:
+        extra = f" or a registered one ({', '.join(_REGISTRY)})" if _REGISTRY else ""
+        raise ValueError(f"name: unknown architecture {name!r}; expected one of {', '.join(ARCH_NAMES)}{extra} "
+                         f"(user architectures: archs.register, or --arch package.module:factory)")
     if key == "siren":
         return key, None
     if not isinstance(dataset, str):
@@ -268,11 +458,19 @@ def _check_name(name: object, dataset: object) -> tuple[str, str | None]:
     ds = dataset.lower()
     if ds not in DATASETS:
         raise ValueError(f"dataset: unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    reg = _REGISTRY.get(key)
+    if reg is not None and reg.datasets is not None and ds not in reg.datasets:
+        raise ValueError(f"dataset: {key} is registered for {', '.join(reg.datasets)}, got {dataset!r}")
     return key, ds
 
 
 @lru_cache(maxsize=None)
 def _spec_cached(name: str, dataset: str | None) -> ArchSpec:
+    if name in _REGISTRY:
+        cin, size, _ = DATASETS[dataset]
+        with torch.random.fork_rng(devices=[]):
+            module = _REGISTRY[name].make(dataset)
+        return spec_from_module(module, torch.zeros(2, cin, size, size), name=name, dataset=dataset)
     if name == "siren":
         return _siren()
     if name == "lenetlike":
@@ -287,12 +485,64 @@ def spec(name: str, dataset: str = "cifar10") -> ArchSpec:
     return _spec_cached(*_check_name(name, dataset))
 
 
-def _apply_act(x: torch.Tensor, act: str) -> torch.Tensor:
+def spec_hash(spec_: ArchSpec) -> str:
+    """A short digest of everything a spec fixes (layers, packing order, input and output shapes):
+    what a zoo manifest records, so a reopened zoo knows its architecture has not changed."""
+    import hashlib
+
+    text = repr((spec_.input_shape, spec_.num_outputs, spec_.layers, spec_.pack_order))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def spec_from_module(module: nn.Module, example_input: torch.Tensor, *, name: str | None = None,
+                     dataset: str | None = None, class_id: int | None = None) -> ArchSpec:
+    """The :class:`ArchSpec` of a user's ``nn.Module``, traced with torch.fx on ``example_input``
+    (details and the supported operations: :mod:`netspace_fast._trace`)."""
+    from ._trace import spec_from_module as trace
+
+    return trace(module, example_input, name=name, dataset=dataset, class_id=class_id)
+
+
+def apply_activation(x: torch.Tensor, act: str, act_arg: float | None = None) -> torch.Tensor:
+    """The activation ``act`` (one of :data:`ACTIVATIONS`) of ``x``: the reference semantics."""
+    if act == "none":
+        return x
     if act == "leaky_relu":
-        return F.leaky_relu(x, LEAKY_SLOPE)
+        return F.leaky_relu(x, LEAKY_SLOPE if act_arg is None else act_arg)
     if act == "sin":
-        return torch.sin(SIREN_W0 * x)
-    return x
+        return torch.sin((SIREN_W0 if act_arg is None else act_arg) * x)
+    if act == "relu":
+        return F.relu(x)
+    if act == "gelu":
+        return F.gelu(x)
+    if act == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if act == "silu":
+        return F.silu(x)
+    if act == "tanh":
+        return torch.tanh(x)
+    if act == "sigmoid":
+        return torch.sigmoid(x)
+    raise AssertionError(act)  # pragma: no cover - LayerSpec checks act
+
+
+def layer_op(layer: LayerSpec, h: torch.Tensor, weight: torch.Tensor | None = None,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The layer's operation on one network's ``h`` (before BatchNorm, residual and activation)."""
+    kind = layer.kind
+    if kind == "conv":
+        return F.conv2d(h, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    if kind == "linear":
+        return F.linear(h, weight, bias)
+    if kind == "avgpool":
+        return F.avg_pool2d(h, layer.kernel, layer.stride, layer.padding, False, layer.count_include_pad)
+    if kind == "maxpool":
+        return F.max_pool2d(h, layer.kernel, layer.stride, layer.padding, layer.dilation)
+    if kind == "adaptive_avgpool":
+        return F.adaptive_avg_pool2d(h, layer.output_size)
+    if kind == "flatten":
+        return h.flatten(1)
+    return h  # "act"
 
 
 def spec_forward(spec_: ArchSpec, params: dict[str, torch.Tensor], x: torch.Tensor,
@@ -305,22 +555,15 @@ def spec_forward(spec_: ArchSpec, params: dict[str, torch.Tensor], x: torch.Tens
     values = {0: x}
     for layer in spec_.layers:
         h = values[layer.src]
-        if layer.kind == "conv":
-            y = F.conv2d(h, params[f"{layer.name}.weight"], params.get(f"{layer.name}.bias"), layer.stride,
-                         layer.padding)
+        if layer.kind in ("conv", "linear"):
+            y = layer_op(layer, h, params[f"{layer.name}.weight"], params.get(f"{layer.name}.bias"))
             if bn is not None and layer.bn is not None:
                 y = bn[layer.bn](y)
-        elif layer.kind == "linear":
-            y = F.linear(h, params[f"{layer.name}.weight"], params.get(f"{layer.name}.bias"))
-        elif layer.kind == "avgpool":
-            y = F.avg_pool2d(h, layer.kernel, layer.stride)
-        elif layer.kind == "flatten":
-            y = h.flatten(1)
-        else:  # pragma: no cover - specs are built here
-            raise AssertionError(layer.kind)
+        else:
+            y = layer_op(layer, h)
         if layer.residual is not None:
             y = y + values[layer.residual]
-        values[layer.dst] = _apply_act(y, layer.act)
+        values[layer.dst] = apply_activation(y, layer.act, layer.act_arg)
     return values[spec_.layers[-1].dst]
 
 
@@ -350,12 +593,15 @@ class SpecNet(nn.Module):
         made: dict[str, tuple[nn.Module, nn.Module | None]] = {}
         for layer in spec_.layers:
             use_bn = self.batchnorm and layer.bn is not None
+            # the trained form: the layer's own bias; the BN-free form: a bias wherever it has a BN
+            bias = layer.bias if use_bn else layer.has_bias
             if layer.kind == "conv":
                 made[layer.name] = (nn.Conv2d(layer.in_features, layer.out_features, layer.kernel, layer.stride,
-                                              layer.padding, bias=not use_bn),
+                                              layer.padding, layer.dilation, layer.groups, bias=bias),
                                     nn.BatchNorm2d(layer.out_features) if use_bn else None)
             elif layer.kind == "linear":
-                made[layer.name] = (nn.Linear(layer.in_features, layer.out_features), None)
+                made[layer.name] = (nn.Linear(layer.in_features, layer.out_features, bias=bias),
+                                    nn.BatchNorm1d(layer.out_features) if use_bn else None)
         for layer in spec_.pack_layers:
             module, bn = made[layer.name]
             _set_submodule(self, layer.name, module)
@@ -402,6 +648,13 @@ def build(name: str, dataset: str = "cifar10", *, batchnorm: bool = True) -> Spe
     if not isinstance(batchnorm, bool):
         raise TypeError(f"batchnorm: expected a bool, got {type(batchnorm).__name__}")
     s = spec(name, dataset)
+    reg = _REGISTRY.get(s.name)
+    if reg is not None and batchnorm:  # the factory's own initialization, in the spec's module form
+        module = reg.make(s.dataset)
+        with torch.device("meta"):
+            model = SpecNet(s, batchnorm=True)
+        model.load_state_dict(module.state_dict(), strict=True, assign=True)
+        return model
     model = SpecNet(s, batchnorm=batchnorm)
     if s.name == "siren":
         _siren_init(model)

@@ -22,6 +22,7 @@ from ..ops.batched_layers import cuda_layer_backward, cuda_layer_forward
 from ..ops.batched_layers_ref import ACT_LEAKY, ACT_SIN
 from ..prep.layout import PRepLayout, prep_shape, unpack_prep
 from .cpu import GroupedNet
+from .general import prep_general_forward
 from .program import compile_program
 from .grads import ValueGrads, prep_grad_buffer
 
@@ -173,6 +174,8 @@ def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
     which = _backend.select("batched_conv2d", preps.device, backend)
     if which == "torch" or B == 0 or N == 0:
         return batched_forward_reference(spec, preps, x)
+    if not spec.fast:  # user architectures' layers outside the fused layer ops: the general engine
+        return prep_general_forward(spec, preps, x, shared)
     preps2d = preps.reshape(B, -1)
     if preps2d.stride(1) != 1:
         preps2d = preps2d.contiguous()

@@ -25,8 +25,8 @@ __all__ = ["EpsMismatch", "gather_pack_args", "models_list", "pack_preps"]
 class _PackPlan:
     plan: tuple[int, ...]
     num_values: int
-    # per conv/linear layer: (module path, BN path or None), in packing order
-    layers: tuple[tuple[str, str | None], ...]
+    # per conv/linear layer: (module path, BN path or None, whether the module has a bias), in packing order
+    layers: tuple[tuple[str, str | None, bool], ...]
 
 
 @lru_cache(maxsize=None)
@@ -36,16 +36,19 @@ def _pack_plan(spec: ArchSpec, batchnorm: bool) -> _PackPlan:
     t = 0  # index of the next gathered tensor of one network
     for layer in spec.pack_layers:  # packing order (spec.params), not execution order
         bn = layer.bn if batchnorm else None
-        layers.append((layer.name, bn))
-        w_numel = math.prod((layer.out_features, layer.in_features, layer.kernel, layer.kernel)
-                            if layer.kind == "conv" else (layer.out_features, layer.in_features))
+        own_bias = layer.bias if bn is not None else layer.has_bias  # the module's bias (see SpecNet)
+        layers.append((layer.name, bn, own_bias))
+        w_numel = math.prod(layer.weight_shape)
         c = layer.out_features
-        if bn is None:  # tensors: weight, bias
-            plan += [COPY, w_numel, t, 0, 0, 0, 0, COPY, c, t + 1, 0, 0, 0, 0]
-            t += 2
-        else:  # tensors: conv weight, gamma, beta, running_mean, running_var (seed Sec. VI)
-            plan += [FOLD_W, w_numel, t, t + 1, t + 4, c, 0, FOLD_B, c, -1, t + 1, t + 2, t + 3, t + 4]
-            t += 5
+        if bn is None:  # tensors: weight[, bias]
+            plan += [COPY, w_numel, t, 0, 0, 0, 0]
+            if own_bias:
+                plan += [COPY, c, t + 1, 0, 0, 0, 0]
+            t += 1 + own_bias
+        else:  # tensors: weight, gamma, beta, running_mean, running_var[, bias] (seed Sec. VI)
+            bias = t + 5 if own_bias else -1
+            plan += [FOLD_W, w_numel, t, t + 1, t + 4, c, 0, FOLD_B, c, bias, t + 1, t + 2, t + 3, t + 4]
+            t += 5 + own_bias
     return _PackPlan(tuple(plan), spec.num_params, tuple(layers))
 
 
@@ -53,17 +56,20 @@ def _gather_specnet(model: SpecNet, pp: _PackPlan, tensors: list, eps: list) -> 
     # straight from the modules' _parameters/_buffers dicts: nn.Module.__getattr__ costs more than
     # the packing of a small layer, and this runs for every layer of every network
     mods, bns = model._layer_modules, model._bn_modules
-    for name, bn_name in pp.layers:
+    for name, bn_name, own_bias in pp.layers:
         p = mods[name]._parameters
         if bn_name is None:
             tensors.append(p["weight"])
-            tensors.append(p["bias"])
             eps.append(0.0)
-            eps.append(0.0)
+            if own_bias:
+                tensors.append(p["bias"])
+                eps.append(0.0)
         else:
             bn = bns[bn_name]
             bp, bb = bn._parameters, bn._buffers
             tensors += (p["weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"])
+            if own_bias:
+                tensors.append(p["bias"])
             eps.append(bn.eps)
             eps.append(bn.eps)
 
