@@ -356,15 +356,15 @@ class Registered:
     path: str | None  #: ``package.module:factory`` when the factory is importable by that path
 
     def make(self, dataset: str | None) -> nn.Module:
-        """A fresh module from the factory: ``factory(dataset)`` if it takes an argument, else ``factory()``."""
+        """A fresh module from the factory: ``factory(dataset=...)`` if it has a parameter named
+        ``dataset``, else ``factory()``."""
         import inspect
 
         try:
-            takes = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-                        for p in inspect.signature(self.factory).parameters.values())
+            takes = "dataset" in inspect.signature(self.factory).parameters
         except (TypeError, ValueError):
             takes = False
-        module = self.factory(dataset) if takes else self.factory()
+        module = self.factory(dataset=dataset) if takes else self.factory()
         if not isinstance(module, nn.Module):
             raise TypeError(f"factory: {self.path or self.name} returned a {type(module).__name__}, expected an "
                             f"nn.Module")
@@ -385,7 +385,7 @@ def register(name: str, factory, *, datasets=None) -> str:
     """Make a user architecture available by ``name`` wherever an architecture name is taken.
 
     ``factory`` returns the network (an ``nn.Module`` in its trained form, BatchNorm included),
-    called as ``factory(dataset)`` if it takes an argument, else ``factory()``. ``datasets``: the
+    called as ``factory(dataset=name)`` if it has a parameter ``dataset``, else ``factory()``. ``datasets``: the
     dataset names it is made for (default: every one of :data:`DATASETS`). Its spec is traced
     (:func:`spec_from_module`) on an input of the dataset's geometry; the first trace refuses an
     unsupported network. Registering a name again replaces it; built-in names cannot be taken.

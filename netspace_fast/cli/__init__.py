@@ -5,7 +5,7 @@
     netspace zoo info DIR [--json]      summary of a zoo: schema, config, counts, accuracy ranges
     netspace zoo verify DIR             check every file against the manifest; exit 0 clean, 1 problems
     netspace zoo train --preset NAME --out DIR [--root PATH] [--seed INT] [--device cpu|cuda] [--no-progress]
-                       [--tensorboard LOGDIR]
+                       [--tensorboard LOGDIR] [--arch NAME|PKG.MOD:FACTORY]
     torchrun --nproc_per_node=K -m netspace_fast.cli zoo train ...   the same, instances sharded over K ranks
     netspace zoo import LIST [LIST ...] --out ZOO [--root PATH] [--base DIR]   the original code's zoo
     netspace train single|multi --zoo ZOO --out RUN [--preset NAME] [--seed S] [--epochs N] [--device cpu|cuda]

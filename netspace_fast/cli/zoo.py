@@ -140,9 +140,13 @@ def _load_trainer() -> tuple[Callable[..., Any], dict[str, Any] | None]:
 @click.option("--no-progress", is_flag=True, help="Do not show progress.")
 @click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
               help="Also write per-epoch scalars for TensorBoard to LOGDIR (needs the tensorboard package).")
+@click.option("--arch", default=None, metavar="NAME|PKG.MOD:FACTORY",
+              help="Train this architecture instead of the preset's (a preset with several gets it as one more): "
+                   "a built-in name or a user architecture's factory, package.module:factory (it must be "
+                   "importable: PYTHONPATH).")
 @config_option
 def zoo_train(preset: str, out_dir: Path, root: Path | None, download: bool, seed: int | None, device: str | None,
-              no_progress: bool, tensorboard: Path | None) -> None:
+              no_progress: bool, tensorboard: Path | None, arch: str | None) -> None:
     """Train a zoo of networks from a preset into --out (resumable: completed instances are kept).
 
     Under ``torchrun --nproc_per_node=K`` the instances are sharded over the K ranks (gloo on CPU,
@@ -163,6 +167,8 @@ def zoo_train(preset: str, out_dir: Path, root: Path | None, download: bool, see
         kwargs["tensorboard"] = tensorboard
     if download:
         kwargs["download"] = True
+    if arch is not None:
+        kwargs["arch"] = arch
     # a training command: keep freed activation memory for reuse (see netspace_fast.settings; NETSPACE_TUNE_MALLOC=0 turns it off)
     from .. import settings
 

@@ -80,7 +80,14 @@ class Run:
         path = Path(path)
         if not (path / "run.json").is_file():
             raise ValueError(f"run: {str(path)!r} is not a run folder (no run.json)")
-        return cls(path, _read_json(path / "run.json", "run"))
+        run = cls(path, _read_json(path / "run.json", "run"))
+        cfg = run.config
+        if isinstance(cfg, dict) and cfg.get("user_archs"):  # the zoo's user architectures, by name again
+            from ..zoo.format import register_user_archs
+
+            recipe = cfg.get("recipe")
+            register_user_archs(cfg, path, recipe.get("dataset") if isinstance(recipe, dict) else None)
+        return run
 
     # --- state and checkpoints -----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ average their gradients (see :func:`_train_loop`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -185,10 +186,16 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
     if p.protocol != protocol:
         raise ValueError(f"preset: {name!r} is a {p.protocol} preset, not {protocol}")
     n_epochs = p.epochs if epochs is None else int(epochs)
+    user = zoo.config.get("user_archs") if isinstance(zoo.config, dict) else None
+    if protocol == "multi" and user:  # user architectures next to the built-in ones: ClassIds after theirs
+        extra = tuple(n for n in user if n not in p.archs and n in _zoo_archs(zoo, "train"))
+        p = dataclasses.replace(p, archs=(*p.archs, *extra))
     names = list(p.archs) if protocol == "multi" else _zoo_archs(zoo, "train")
     config = {"zoo": str(Path(zoo_dir).resolve()), "preset": name, "recipe": p.to_json(), "archs": names,
               "seed": int(seed), "epochs": n_epochs,
               "root": None if root is None else str(Path(root).expanduser().resolve())}
+    if user:
+        config["user_archs"] = user
     rank, world, device, dist, owned = setup_distributed(device)
     if world > 1 and protocol == "single" and p.meta_batch % world:
         raise ValueError(f"preset: Single under torchrun splits the meta-batch of {p.meta_batch} networks over the "

@@ -379,6 +379,36 @@ def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arc
 # reading
 
 
+def register_user_archs(config: Any, where, dataset: str | None = None) -> None:
+    """Makes the user architectures a zoo (or run) config records available by name: each one's
+    factory is imported by its recorded path and its spec must have the recorded digest; else one
+    line saying what is missing."""
+    user = config.get("user_archs") if isinstance(config, dict) else None
+    if not user:
+        return
+    if not isinstance(user, dict):
+        raise ValueError(f"{str(where)!r}: config user_archs: expected an object, got {type(user).__name__}")
+    dataset = dataset or config.get("dataset")
+    for name, rec in user.items():
+        path = rec.get("factory") if isinstance(rec, dict) else None
+        if archs.registered(name) is None:
+            try:
+                got = archs.resolve(path) if isinstance(path, str) else None
+            except ValueError as e:
+                why = str(e).split(" (", 1)[-1].split(")")[0] if " (" in str(e) else str(e)
+                raise ValueError(f"{str(where)!r}: architecture {name!r} comes from the factory {path!r}, which "
+                                 f"cannot be imported here ({why}); put its package on PYTHONPATH") from None
+            if got != name:
+                if got is not None and archs.registered(got) is not None:
+                    archs.register(name, archs.registered(got).factory)
+                else:
+                    raise ValueError(f"{str(where)!r}: architecture {name!r} has no factory path")
+        if isinstance(dataset, str) and rec.get("spec") != archs.spec_hash(archs.spec(name, dataset)):
+            raise ValueError(f"{str(where)!r}: architecture {name!r} from {path!r} has changed since it "
+                             f"was recorded (spec digest {archs.spec_hash(archs.spec(name, dataset))}, recorded "
+                             f"{rec.get('spec')})")
+
+
 class Zoo:
     """A zoo on disk, opened read-only: :meth:`open` it, then list, load and check instances."""
 
@@ -390,7 +420,9 @@ class Zoo:
     @classmethod
     def open(cls, zoo_dir: str | os.PathLike) -> "Zoo":
         zoo = Path(zoo_dir)
-        return cls(zoo, _read_manifest(zoo))
+        manifest = _read_manifest(zoo)
+        register_user_archs(manifest.get("config"), zoo)
+        return cls(zoo, manifest)
 
     @property
     def config(self) -> Any:

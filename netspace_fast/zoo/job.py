@@ -54,7 +54,7 @@ def _load_checkpoint(path: Path, device) -> dict:
 
 
 def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "cpu", progress: bool = True,
-              tensorboard=None, download: bool = False):
+              tensorboard=None, download: bool = False, arch: str | None = None):
     """Train the zoo of ``preset`` into ``out_dir``; resumable after a kill, refuses another config.
 
     Each architecture is one batched job (all its instances trained together). The job state is
@@ -74,11 +74,18 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
     on the rerun.
     ``tensorboard``: a log directory for per-epoch scalars (needs the ``tensorboard`` package).
     ``download``: fetch the preset's dataset into ``root`` first (:func:`netspace_fast.data.download`).
+    ``arch``: train this architecture instead (a name, or ``package.module:factory`` for a user
+    architecture, see :func:`netspace_fast.archs.register`): it replaces the architecture of a
+    preset with one (its counts kept); a preset with several gets it as one more, with the first
+    one's counts (the teacher stays). A user architecture's name, factory path and spec digest are
+    recorded in the zoo's config, so the zoo reopens wherever the factory is importable.
     """
 
     if preset not in PRESETS:
         raise ValueError(f"preset: unknown {preset!r}; valid presets: {', '.join(PRESETS)}")
     p = PRESETS[preset]
+    if arch is not None:
+        p = with_arch(p, arch)
     writer = tensorboard_writer(tensorboard)  # a missing package is reported before any work
     rank, world, device, dist, owned = setup_distributed(device)
     if rank == 0:
@@ -90,6 +97,9 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
               "archs": [list(a) for a in p.archs], "epochs": p.epochs, "lr": p.lr, "runs": p.runs,
               "snapshots": list(p.snapshots), "milestones": list(p.milestones), "batch_size": p.batch_size,
               "crop_pad": p.crop_pad, "flip": p.flip, **p.config()}
+    user = user_archs([a[0] for a in p.archs], p.dataset)
+    if user:
+        config["user_archs"] = user
     zoo_format.init_zoo(out, config)
     with locked(out):  # every writer of the zoo's files writes under this lock: a temporary file seen
         for tmp in out.glob(f"{TMP_PREFIX}*"):  # here is a killed writer's (zoo verify would report it)
@@ -128,6 +138,39 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
         dist.barrier()  # every rank's instances are in the manifest before anyone reports success
         if owned:
             dist.destroy_process_group()
+    return out
+
+
+def with_arch(p, arch: str):
+    """The preset ``p`` with architecture ``arch`` (see :func:`train_zoo`); the spec is traced here,
+    so an unsupported network is refused before any data is read."""
+    import dataclasses
+
+    name = archs.resolve(arch)
+    archs.spec(name, p.dataset)
+    students = [a for a in p.archs if a[0] != "resnet56" or p.protocol != "multi"]
+    if len(students) <= 1:
+        new = tuple((name, *a[1:]) if a in students else a for a in p.archs)
+    elif any(a[0] == name for a in p.archs):
+        new = p.archs
+    else:
+        new = (*students, (name, *students[0][1:]), *(a for a in p.archs if a not in students))
+    return dataclasses.replace(p, archs=new)
+
+
+def user_archs(names, dataset: str) -> dict:
+    """The zoo config's record of the user architectures among ``names``: name -> factory path and
+    spec digest. A factory that is not importable by path (defined in ``__main__``) is refused: the
+    zoo could not be reopened by anyone else."""
+    out = {}
+    for name in names:
+        reg = archs.registered(name)
+        if reg is None:
+            continue
+        if reg.path is None:
+            raise ValueError(f"arch: the factory of {name!r} is not importable by path (defined in __main__ or a "
+                             f"local function); define it in a module and pass package.module:factory")
+        out[name] = {"factory": reg.path, "spec": archs.spec_hash(archs.spec(name, dataset))}
     return out
 
 

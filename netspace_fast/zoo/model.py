@@ -20,6 +20,7 @@ from torch import nn
 from .. import archs
 from ..archs import ArchSpec, SpecNet
 from ..engine.executor import Weights, run
+from ..engine.general import GeneralWeights, general_forward
 from ..engine.program import compile_program
 from ..ops.batched_layers_ref import apply_act
 
@@ -75,6 +76,8 @@ class BatchedZooNet(nn.Module):
                 raise ValueError(f"x: expected (N, B*C={B * C}, {dims}) with grouped=True, got {tuple(x.shape)}")
         elif x.dim() != 3 + len(rest) or x.shape[0] != B:
             raise ValueError(f"x: expected (B={B}, N, {C}, {dims}), got {tuple(x.shape)}")
+        if not self.spec.fast:  # a user architecture outside the fused layer ops: the general engine
+            return general_forward(self.spec, _GeneralStacked(self), x, B, shared=False)
         out, _ = run(compile_program(self.spec), x, B, _StackedWeights(self), grouped_input=grouped)
         return out
 
@@ -161,6 +164,30 @@ class _StackedWeights(Weights):
         if residual is not None:
             z = z + residual
         return apply_act(z, step[4], inplace=True), None
+
+
+class _GeneralStacked(GeneralWeights):
+    """The general engine's weight source for a :class:`BatchedZooNet`: stacked parameters and
+    per-instance BatchNorm (over the B*C network-major channels, or B*F features)."""
+
+    def __init__(self, net: BatchedZooNet) -> None:
+        self.net = net
+
+    def params(self, layer):
+        return self.net._t(f"{layer.name}.weight"), self.net._bias(layer)
+
+    def norm(self, layer, z, grouped):
+        net = self.net
+        bn = net._bn(layer)
+        if bn is None:
+            return z
+        args = (net._t(f"{bn}.running_mean").view(-1), net._t(f"{bn}.running_var").view(-1),
+                net._t(f"{bn}.weight").reshape(-1), net._t(f"{bn}.bias").reshape(-1), net.training,
+                net.momentum[bn], net.eps[bn])
+        if grouped:
+            return F.batch_norm(z, *args)
+        B, N, Fo = z.shape  # (B, N, F) -> (N, B*F): per-instance BatchNorm1d
+        return F.batch_norm(z.transpose(0, 1).reshape(N, B * Fo), *args).view(N, B, Fo).transpose(0, 1)
 
 
 class StackedLinear(torch.autograd.Function):
