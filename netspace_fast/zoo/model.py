@@ -20,7 +20,7 @@ from torch import nn
 from .. import archs
 from ..archs import ArchSpec, SpecNet
 from ..engine.executor import Weights, run
-from ..engine.general import GeneralWeights, general_forward
+from ..engine.general import GeneralWeights, chunked_forward
 from ..engine.program import compile_program
 from ..ops.batched_layers_ref import apply_act
 
@@ -77,7 +77,7 @@ class BatchedZooNet(nn.Module):
         elif x.dim() != 3 + len(rest) or x.shape[0] != B:
             raise ValueError(f"x: expected (B={B}, N, {C}, {dims}), got {tuple(x.shape)}")
         if not self.spec.fast:  # a user architecture outside the fused layer ops: the general engine
-            return general_forward(self.spec, _GeneralStacked(self), x, B, shared=False)
+            return chunked_forward(self.spec, _GeneralStacked.of(self), x, B, shared=False, grouped_input=grouped)
         out, _ = run(compile_program(self.spec), x, B, _StackedWeights(self), grouped_input=grouped)
         return out
 
@@ -168,22 +168,33 @@ class _StackedWeights(Weights):
 
 class _GeneralStacked(GeneralWeights):
     """The general engine's weight source for a :class:`BatchedZooNet`: stacked parameters and
-    per-instance BatchNorm (over the B*C network-major channels, or B*F features)."""
+    per-instance BatchNorm (over the B*C network-major channels, or B*F features); ``tensors`` maps
+    state-dict names to the (chunk of) stacked tensors."""
 
-    def __init__(self, net: BatchedZooNet) -> None:
-        self.net = net
+    def __init__(self, net: BatchedZooNet, tensors: dict[str, torch.Tensor]) -> None:
+        self.net, self.tensors = net, tensors
+
+    @classmethod
+    def of(cls, net: BatchedZooNet) -> "_GeneralStacked":
+        for layer in net.spec.layers:
+            net._bn(layer)  # counts this step once per BatchNorm, however many chunks run
+        return cls(net, {k.replace("__", "."): v for k, v in
+                         list(net.named_parameters(recurse=False)) + list(net.named_buffers(recurse=False))})
+
+    def split(self, sizes):
+        pieces = {k: v.split(sizes) for k, v in self.tensors.items()}
+        return [_GeneralStacked(self.net, {k: p[i] for k, p in pieces.items()}) for i in range(len(sizes))]
 
     def params(self, layer):
-        return self.net._t(f"{layer.name}.weight"), self.net._bias(layer)
+        return self.tensors[f"{layer.name}.weight"], self.tensors.get(f"{layer.name}.bias")
 
     def norm(self, layer, z, grouped):
         net = self.net
-        bn = net._bn(layer)
-        if bn is None:
+        if not (net.batchnorm and layer.bn is not None):
             return z
-        args = (net._t(f"{bn}.running_mean").view(-1), net._t(f"{bn}.running_var").view(-1),
-                net._t(f"{bn}.weight").reshape(-1), net._t(f"{bn}.bias").reshape(-1), net.training,
-                net.momentum[bn], net.eps[bn])
+        bn, t = layer.bn, self.tensors
+        args = (t[f"{bn}.running_mean"].view(-1), t[f"{bn}.running_var"].view(-1), t[f"{bn}.weight"].reshape(-1),
+                t[f"{bn}.bias"].reshape(-1), net.training, net.momentum[bn], net.eps[bn])
         if grouped:
             return F.batch_norm(z, *args)
         B, N, Fo = z.shape  # (B, N, F) -> (N, B*F): per-instance BatchNorm1d
