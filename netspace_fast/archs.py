@@ -220,8 +220,10 @@ class ArchSpec:
     @property
     def fast(self) -> bool:
         """Whether every layer runs on the fast engine (the built-in architectures do); other specs
-        run on the general batched engine (:mod:`netspace_fast.engine.general`)."""
-        return all(layer.fast for layer in self.layers)
+        run on the general batched engine (:mod:`netspace_fast.engine.general`). The fast engine's
+        flatten follows a conv or pool, never the input itself."""
+        return (all(layer.fast for layer in self.layers)
+                and not any(layer.kind == "flatten" and layer.src == 0 for layer in self.layers))
 
     @property
     def num_params(self) -> int:

@@ -48,7 +48,8 @@ def _recipe(spec):
                            if isinstance(v, (dict, set)) and k not in ("_parameters", "_modules"))
         children = tuple((name, index[id(c)]) for name, c in m._modules.items())
         prefix = f"{path}." if path else ""
-        params = tuple((name, prefix + name) for name in m._parameters)
+        # (a parameter registered as None, a layer without bias, stays None)
+        params = tuple((name, prefix + name if p is not None else None) for name, p in m._parameters.items())
         entries.append((type(m), d, containers, children, params))
     layers = tuple((name, index[id(mod)]) for name, mod in template._layer_modules.items())
     return tuple(entries), layers
@@ -63,7 +64,8 @@ def _instantiate(spec, params: dict[str, torch.Tensor], training: bool) -> SpecN
         for k in containers:
             d[k] = d0[k].copy()
         d["_modules"] = {name: news[j] for name, j in children}
-        d["_parameters"] = {name: make(nn.Parameter, params[full], True) for name, full in names}
+        d["_parameters"] = {name: make(nn.Parameter, params[full], True) if full is not None else None
+                            for name, full in names}
         d["training"] = training
         new.__dict__ = d
     root = news[0]
