@@ -110,7 +110,7 @@ def spec_from_module(module: nn.Module, example_input: torch.Tensor, *, name: st
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input: expected a Tensor (N, ...), got {type(example_input).__name__}")
-    if example_input.dim() not in (2, 4) or example_input.shape[0] < 1:
+    if example_input.dim() < 2 or example_input.shape[0] < 1:
         raise ValueError(f"example_input: expected a batch (N, features) or (N, C, H, W) with N >= 1, got shape "
                          f"{tuple(example_input.shape)}")
     if not example_input.is_floating_point():
@@ -122,7 +122,8 @@ def spec_from_module(module: nn.Module, example_input: torch.Tensor, *, name: st
     except Exception as e:  # TraceError, data-dependent control flow, unsupported Python
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"module: {type(module).__name__} cannot be traced by torch.fx ({type(e).__name__}: "
-                         f"{first}); data-dependent control flow is not supported") from None
+                         f"{first}); data-dependent control flow and in-place item assignment are not supported"
+                         ) from None
     modules = dict(gm.named_modules())
     graph = gm.graph
 

@@ -220,10 +220,12 @@ class ArchSpec:
     @property
     def fast(self) -> bool:
         """Whether every layer runs on the fast engine (the built-in architectures do); other specs
-        run on the general batched engine (:mod:`netspace_fast.engine.general`). The fast engine's
-        flatten follows a conv or pool, never the input itself."""
+        run on the general batched engine (:mod:`netspace_fast.engine.general`). The fast engine
+        reads the network input only with conv/linear layers (no pooling or flatten of the input
+        itself, no addition of it)."""
         return (all(layer.fast for layer in self.layers)
-                and not any(layer.kind == "flatten" and layer.src == 0 for layer in self.layers))
+                and all(layer.kind in ("conv", "linear") for layer in self.layers if layer.src == 0)
+                and all(layer.residual != 0 for layer in self.layers))
 
     @property
     def num_params(self) -> int:
