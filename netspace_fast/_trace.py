@@ -96,15 +96,16 @@ class _Layer(dict):
     """A LayerSpec under construction (fields as keyword arguments)."""
 
 
-def spec_from_module(module: nn.Module, example_input: torch.Tensor, *, name: str | None = None,
+def spec_from_module(module: nn.Module, example_input: torch.Tensor, *, archs, name: str | None = None,
                      dataset: str | None = None, class_id: int | None = None):
-    """The :class:`~netspace_fast.archs.ArchSpec` of ``module`` (see the module docstring).
+    """The :class:`~netspace_fast.archs.ArchSpec` of ``module`` (see the module docstring); called by
+    :func:`netspace_fast.archs.spec_from_module`, which hands itself in as ``archs`` (the spec
+    classes and ``spec_forward``: this module does not import it, so there is no import cycle).
 
     ``example_input``: one batch ``(N, ...)`` the module accepts (its shape fixes the spec's input
     shape). ``name``: the architecture's name (default: the module's class name, lower case).
     Unsupported operations raise ``ValueError`` naming the module path and the op.
     """
-    from . import archs
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")

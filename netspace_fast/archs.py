@@ -474,7 +474,8 @@ def _spec_cached(name: str, dataset: str | None) -> ArchSpec:
         cin, size, _ = DATASETS[dataset]
         with torch.random.fork_rng(devices=[]):
             module = _REGISTRY[name].make(dataset)
-        return spec_from_module(module, torch.zeros(2, cin, size, size), name=name, dataset=dataset)
+        x = torch.randn(2, cin, size, size, generator=torch.Generator().manual_seed(0))  # the global RNG untouched
+        return spec_from_module(module, x, name=name, dataset=dataset)
     if name == "siren":
         return _siren()
     if name == "lenetlike":
@@ -502,9 +503,11 @@ def spec_from_module(module: nn.Module, example_input: torch.Tensor, *, name: st
                      dataset: str | None = None, class_id: int | None = None) -> ArchSpec:
     """The :class:`ArchSpec` of a user's ``nn.Module``, traced with torch.fx on ``example_input``
     (details and the supported operations: :mod:`netspace_fast._trace`)."""
+    import sys
+
     from ._trace import spec_from_module as trace
 
-    return trace(module, example_input, name=name, dataset=dataset, class_id=class_id)
+    return trace(module, example_input, archs=sys.modules[__name__], name=name, dataset=dataset, class_id=class_id)
 
 
 def apply_activation(x: torch.Tensor, act: str, act_arg: float | None = None) -> torch.Tensor:

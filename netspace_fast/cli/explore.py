@@ -117,7 +117,8 @@ def audit_cmd(run_dir, out_dir, split, steps, embeddings, images, chunk, device)
 @click.option("--from", "from_id", default=None, metavar="ID", help="Start from this zoo instance's embedding.")
 @click.option("--random", "random_start", is_flag=True,
               help="Start from a seeded random embedding: N(mean, std^2) per dimension of the training embeddings.")
-@click.option("--arch", default=None, metavar="NAME", help="Wanted architecture (Multi; default: the start's).")
+@click.option("--arch", default=None, metavar="NAME|PKG.MOD:FACTORY",
+              help="Wanted architecture (Multi; default: the start's).")
 @click.option("--steps", type=int, default=3000, show_default=True, help="Adam steps on the embedding.")
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
 @click.option("--eval-every", type=int, default=None, help="Evaluate every N steps (default: steps / 20).")
@@ -140,6 +141,10 @@ def optimize_cmd(run_dir, from_id, random_start, arch, steps, lr, eval_every, im
     if (from_id is None) == (not random_start):
         raise CliError("optimize: give exactly one of --from ID and --random", 2)
     with user_errors():
+        if arch is not None:
+            from ..archs import resolve
+
+            arch = resolve(arch)  # a name, or a user architecture's package.module:factory
         r = optimize(run_dir, start="random" if random_start else from_id, arch=arch, steps=steps, lr=lr,
                      eval_every=eval_every, image_batch=image_batch, seed=seed, teacher=teacher, out=out_dir,
                      device=check_device(device), progress=not no_progress)

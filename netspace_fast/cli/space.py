@@ -153,6 +153,8 @@ def import_checkpoint(file: Path, out_dir: Path, arch: str, dataset: str, zoo_di
     from ..space.importer import import_original_checkpoint
 
     with user_errors():
-        run = import_original_checkpoint(file, out_dir, [a.strip() for a in arch.split(",") if a.strip()], dataset,
-                                         zoo=zoo_dir)
+        from ..archs import resolve
+
+        names = [resolve(a.strip()) for a in arch.split(",") if a.strip()]
+        run = import_original_checkpoint(file, out_dir, names, dataset, zoo=zoo_dir)
     click.echo(f"done: {run.command.split()[1]} checkpoint imported into {str(out_dir)!r}")

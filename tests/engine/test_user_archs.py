@@ -78,6 +78,11 @@ def test_batched_forward_equals_each_module_float64(recipe, shared):
     exp = torch.autograd.grad(ref, (preps, x), g)
     for a, b_ in zip(got, exp):
         assert rel_err(a, b_) <= TIGHT
+    # the input gradient also equals the user's own module's (BatchNorm unfolded, eval mode)
+    xs = x.detach().requires_grad_()
+    own = torch.stack([m(xs if shared else xs[b]) for b, m in enumerate(mods)])
+    (gx_own,) = torch.autograd.grad(own, xs, g)
+    assert rel_err(got[1], gx_own) <= TIGHT
     # the PRep padding gets exactly zero gradient
     assert torch.all(got[0].reshape(B, -1)[:, spec.num_params:] == 0)
 
@@ -181,3 +186,17 @@ def test_built_in_specs_stay_on_the_fast_engine():
     leaky = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 30 * 30, 2))
     assert not archs.spec_from_module(leaky, torch.zeros(1, 3, 32, 32)).fast  # ReLU: the general engine
+
+
+def test_gradcheck_float64_tiny():
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 4, (2, 3), padding=(1, 0), groups=2, bias=False), nn.BatchNorm2d(4), nn.GELU(),
+                      nn.MaxPool2d(2), nn.Conv2d(4, 4, 1), nn.SiLU(), nn.Flatten(), nn.Linear(4 * 2 * 1, 3)).eval()
+    spec = archs.spec_from_module(m, torch.randn(2, 2, 4, 4))
+    net = archs.SpecNet(spec)
+    net.load_state_dict(m.state_dict())
+    preps = pack64([net.double().eval(), net.double().eval()], spec).requires_grad_()
+    for x in (torch.randn(3, 2, 4, 4, dtype=torch.float64), torch.randn(2, 3, 2, 4, 4, dtype=torch.float64)):
+        assert torch.autograd.gradcheck(lambda p, x: batched_forward(spec, p, x), (preps, x.requires_grad_()))

@@ -1,0 +1,93 @@
+"""A user architecture on the general batched engine: forward + backward into the PReps of 32
+instances of a depthwise-separable CNN (BatchNorm folded, ReLU, adaptive pooling), CPU.
+
+Providers, same run: ours (`batched_forward`: the general engine, chunks of networks), the
+per-network loop (`batched_forward_reference`: unpack views, run each BN-free network, stack) and
+`torch.func.vmap` over `functional_call` of the BN-free module with the stacked parameters. Goals
+(issue, CPU): at least the loop's speed (>= 1x) and >= 1.5x vmap. Scenarios: N = 128 images (8 MB
+of activations a network: chunks of one network) and N = 16 (1 MB: chunks of eight).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+import netspace_fast as nf
+from netspace_fast import archs
+from netspace_fast.engine import batched_forward, batched_forward_reference
+
+ROUNDS = 5
+B = 32
+SCENARIOS = {"depthwise-separable B=32 N=128": 128, "depthwise-separable B=32 N=16": 16}
+GOALS = {"loop": 1.0, "vmap": 1.5}
+
+
+def _ds(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def depthwise_separable() -> nn.Module:
+    """A MobileNet-style CNN for 3x32x32 images, 10 classes (24 k parameters)."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         *_ds(16, 32, 2), *_ds(32, 64, 2), *_ds(64, 64, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+_cache: dict = {}
+
+
+def setup(n: int):
+    if n not in _cache:
+        torch.manual_seed(0)
+        spec = archs.spec_from_module(depthwise_separable(), torch.randn(2, 3, 32, 32), name="dsconv",
+                                      dataset="cifar10")
+        nets = []
+        for _ in range(B):
+            net = archs.SpecNet(spec)
+            net.load_state_dict(depthwise_separable().state_dict(), strict=True)
+            nets.append(net.eval())
+        with torch.no_grad():
+            preps = nf.pack_preps(nets, 10_000)
+        _cache[n] = (spec, preps, torch.randn(n, 3, 32, 32))
+    return _cache[n]
+
+
+def step_ours(spec, preps, x):
+    p = preps.detach().requires_grad_()
+    batched_forward(spec, p, x).sum().backward()
+    return p.grad
+
+
+def step_loop(spec, preps, x):
+    p = preps.detach().requires_grad_()
+    batched_forward_reference(spec, p, x).sum().backward()
+    return p.grad
+
+
+def step_vmap(spec, preps, x):
+    p = preps.detach().requires_grad_()
+    layout = nf.PRepLayout.for_spec(spec, preps.shape[2], preps.shape[1])
+    model = archs.SpecNet(spec, batchnorm=False).to("meta")
+    views = dict(nf.unpack_prep(p, layout))
+    y = vmap(lambda params: functional_call(model, params, (x,)))(views)
+    y.sum().backward()
+    return p.grad
+
+
+STEPS = {"ours": step_ours, "loop": step_loop, "vmap": step_vmap}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("provider", list(STEPS))
+def test_user_arch_step(benchmark, measure, scenario, provider):
+    benchmark.group = scenario
+    spec, preps, x = setup(SCENARIOS[scenario])
+    assert not spec.fast  # the general engine
+    grad = measure(lambda: STEPS[provider](spec, preps, x), rounds=ROUNDS, provider=provider,
+                   goal=GOALS.get(provider), grad=True)
+    ref = step_loop(spec, preps, x)
+    assert ((grad - ref).abs().max() / ref.abs().max()).item() <= 1e-3, f"{provider}: gradient differs from the loop's"
