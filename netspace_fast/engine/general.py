@@ -18,8 +18,12 @@ from the (B, P) PRep rows by ONE ``split``, so the backward writes every paramet
 into one (B, P) buffer by one concatenation), or the zoo trainer's stacked parameters with
 per-instance BatchNorm (BatchNorm over B*C network-major channels IS per-instance BatchNorm).
 
-:func:`general_forward` is the engine; :func:`netspace_fast.archs.spec_forward` per network is its
-reference (the tests compare both, outputs and gradients).
+:func:`general_forward` is the engine, differentiable by autograd (the zoo trainer's path, BatchNorm
+in training mode included). ``batched_forward`` (:func:`prep_general_forward`) runs the same calls
+as ONE autograd node with a hand-written backward (:mod:`.general_node`: activation gradients in
+place, activations freed once used, weight gradients straight into the one PRep gradient); the
+autograd path is its reference, :func:`netspace_fast.archs.spec_forward` per network the reference
+of both (the tests compare all three, outputs and gradients).
 """
 
 from __future__ import annotations
@@ -231,5 +235,23 @@ def chunked_forward(spec: ArchSpec, weights: GeneralWeights, x: torch.Tensor, B:
 
 def prep_general_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, shared: bool) -> torch.Tensor:
     """``batched_forward`` of a spec outside the fast engine: weights from the PRep batch (B, H, W)."""
+    B = preps.shape[0]
+    preps2d = preps.reshape(B, -1)
+    if preps2d.stride(1) != 1:
+        preps2d = preps2d.contiguous()
+    if not (torch.is_grad_enabled() and (preps.requires_grad or x.requires_grad)):
+        with torch.no_grad():
+            return chunked_forward(spec, PRepGeneralWeights(spec, preps2d, preps.shape[2]), x, B, shared)
+    from .general_node import GeneralNet
+
+    N = x.shape[0] if shared else x.shape[1]
+    c = chunk_size(spec, B, N, x.element_size())
+    sizes = tuple(min(c, B - s) for s in range(0, B, c))
+    return GeneralNet.apply(preps2d, x, spec, preps.shape[2], shared, sizes)
+
+
+def prep_general_forward_autograd(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, shared: bool) -> torch.Tensor:
+    """The same through autograd over the batched calls (:func:`chunked_forward`): the reference of
+    the one-node path's hand-written backward in the tests."""
     B = preps.shape[0]
     return chunked_forward(spec, PRepGeneralWeights(spec, preps.reshape(B, -1), preps.shape[2]), x, B, shared)

@@ -73,6 +73,8 @@ def test_single_space_eval_explore_export(user_zoo, tmp_path):
     run("optimize", space, "--from", ids[0], "--steps", "3", "--out", tmp_path / "opt", "--no-progress")
     assert (tmp_path / "opt" / "best.safetensors").is_file()
     run("visualize", space, "--id", ids[0], "--out", tmp_path / "v.png")
+    run("audit", space, "--out", tmp_path / "audit", "--split", "val")
+    assert (tmp_path / "audit" / "audit.csv").is_file()
     run("export", space, "--id", ids[0], "--out", tmp_path / "dec.safetensors")
     state = load_file(tmp_path / "dec.safetensors")
     net = archs.SpecNet(archs.spec("vgg_gelu", "digits"), batchnorm=False)

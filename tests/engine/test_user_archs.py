@@ -200,3 +200,40 @@ def test_gradcheck_float64_tiny():
     preps = pack64([net.double().eval(), net.double().eval()], spec).requires_grad_()
     for x in (torch.randn(3, 2, 4, 4, dtype=torch.float64), torch.randn(2, 3, 2, 4, 4, dtype=torch.float64)):
         assert torch.autograd.gradcheck(lambda p, x: batched_forward(spec, p, x), (preps, x.requires_grad_()))
+
+
+@given(recipes(), st.booleans())
+def test_one_node_backward_equals_autograd_through_the_batched_calls(recipe, shared):
+    """The general engine's hand-written backward (one autograd node, in-place activation gradients)
+    against autograd through the same batched calls, float64; a second backward (retain_graph)
+    recomputes what the first one freed and gives the same gradients."""
+    spec, mods, nets = traced(recipe)
+    preps = pack64([n.double() for n in nets], spec)
+    x = (torch.randn(N, *spec.input_shape) if shared else torch.randn(B, N, *spec.input_shape)).double()
+    p1, x1 = preps.clone().requires_grad_(), x.clone().requires_grad_()
+    p2, x2 = preps.clone().requires_grad_(), x.clone().requires_grad_()
+    y1 = batched_forward(spec, p1, x1)
+    y2 = general.prep_general_forward_autograd(spec, p2, x2, shared)
+    assert rel_err(y1, y2) <= TIGHT
+    g = torch.randn_like(y1)
+    a = torch.autograd.grad(y1, (p1, x1), g, retain_graph=True)
+    b = torch.autograd.grad(y2, (p2, x2), g)
+    again = torch.autograd.grad(y1, (p1, x1), g)
+    for u, v, w in zip(a, b, again):
+        assert rel_err(u, v) <= TIGHT and torch.equal(u, w)
+
+
+def test_negative_leaky_slope_and_preps_only_gradient():
+    from torch import nn
+
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.LeakyReLU(-0.5), nn.Flatten(), nn.Linear(2 * 4 * 4, 2), nn.LeakyReLU(-2.0),
+                      nn.Linear(2, 2))
+    spec = archs.spec_from_module(m, torch.randn(2, 1, 6, 6))
+    net = archs.SpecNet(spec)
+    net.load_state_dict(m.state_dict())
+    preps = pack64([net.double(), net.double()], spec).requires_grad_()
+    x = torch.randn(3, 1, 6, 6, dtype=torch.float64)  # no gradient wanted for x
+    assert torch.autograd.gradcheck(lambda p: batched_forward(spec, p, x), (preps,))
+    with torch.no_grad():
+        assert rel_err(batched_forward(spec, preps, x)[0], m.double()(x)) <= TIGHT
