@@ -64,7 +64,7 @@ def step_loop(spec, preps, x):
 def step_vmap(spec, preps, x):
     p = preps.detach().requires_grad_()
     layout = nf.PRepLayout.for_spec(spec, preps.shape[2], preps.shape[1])
-    model = archs.build(spec.name, spec.dataset, batchnorm=False).to("meta")
+    model = archs.SpecNet(spec, batchnorm=False).to("meta")  # (built-in or user architecture alike)
     views = dict(nf.unpack_prep(p, layout))
     y = vmap(lambda params: functional_call(model, params, (x,)))(views)
     y.sum().backward()

@@ -13,11 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
 import netspace_fast as nf
 from netspace_fast import archs
-from netspace_fast.engine import batched_forward, batched_forward_reference
+from test_bench_batched_forward import STEPS, step_loop  # the same three providers as the built-ins
 
 ROUNDS = 5
 B = 32
@@ -56,29 +55,6 @@ def setup(n: int):
     return _cache[n]
 
 
-def step_ours(spec, preps, x):
-    p = preps.detach().requires_grad_()
-    batched_forward(spec, p, x).sum().backward()
-    return p.grad
-
-
-def step_loop(spec, preps, x):
-    p = preps.detach().requires_grad_()
-    batched_forward_reference(spec, p, x).sum().backward()
-    return p.grad
-
-
-def step_vmap(spec, preps, x):
-    p = preps.detach().requires_grad_()
-    layout = nf.PRepLayout.for_spec(spec, preps.shape[2], preps.shape[1])
-    model = archs.SpecNet(spec, batchnorm=False).to("meta")
-    views = dict(nf.unpack_prep(p, layout))
-    y = vmap(lambda params: functional_call(model, params, (x,)))(views)
-    y.sum().backward()
-    return p.grad
-
-
-STEPS = {"ours": step_ours, "loop": step_loop, "vmap": step_vmap}
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))

@@ -35,6 +35,7 @@ from functools import lru_cache
 
 from ..archs import LEAKY_SLOPE, ArchSpec, LayerSpec, apply_activation, layer_op
 from ..prep.layout import PRepLayout
+from .general_node import GeneralNet, expand_shared, to_grouped
 
 CL = torch.channels_last
 
@@ -78,23 +79,6 @@ class PRepGeneralWeights(GeneralWeights):
         return [PRepGeneralWeights(self.spec, p, self.width) for p in self.preps2d.split(sizes)]
 
 
-def _to_grouped(x: torch.Tensor) -> torch.Tensor:
-    """(B, N, C, H, W) -> (N, B*C, H, W) channels-last."""
-    B, N, C, H, W = x.shape
-    out = torch.empty((N, B * C, H, W), dtype=x.dtype, device=x.device, memory_format=CL)
-    out.unflatten(1, (B, C)).copy_(x.transpose(0, 1))
-    return out
-
-
-def _expand_shared(h: torch.Tensor, B: int) -> torch.Tensor:
-    """A shared (N, C, H, W) value as the grouped (N, B*C, H, W) of B identical networks' values;
-    a shared (N, F) as (B, N, F)."""
-    if h.dim() == 4:
-        N, C, H, W = h.shape
-        return h.unsqueeze(1).expand(N, B, C, H, W).reshape(N, B * C, H, W).contiguous(memory_format=CL)
-    return h.unsqueeze(0).expand(B, *h.shape)
-
-
 def _conv(layer: LayerSpec, h: torch.Tensor, shared: bool, B: int, weights: GeneralWeights):
     w, b = weights.params(layer)
     cout = layer.out_features
@@ -104,7 +88,7 @@ def _conv(layer: LayerSpec, h: torch.Tensor, shared: bool, B: int, weights: Gene
         z = F.conv2d(h.contiguous(memory_format=CL), stacked_w, bias, layer.stride, layer.padding, layer.dilation)
     else:
         if shared:
-            h = _expand_shared(h, B)
+            h = expand_shared(h, B)
         z = F.conv2d(h, stacked_w, bias, layer.stride, layer.padding, layer.dilation, B * layer.groups)
     return weights.norm(layer, z, True)
 
@@ -152,7 +136,7 @@ def general_forward(spec: ArchSpec, weights: GeneralWeights, x: torch.Tensor, B:
     """Outputs (B, N, out) of the B networks of ``spec`` on ``x`` ((N, ...) shared, or (B, N, ...)),
     weights from ``weights``; differentiable by autograd."""
     if not shared and x.dim() == 5:
-        x = _to_grouped(x)
+        x = to_grouped(x)
     values: dict[int, tuple[torch.Tensor, bool]] = {0: (x, shared)}
     for layer in spec.layers:
         h, sh = values[layer.src]
@@ -170,9 +154,9 @@ def general_forward(spec: ArchSpec, weights: GeneralWeights, x: torch.Tensor, B:
         if layer.residual is not None:
             r, rsh = values[layer.residual]
             if sh and not rsh:
-                y, sh = _expand_shared(y, B), False
+                y, sh = expand_shared(y, B), False
             elif rsh and not sh:
-                r = _expand_shared(r, B)
+                r = expand_shared(r, B)
             y = y + r
         if layer.kind in ("conv", "linear") and layer.act in _INPLACE:  # y is ours: no second full-size buffer
             y = _INPLACE[layer.act](y, layer.act_arg)
@@ -180,7 +164,7 @@ def general_forward(spec: ArchSpec, weights: GeneralWeights, x: torch.Tensor, B:
             y = apply_activation(y, layer.act, layer.act_arg)
         values[layer.dst] = (y, sh)
     out, sh = values[spec.layers[-1].dst]
-    return _expand_shared(out, B) if sh else out
+    return expand_shared(out, B) if sh else out
 
 
 #: the largest activation of one chunk of networks, in bytes: per-network calls (chunks of one) while
@@ -242,8 +226,6 @@ def prep_general_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, s
     if not (torch.is_grad_enabled() and (preps.requires_grad or x.requires_grad)):
         with torch.no_grad():
             return chunked_forward(spec, PRepGeneralWeights(spec, preps2d, preps.shape[2]), x, B, shared)
-    from .general_node import GeneralNet
-
     N = x.shape[0] if shared else x.shape[1]
     c = chunk_size(spec, B, N, x.element_size())
     sizes = tuple(min(c, B - s) for s in range(0, B, c))

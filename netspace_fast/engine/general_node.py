@@ -21,7 +21,7 @@ from .grads import ValueGrads, prep_grad_buffer
 CL = torch.channels_last
 aten = torch.ops.aten
 
-__all__ = ["GeneralNet"]
+__all__ = ["GeneralNet", "expand_shared", "to_grouped"]
 
 # activations whose backward reads the output y (the others read the pre-activation z)
 _FROM_Y = ("relu", "leaky_relu", "tanh", "sigmoid")
@@ -71,14 +71,17 @@ def _apply_act_(y: torch.Tensor, act: str, arg, owned: bool) -> tuple[torch.Tens
     return apply_activation(y, act, arg), y
 
 
-def _to_grouped(x: torch.Tensor) -> torch.Tensor:
+def to_grouped(x: torch.Tensor) -> torch.Tensor:
+    """(B, N, C, H, W) -> (N, B*C, H, W) channels-last, network-major channels."""
     B, N, C, H, W = x.shape
     out = torch.empty((N, B * C, H, W), dtype=x.dtype, device=x.device, memory_format=CL)
     out.unflatten(1, (B, C)).copy_(x.transpose(0, 1))
     return out
 
 
-def _expand(h: torch.Tensor, n: int) -> torch.Tensor:
+def expand_shared(h: torch.Tensor, n: int) -> torch.Tensor:
+    """A shared (N, C, H, W) value as the grouped (N, n*C, H, W) of n networks' identical values; a
+    shared (N, F) as (n, N, F)."""
     if h.dim() == 4:
         N, C, H, W = h.shape
         return h.unsqueeze(1).expand(N, n, C, H, W).reshape(N, n * C, H, W).contiguous(memory_format=CL)
@@ -109,7 +112,7 @@ class _Chunk:
 def _forward(spec: ArchSpec, chunk: _Chunk, x: torch.Tensor, shared: bool, record: bool) -> torch.Tensor:
     n = chunk.n
     if not shared and x.dim() == 5:
-        x = _to_grouped(x)
+        x = to_grouped(x)
     values: dict[int, tuple[torch.Tensor, bool]] = {0: (x, shared)}
     rec = chunk.rec = []
     for layer in spec.layers:
@@ -125,7 +128,7 @@ def _forward(spec: ArchSpec, chunk: _Chunk, x: torch.Tensor, shared: bool, recor
             if sh and layer.groups == 1:
                 hin, groups = h.contiguous(memory_format=CL), 1
             else:
-                hin, groups = (_expand(h, n) if sh else h), n * layer.groups
+                hin, groups = (expand_shared(h, n) if sh else h), n * layer.groups
             z = F.conv2d(hin, ws, bs, layer.stride, layer.padding, layer.dilation, groups)
             r = [hin, ws, groups, sh]
             sh, owned = False, True
@@ -165,9 +168,9 @@ def _forward(spec: ArchSpec, chunk: _Chunk, x: torch.Tensor, shared: bool, recor
             rv, rsh = values[layer.residual]
             y_exp = sh and not rsh
             if y_exp:
-                z, sh = _expand(z, n), False
+                z, sh = expand_shared(z, n), False
             elif rsh and not sh:
-                rv = _expand(rv, n)
+                rv = expand_shared(rv, n)
             z = z + rv if not owned else z.add_(rv)
             owned = True
             res_info = (y_exp, rsh and not y_exp and not sh)
@@ -177,7 +180,7 @@ def _forward(spec: ArchSpec, chunk: _Chunk, x: torch.Tensor, shared: bool, recor
             rec.append((r, saved, res_info))
     out, sh = values[spec.layers[-1].dst]
     if sh:
-        out = _expand(out, n)
+        out = expand_shared(out, n)
         chunk.out_expanded = True
     else:
         chunk.out_expanded = False
