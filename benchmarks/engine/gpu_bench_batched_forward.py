@@ -4,7 +4,9 @@
     python benchmarks/gpu_bench_batched.py [--rep-ms 200] [--budget 135]
 
 Scenarios (W = 10,000, shared input x of N = 128 cifar10 images, BN-free networks):
-  (i)  B = 8 ResNet8;  (ii) B = 64 LeNetLike.
+  (i)  B = 8 ResNet8;  (ii) B = 64 LeNetLike; (iii) B = 32 of a user architecture, the
+  depthwise-separable CNN of examples/dsconv.py (the general engine; ``backend="triton"`` does
+  not apply to it: its layers are cuDNN / cuBLAS calls).
 Providers, same run, one step each = ``preps.grad = None``, forward, ``.sum().backward()``:
   ours     ``netspace_fast.batched_forward(spec, preps, x, backend="triton")``;
   loop     ``batched_forward_reference`` (unpack each PRep into views, run each network, stack);
@@ -54,8 +56,10 @@ COMPILE_RESERVE_S = 40.0  # a cold torch.compile of one scenario (fwd + bwd) tak
 
 def scenarios(quick: bool) -> list[tuple[str, str, int, int]]:
     if quick:  # the Triton interpreter takes ~50 s for one ResNet8 step at B = N = 1 (2-core VM)
-        return [("(i) resnet8", "resnet8", 1, 1), ("(ii) lenetlike", "lenetlike", 2, 2)]
-    return [("(i) resnet8", "resnet8", 8, 128), ("(ii) lenetlike", "lenetlike", 64, 128)]
+        return [("(i) resnet8", "resnet8", 1, 1), ("(ii) lenetlike", "lenetlike", 2, 2),
+                ("(iii) dsconv", "dsconv", 2, 2)]
+    return [("(i) resnet8", "resnet8", 8, 128), ("(ii) lenetlike", "lenetlike", 64, 128),
+            ("(iii) dsconv", "dsconv", 32, 128)]
 
 
 def count_per_image(spec) -> tuple[int, int]:
@@ -147,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     from netspace_fast import archs
     from netspace_fast.engine import batched_forward_reference
     from torch.func import functional_call, vmap
+
+    # (iii): a user architecture (examples/dsconv.py), on the general engine: cuDNN / cuBLAS calls
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples"))
+    from dsconv import depthwise_separable
+
+    archs.register("dsconv", depthwise_separable)
 
     device = torch.device(args.device)
     if device.type == "cuda":

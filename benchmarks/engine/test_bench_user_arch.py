@@ -10,30 +10,23 @@ of activations a network: chunks of one network) and N = 16 (1 MB: chunks of eig
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from torch import nn
 
 import netspace_fast as nf
 from netspace_fast import archs
 from test_bench_batched_forward import STEPS, step_loop  # the same three providers as the built-ins
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+from dsconv import depthwise_separable  # noqa: E402  (the user's module, examples/dsconv.py)
+
 ROUNDS = 5
 B = 32
 SCENARIOS = {"depthwise-separable B=32 N=128": 128, "depthwise-separable B=32 N=16": 16}
 GOALS = {"loop": 1.0, "vmap": 1.5}
-
-
-def _ds(cin: int, cout: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
-            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-
-def depthwise_separable() -> nn.Module:
-    """A MobileNet-style CNN for 3x32x32 images, 10 classes (24 k parameters)."""
-    return nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                         *_ds(16, 32, 2), *_ds(32, 64, 2), *_ds(64, 64, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
 _cache: dict = {}
