@@ -165,33 +165,3 @@ def test_multi_space_with_a_user_architecture_next_to_built_in_ones(on_path, tmp
     run("interpolate", tmp_path / "run", "--a", f"{name}-2", "--b", "lenetlike-0", "--steps", "3",
         "--out", tmp_path / "interp")
 
-
-class _Killed(Exception):
-    pass
-
-
-def test_zoo_of_a_user_architecture_resumes_after_a_kill(on_path, tmp_path, monkeypatch, capsys):
-    """Killed after epoch 1's checkpoint and rerun: the same zoo as the uninterrupted run (the
-    stacked parameters, BatchNorm statistics and optimizer state of the general engine resume)."""
-    from netspace_fast.zoo import job as zoo_job
-    from netspace_fast.zoo.job import train_zoo
-
-    train_zoo(tmp_path / "whole", "digits-tiny", arch=FACTORY, progress=False)
-
-    def kill_after_first(epoch: int) -> None:
-        if epoch == 1:
-            raise _Killed
-
-    monkeypatch.setattr(zoo_job, "after_checkpoint", kill_after_first)
-    with pytest.raises(_Killed):
-        train_zoo(tmp_path / "resumed", "digits-tiny", arch=FACTORY, progress=False)
-    monkeypatch.undo()
-    capsys.readouterr()
-    train_zoo(tmp_path / "resumed", "digits-tiny", arch=FACTORY, progress=True)
-    assert "resuming after epoch 1" in capsys.readouterr().err
-    whole, resumed = Zoo.open(tmp_path / "whole"), Zoo.open(tmp_path / "resumed")
-    ids = sorted(e["id"] for e in whole.instances())
-    assert ids and sorted(e["id"] for e in resumed.instances()) == ids
-    for i in ids:
-        a, b = whole.state_dict(i), resumed.state_dict(i)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), i

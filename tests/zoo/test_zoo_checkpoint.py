@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,24 +66,34 @@ class _Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("preset", ["digits-tiny", "tiny-single"])
-def test_resume_reads_our_checkpoints(tmp_path, monkeypatch, capsys, preset):
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("preset,arch", [("digits-tiny", None), ("tiny-single", None),
+                                         ("digits-tiny", "my_vgg:vgg_gelu")],
+                         ids=["multi", "single", "user-architecture"])
+def test_resume_reads_our_checkpoints(tmp_path, monkeypatch, capsys, preset, arch):
     """Interrupted after epoch 1's checkpoint and rerun: resumes from it (weights_only load of the
-    model, optimizer, scheduler and generator states) and ends with the uninterrupted run's zoo."""
+    model, optimizer, scheduler and generator states) and ends with the uninterrupted run's zoo. A
+    user architecture (examples/my_vgg.py) runs on the general engine: its stacked parameters,
+    BatchNorm statistics and optimizer state resume the same way."""
+    kw = {} if arch is None else {"arch": arch}
+    if arch is not None:
+        monkeypatch.syspath_prepend(str(EXAMPLES))
     monkeypatch.setitem(PRESETS, "tiny-single", TINY_SINGLE)
-    train_zoo(tmp_path / "whole", preset, progress=False)
+    train_zoo(tmp_path / "whole", preset, progress=False, **kw)
 
     def kill_after_first(epoch: int) -> None:
         if epoch == 1:
             raise _Killed
 
+    original = zoo_job.after_checkpoint
     monkeypatch.setattr(zoo_job, "after_checkpoint", kill_after_first)
     with pytest.raises(_Killed):
-        train_zoo(tmp_path / "resumed", preset, progress=False)
-    monkeypatch.undo()
-    monkeypatch.setitem(PRESETS, "tiny-single", TINY_SINGLE)
+        train_zoo(tmp_path / "resumed", preset, progress=False, **kw)
+    monkeypatch.setattr(zoo_job, "after_checkpoint", original)
     capsys.readouterr()
-    train_zoo(tmp_path / "resumed", preset, progress=True)
+    train_zoo(tmp_path / "resumed", preset, progress=True, **kw)
     assert "resuming after epoch 1" in capsys.readouterr().err
     whole, resumed = Zoo.open(tmp_path / "whole"), Zoo.open(tmp_path / "resumed")
     ids = sorted(e["id"] for e in whole.instances())
