@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         layout = netspace_fast.PRepLayout.for_spec(spec, preps.shape[2], preps.shape[1])
         module = archs.build(arch, "cifar10", batchnorm=False).to(device)
         fwd_flops_img, acts_img = count_per_image(spec)
+        ours_label = "ours (triton)" if spec.fast else "ours (general engine)"
         step_flops = 3 * fwd_flops_img * N * B
 
         def vmapped(p, xx, module=module, layout=layout):
@@ -240,18 +241,18 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - report, do not crash
             err_ours, ours_err_msg = float("inf"), short(e)
         if ours_err_msg is not None:
-            row(scen, "ours (triton)", None, None, None, None, f"FAIL: {ours_err_msg}")
+            row(scen, ours_label, None, None, None, None, f"FAIL: {ours_err_msg}")
             failed = True
             continue
         if not err_ours <= GRAD_RTOL:
-            row(scen, "ours (triton)", None, None, None, None,
+            row(scen, ours_label, None, None, None, None,
                 f"FAIL: gradient vs loop rel err {err_ours:.2e} > {GRAD_RTOL:g}")
             failed = True
             continue
 
         # the interpreter is too slow to repeat: on CPU --quick ours' time is that of the checked step
         ours_ms = first_ms if single_shot else timer(steps["ours"])
-        row(scen, "ours (triton)", ours_ms, step_flops, None, None, f"grad ok (rel err vs loop {err_ours:.1e})")
+        row(scen, ours_label, ours_ms, step_flops, None, None, f"grad ok (rel err vs loop {err_ours:.1e})")
         for prov in ("loop", "vmap"):
             try:
                 err = 0.0 if prov == "loop" else rel_err(grad_of(steps[prov]), ref)
