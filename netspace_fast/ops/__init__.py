@@ -11,6 +11,7 @@ op                         CPU                           CUDA
 ``batched_linear`` (+
 ``_backward``)
 ``gather_grouped``         C++ (gather_grouped_cpu.cpp)  Triton (gather_grouped_triton.py)
+``conv_epilogue`` (+ bwd)  reference (epilogue_ref.py)   Triton (epilogue_triton.py)
 =========================  ============================  ====================================
 
 Each op's wrapper is the function of its module's name (``netspace_fast.ops.pack_preps.pack_preps``,
