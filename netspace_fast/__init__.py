@@ -11,7 +11,7 @@ runtime setting, :mod:`netspace_fast.storage` writes files atomically.
 from . import archs, space
 from .engine import batched_forward
 from .ops.backend import backends
-from .prep import LayoutEntry, PRepLayout, fold_bn, load_prep, pack_preps, prep_shape, unpack_prep
+from .prep import LayoutEntry, PRepLayout, PRepPacker, fold_bn, load_prep, pack_preps, prep_shape, unpack_prep
 from .settings import tune_malloc
 
 __version__ = "0.1.0"
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LayoutEntry",
     "PRepLayout",
+    "PRepPacker",
     "archs",
     "space",
     "backends",

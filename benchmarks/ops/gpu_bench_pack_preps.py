@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """GPU benchmarks of PRep packing and BN folding, against the peers of the issue, in one run.
 
-    python benchmarks/gpu_bench_pack.py [--csv results.csv] [--reps 20]
+    python benchmarks/ops/gpu_bench_pack_preps.py [--csv results.csv] [--reps 20]
 
 Scenarios (W = 10,000; peers in pack_peers.py):
-  1. pack B=64 BN-free ResNet32: pack_preps vs (b) cat + pad per network + stack;
+  1. pack B=64 BN-free ResNet32: pack_preps and the reusable plan (PRepPacker, built once outside
+     the timing) vs (b) cat + pad per network + stack;
   2. bandwidth: pack B=256 BN-free ResNet32 (~490 MB of PReps, well over 64 MB) vs a
-     device-to-device copy of the same bytes (``dst.copy_(src)``);
+     device-to-device copy of the same bytes (``dst.copy_(src)``): pack_preps, and the PRepPacker
+     writing into a preallocated output (``packer(out=buf)``: no allocation, like the copy; the
+     0.7x goal is the packer's) and allocating (``packer()``, informational);
   3. fold+pack B=64 BN-trained ResNet56: pack_preps vs (c) fuse_conv_bn_weights + cat/pad + stack;
   4. the Triton backend (backend='triton') vs the native CUDA backend on scenarios 1 to 3.
 Times are medians of CUDA-event intervals around each call (host work included: the peers are
@@ -126,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     def pack(models, backend=None):
         return netspace_fast.pack_preps(models, width=WIDTH, backend=backend)
 
+    def packer_for(models):
+        """A PRepPacker built (and run once: Triton compiles on the first launch) outside the timing."""
+        t0 = time.perf_counter()
+        packer = netspace_fast.PRepPacker(models, width=WIDTH)
+        build_ms = (time.perf_counter() - t0) * 1e3
+        packer()
+        return packer, build_ms
+
     with torch.no_grad():
         r32 = make_models("resnet32", 64 // scale, batchnorm=False, seed=1, device=device)
         r32_big = make_models("resnet32", 256 // scale, batchnorm=False, seed=4, device=device)
@@ -134,8 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         # 1. pack B=64 ResNet32 vs (b)
         sc = f"pack resnet32 B={len(r32)}"
         ok = _same(pack_cat_pad(r32, WIDTH), pack(r32), exact=True)
-        add(sc, f"pack_preps[{default_backend}]", "(b) cat + pad + stack", timer(lambda: pack(r32)),
-            timer(lambda: pack_cat_pad(r32, WIDTH)), GOAL_VS_CAT_PAD, ok)
+        cat_pad_ms = timer(lambda: pack_cat_pad(r32, WIDTH))
+        add(sc, f"pack_preps[{default_backend}]", "(b) cat + pad + stack", timer(lambda: pack(r32)), cat_pad_ms,
+            GOAL_VS_CAT_PAD, ok)
+        packer, _ = packer_for(r32)
+        ok = _same(packer(), pack(r32), exact=True)
+        add(sc, f"PRepPacker[{packer.backend}]", "(b) cat + pad + stack", timer(lambda: packer()), cat_pad_ms,
+            GOAL_VS_CAT_PAD, ok)
+        del packer
 
         # 2. bandwidth against a device-to-device copy of the same bytes
         sc = f"bandwidth resnet32 B={len(r32_big)}"
@@ -145,12 +162,20 @@ def main(argv: list[str] | None = None) -> int:
         copy_ms = timer(lambda: dst.copy_(src))
         read = len(r32_big) * r32_big[0].spec.num_params * 4
         written = out.numel() * 4
-        add(sc, f"pack_preps[{default_backend}]", f"dst.copy_(src) {written / 2**20:.0f} MiB", ours_ms, copy_ms,
-            GOAL_COPY_FRACTION)
+        copy_label = f"dst.copy_(src) {written / 2**20:.0f} MiB"
+        add(sc, f"pack_preps[{default_backend}]", copy_label, ours_ms, copy_ms, GOAL_COPY_FRACTION)
+        packer, build_ms = packer_for(r32_big)
+        buf = torch.empty_like(out)
+        ok = _same(packer(out=buf), out, exact=True)
+        packer_out_ms = timer(lambda: packer(out=buf))
+        add(sc, f"PRepPacker[{packer.backend}] out=", copy_label, packer_out_ms, copy_ms, GOAL_COPY_FRACTION, ok)
+        add(sc, f"PRepPacker[{packer.backend}]", copy_label, timer(lambda: packer()), copy_ms, None, ok)
         bw_note = (f"{sc}: pack moves {(read + written) / 2**30:.2f} GiB (reads {read / 2**20:.0f} MiB, writes "
-                   f"{written / 2**20:.0f} MiB) -> {(read + written) / ours_ms / 1e6:.0f} GB/s; the copy moves "
-                   f"{2 * written / 2**30:.2f} GiB -> {2 * written / copy_ms / 1e6:.0f} GB/s")
-        del out, src, dst
+                   f"{written / 2**20:.0f} MiB) -> pack_preps {(read + written) / ours_ms / 1e6:.0f} GB/s, "
+                   f"PRepPacker(out=) {(read + written) / packer_out_ms / 1e6:.0f} GB/s; the copy moves "
+                   f"{2 * written / 2**30:.2f} GiB -> {2 * written / copy_ms / 1e6:.0f} GB/s. Building that "
+                   f"PRepPacker (once) took {build_ms:.0f} ms")
+        del out, src, dst, buf, packer
 
         # 3. fold+pack B=64 ResNet56 vs (c)
         sc = f"fold+pack resnet56 B={len(r56)}"
@@ -175,14 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     def fmt(v, spec):
         return f"{'-':>9}" if v is None else format(v, spec)
 
-    header = (f"{'scenario':<40} | {'ours':<20} | {'peer':<34} | {'ours ms':>9} | {'peer ms':>9} | {'ratio':>7} | "
+    header = (f"{'scenario':<40} | {'ours':<26} | {'peer':<34} | {'ours ms':>9} | {'peer ms':>9} | {'ratio':>7} | "
               f"{'goal':>7} | result")
     print(header)
     print("-" * len(header))
     for r in rows:
         goal = f">={r['goal']:g}x" if r["goal"] else "-"
         ratio = "-" if r["ours_ms"] is None else f"{r['ratio']:6.2f}x"
-        print(f"{r['scenario']:<40} | {r['ours']:<20} | {r['peer']:<34} | {fmt(r['ours_ms'], '9.3f')} | "
+        print(f"{r['scenario']:<40} | {r['ours']:<26} | {r['peer']:<34} | {fmt(r['ours_ms'], '9.3f')} | "
               f"{fmt(r['peer_ms'], '9.3f')} | {ratio:>7} | {goal:>7} | {r['status']}")
     print(bw_note)
     print("ratio = peer ms / ours ms (for the copy row: the fraction of D2D copy bandwidth reached)")

@@ -5,9 +5,16 @@ Same scheme as the CUDA kernel: a host-built table (source pointers, segment des
 program -> (network, segment, chunk) map) and one launch over all chunks of all networks. Source
 pointers are read from the table as int64 and cast to pointers inside the kernel. Runs on CPU
 tensors under TRITON_INTERPRET=1 (the tests), on CUDA tensors compiled.
+
+Two steps, shared by the one-shot op and the reusable plan (:class:`netspace_fast.prep.PRepPacker`):
+:func:`build_tables` (host work: checks, tables, one host -> device copy of each) and
+:func:`launch` (one kernel launch on prebuilt tables, nothing else). The op does both per call;
+the packer builds once and launches per call.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -65,42 +72,103 @@ def _pack_preps_kernel(ptrs, segs, chunks, eps_ptr, out, T, nseg, per_net, total
                 tl.atomic_or(bad_ptr, 1)
 
 
-def pack_preps_forward(tensors, plan, eps, num_nets, rows, width, check_finite):
-    """Launcher: builds the metadata table and runs one kernel over every chunk."""
+class PackTables(NamedTuple):
+    """The kernel's metadata for one (tensors, plan, eps, num_nets, rows, width), on the tensors' device.
+
+    Built once by :func:`build_tables` and launched any number of times by :func:`launch`: the
+    one-shot op builds it per call, :class:`netspace_fast.prep.PRepPacker` once. ``ptrs`` holds the
+    sources' addresses, not the tensors: whoever keeps the tables keeps the tensors alive.
+    """
+
+    ptrs: torch.Tensor  # (num_nets * T,) int64: source addresses, network after network
+    segs: torch.Tensor  # (nseg * SEG_INTS,) int64: kind, numel, offset, channels, src[5] per segment
+    chunks: torch.Tensor  # (programs * 3,) int64: (network, segment or nseg for the padding, start) per program
+    eps: torch.Tensor  # (nseg,) float32
+    bad: torch.Tensor  # (1,) int32: the finite check's flag
+    T: int  # tensors per network
+    nseg: int
+    per_net: int  # rows * width
+    total: int  # values the plan writes per network
+    programs: int
+    shape: tuple[int, int, int]  # (num_nets, rows, width) of the output
+
+
+def build_tables(tensors, plan, eps, num_nets, rows, width) -> PackTables:
+    """Checks the arguments (the op's checks) and builds the kernel's tables on the tensors' device.
+
+    The tensors must be contiguous (their storage is read in place, ``data_ptr()`` onwards) and
+    ``num_nets`` >= 1."""
     T = check_pack_args(tensors, plan, eps, num_nets, rows, width)
-    device = tensors[0].device if num_nets else torch.device("cpu")
-    out = torch.empty((num_nets, rows, width), dtype=torch.float32, device=device)
-    if num_nets == 0:
-        return out
+    if num_nets < 1:
+        raise ValueError(f"num_nets: expected >= 1 to build tables, got {num_nets}")
+    for i, t in enumerate(tensors):
+        if not t.is_contiguous():
+            raise ValueError(f"tensors: tensor {i} (network {i // T}, index {i % T}) is not contiguous")
+    return _tables(tensors, plan, eps, num_nets, rows, width, T)
+
+
+def _tables(tensors, plan, eps, num_nets, rows, width, T) -> PackTables:
+    """:func:`build_tables` on checked arguments (contiguous tensors, num_nets >= 1)."""
+    device = tensors[0].device
     segs = segments(plan)
-    tensors = [t if t.is_contiguous() else t.contiguous() for t in tensors]
-    ptrs = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
-    seg_table, chunk_map, offset = [], [], 0
-    per_net = rows * width
+    seg_table, offset = [], 0
     for kind, numel, *idx in segs:
         channels = idx[3] if kind == FOLD_W else numel
         src = [idx[0]] if kind == 0 else (idx[:3] if kind == FOLD_W else idx[:5])
         src = list(src) + [-1] * (5 - len(src))
         seg_table += [kind, numel, offset, channels] + src
         offset += numel
-    total = offset
-    sizes = [n for _, n, *_ in segs] + [per_net - total]
-    for b in range(num_nets):
-        for s, n in enumerate(sizes):
-            for start in range(0, n, BLOCK):
-                chunk_map += [b, s, start]
-    if not chunk_map:
+    total, per_net = offset, rows * width
+    # one network's programs: (segment, start) for every BLOCK of every segment, then of the padding;
+    # every network has the same, so the map is that pattern repeated with the network index
+    pattern: list[int] = []
+    for s, n in enumerate([n for _, n, *_ in segs] + [per_net - total]):
+        for start in range(0, n, BLOCK):
+            pattern += [s, start]
+    per_net_programs = len(pattern) // 2
+    programs = per_net_programs * num_nets
+    pat = torch.tensor(pattern, dtype=torch.int64).view(-1, 2)
+    nets = torch.arange(num_nets, dtype=torch.int64).repeat_interleave(per_net_programs)
+    chunk_map = torch.cat([nets[:, None], pat.repeat(num_nets, 1)], dim=1).reshape(-1)
+    ptrs = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
+    return PackTables(
+        ptrs=ptrs.to(device),
+        segs=torch.tensor(seg_table or [0], dtype=torch.int64).to(device),
+        chunks=(chunk_map if programs else torch.zeros(3, dtype=torch.int64)).to(device),
+        eps=torch.tensor([float(e) for e in eps] or [0.0], dtype=torch.float32).to(device),
+        bad=torch.zeros(1, dtype=torch.int32, device=device),
+        T=T, nseg=len(segs), per_net=per_net, total=total, programs=programs, shape=(num_nets, rows, width))
+
+
+def launch(tables: PackTables, out: torch.Tensor, check_finite: bool = False) -> torch.Tensor:
+    """One launch of the kernel over every program of ``tables``, writing all of ``out`` (a
+    contiguous float32 tensor of ``tables.shape`` on the tables' device: not checked here).
+
+    No host work but the launch, except with ``check_finite`` (the flag is zeroed before and read
+    after: a device -> host synchronization); a NaN or Inf written is then a ValueError."""
+    if tables.programs == 0:
         return out
-    segs_t = torch.tensor(seg_table or [0], dtype=torch.int64, device=device)
-    chunks_t = torch.tensor(chunk_map, dtype=torch.int64, device=device)
-    eps_t = torch.tensor(list(eps) or [0.0], dtype=torch.float32, device=device)
-    bad = torch.zeros(1, dtype=torch.int32, device=device)
-    _pack_preps_kernel[(len(chunk_map) // 3,)](
-        ptrs.to(device), segs_t, chunks_t, eps_t, out, T, len(segs), per_net, total, int(check_finite), bad,
-        SEG_INTS=SEG_INTS, BLOCK=BLOCK)
-    if check_finite and int(bad.item()):
+    if check_finite:
+        tables.bad.zero_()
+    _pack_preps_kernel[(tables.programs,)](
+        tables.ptrs, tables.segs, tables.chunks, tables.eps, out, tables.T, tables.nseg, tables.per_net,
+        tables.total, int(bool(check_finite)), tables.bad, SEG_INTS=SEG_INTS, BLOCK=BLOCK)
+    if check_finite and int(tables.bad.item()):
         raise ValueError("non-finite value (NaN or Inf) in a parameter being packed")
     return out
 
 
-__all__ = ["BLOCK", "SEG_INTS", "pack_preps_forward"]
+def pack_preps_forward(tensors, plan, eps, num_nets, rows, width, check_finite):
+    """The op's Triton kernel: builds the tables for this call (:func:`build_tables`) and runs one
+    launch over every chunk (:func:`launch`)."""
+    T = check_pack_args(tensors, plan, eps, num_nets, rows, width)
+    device = tensors[0].device if num_nets else torch.device("cpu")
+    out = torch.empty((num_nets, rows, width), dtype=torch.float32, device=device)
+    if num_nets == 0:
+        return out
+    # contiguous copies of non-contiguous sources live until this returns (the launch is queued by then)
+    tensors = [t if t.is_contiguous() else t.contiguous() for t in tensors]
+    return launch(_tables(tensors, plan, eps, num_nets, rows, width, T), out, check_finite)
+
+
+__all__ = ["BLOCK", "SEG_INTS", "PackTables", "build_tables", "launch", "pack_preps_forward"]

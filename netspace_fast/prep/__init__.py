@@ -3,6 +3,6 @@ call (:mod:`.pack`), BatchNorm folding (:mod:`.fold`) and PReps as images (:mod:
 
 from .fold import fold_bn
 from .layout import LayoutEntry, PRepLayout, load_prep, prep_shape, unpack_prep
-from .pack import pack_preps
+from .pack import PRepPacker, pack_preps
 
-__all__ = ["LayoutEntry", "PRepLayout", "fold_bn", "load_prep", "pack_preps", "prep_shape", "unpack_prep"]
+__all__ = ["LayoutEntry", "PRepLayout", "PRepPacker", "fold_bn", "load_prep", "pack_preps", "prep_shape", "unpack_prep"]

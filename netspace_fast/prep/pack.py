@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from ..archs import ArchSpec, SpecNet
+from ..ops import backend as _backend
 from ..ops.pack_preps import pack_preps as pack_preps_op
-from ..ops.pack_preps_ref import COPY, FOLD_B, FOLD_W
+from ..ops.pack_preps_ref import COPY, FOLD_B, FOLD_W, check_pack_args
 from .layout import PRepLayout, check_width
 
-__all__ = ["EpsMismatch", "gather_pack_args", "models_list", "pack_preps"]
+__all__ = ["EpsMismatch", "PRepPacker", "gather_pack_args", "models_list", "pack_preps"]
 
 
 
@@ -154,3 +155,210 @@ def pack_preps(models: nn.Module | Sequence[nn.Module], width: int = 10_000, hei
     return pack_preps_op(tensors, plan, eps, len(models), rows, width, check_finite=not allow_nonfinite, backend=backend)
 
 
+
+
+def _slot_of(model: nn.Module, tensor: torch.Tensor) -> tuple[dict, str] | None:
+    """The (``_parameters`` or ``_buffers`` dict, key) of the module of ``model`` that holds ``tensor``."""
+    for mod in model.modules():
+        for table in (mod._parameters, mod._buffers):
+            for key, value in table.items():
+                if value is tensor:
+                    return table, key
+    return None
+
+
+class PRepPacker:
+    """A reusable plan that packs the same B networks again and again: ``packer()`` is
+    :func:`pack_preps` without its per-call host work.
+
+    ``PRepPacker(models, width, height, backend=...)`` does once what every ``pack_preps`` call does:
+    gathers the B x T source tensors, checks them (the checks of ``pack_preps``, with the messages of
+    its Python backends),
+    computes the plan, the BatchNorm eps and the height, and builds the kernel's metadata (the table
+    of source addresses, the segment table, the program -> chunk map, eps) on the parameters'
+    device. ``packer()`` / ``packer.pack(out=None, *, check_finite=False)`` then packs:
+
+    - on CUDA tensors (and on CPU tensors under ``TRITON_INTERPRET=1`` with ``backend="triton"``,
+      the GPU program rehearsed on the CPU) it is one launch of the Triton kernel on the prebuilt
+      tables, nothing else; with ``out=`` (and no finite check) it allocates nothing and never
+      synchronizes either, so a packing step can be captured in a CUDA graph (``torch.cuda.graph``;
+      call it once before capturing: Triton compiles on the first launch) and replayed;
+    - otherwise (CPU tensors: the C++ kernel; or an explicit ``backend="cuda"``/``"cpp"``/``"torch"``)
+      it calls the op with the gathered arguments, saving the Python gathering of every call.
+
+    ``backend``: None or "auto" picks the prebuilt-table Triton route on CUDA tensors (where Triton
+    is available) and the op's automatic choice elsewhere (``NETSPACE_BACKEND`` is honoured there);
+    "triton" demands the table route (a ValueError where it cannot run); "cuda", "cpp", "torch" run
+    the op on that backend. :attr:`backend` tells what was chosen.
+
+    ``out``: a contiguous float32 tensor of shape :attr:`shape` on the parameters' device, written
+    in place and returned (checked: a ValueError for shape, device or contiguity, a TypeError for
+    dtype). On the op route the op's result is copied into it (one more pass over the output: there
+    ``out=`` is for a uniform API, not for speed).
+
+    ``check_finite``: ``pack_preps`` refuses NaN/Inf by default (one call, one early error), the
+    packer does not: the check reads a flag back from the device (``.item()``, a synchronization
+    every call, and no CUDA-graph capture). Ask for it where wanted (``check_finite=True``: the
+    same ValueError as ``pack_preps``), e.g. every N steps.
+
+    Not differentiable: the plan reads the sources through detached aliases and packs under
+    no_grad semantics, so the result never requires grad. :func:`pack_preps` is the differentiable
+    path.
+
+    Staleness contract. The plan holds the addresses of the storages it gathered, not the modules:
+
+    - in-place updates of those storages are seen by the next call: optimizer steps, ``copy_``,
+      ``load_state_dict`` (which copies into the existing tensors), ``with torch.no_grad(): p.mul_(2)``;
+    - the packer keeps a detached alias of every tensor it read, so that memory stays allocated and
+      is never read after being freed, whatever happens to the modules;
+    - anything that gives a module's tensor new storage is NOT seen: a parameter or buffer replaced
+      by a new object (``module.weight = nn.Parameter(...)``, ``load_state_dict(..., assign=True)``),
+      ``p.data = ...``, ``p.set_(...)``, a module moved to another device or dtype (``.to()``,
+      ``.cuda()``, ``.half()``: new ``.data`` for the same objects, or new objects). The packer
+      would keep packing the old storage. Neither is a BatchNorm's ``eps`` changed (it is part of
+      the plan). Call :meth:`refresh` after such a change (it re-gathers and rebuilds: the cost of
+      building).
+
+    Detection, as cheap as it can be: every call checks the first gathered tensor only (that its
+    module still holds that object and that its ``data_ptr()`` is unchanged: a whole model moved,
+    cast or reloaded with ``assign=True`` fails it) and raises a RuntimeError asking for
+    :meth:`refresh`. A single replaced tensor other than the first is not detected per call;
+    :meth:`is_stale` checks every tensor (identity and address; as costly as one ``pack_preps``
+    gathering). A CUDA-graph replay runs no Python, so it checks nothing.
+
+    Non-contiguous sources (e.g. ``channels_last`` convolution weights): on the table route they
+    are refused when the plan is built (a ValueError): the kernel reads storage in place, and a
+    contiguous copy made once would never see later updates; make them contiguous first
+    (``model.to(memory_format=torch.contiguous_format)``) or use :func:`pack_preps`. On the op route
+    the op reads them as they are at every call.
+
+    The number of networks, their order and the architecture are fixed at construction (the
+    models list is copied); :meth:`refresh` re-reads those same modules.
+    """
+
+    def __init__(self, models: nn.Module | Sequence[nn.Module], width: int = 10_000, height: int | None = None, *,
+                 backend: str | None = None) -> None:
+        models = models_list(models)
+        if not models:
+            raise ValueError("models: expected at least one module, got an empty list")
+        self._models = models
+        self.width = check_width(width)
+        self._height_arg = height
+        self._backend_arg = backend
+        self._build()
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        """Gather, check and build; assigns nothing until everything succeeded (a failed
+        :meth:`refresh` leaves the previous plan in place)."""
+        models, width = self._models, self.width
+        _, sources, plan, eps, num_values = gather_pack_args(models)
+        height = PRepLayout.from_shapes([("all", (num_values,))], width, self._height_arg).height
+        num_nets = len(models)
+        # the op's checks, in the op's order: one device, the backend (before dispatch), the kernels' checks
+        devices = {t.device for t in sources}
+        if len(devices) > 1:
+            raise ValueError(f"tensors: expected every parameter on one device, got {sorted(map(str, devices))}")
+        device = sources[0].device
+        which = _backend.select("pack_preps", device, self._backend_arg)
+        if self._backend_arg in (None, "auto") and device.type == "cuda" and _backend.triton_available():
+            which = "triton"  # on CUDA the packer's own choice: the prebuilt tables
+        eps = [float(e) for e in eps]
+        T = check_pack_args(sources, plan, eps, num_nets, height, width)
+        tensors = [t.detach() for t in sources]  # aliases: keep the storages alive, record no autograd
+        tables = launch = None
+        if which == "triton":
+            for i, t in enumerate(tensors):
+                if not t.is_contiguous():
+                    raise ValueError(
+                        f"tensors: tensor {i} (network {i // T}, index {i % T}, shape {tuple(t.shape)}, strides "
+                        f"{t.stride()}) is not contiguous: the packer reads parameters in place, and a contiguous "
+                        f"copy would not see later updates; make the model contiguous "
+                        f"(model.to(memory_format=torch.contiguous_format)) or use pack_preps")
+            from ..ops.pack_preps_triton import build_tables, launch  # imports triton: only on this route
+
+            tables = build_tables(tensors, plan, eps, num_nets, height, width)
+        self.height, self.num_nets, self.num_values = height, num_nets, num_values
+        self.device, self.backend = device, which
+        self._sources, self._tensors, self._tables, self._launch = sources, tensors, tables, launch
+        self._ptrs = [t.data_ptr() for t in tensors]
+        self._plan, self._eps = plan, eps
+        self._first, self._first_ptr = sources[0], self._ptrs[0]
+        self._first_slot = _slot_of(models[0], sources[0])
+        self._first_where = (sources[0].device, sources[0].dtype)
+
+    def refresh(self) -> "PRepPacker":
+        """Re-gather the models' tensors and rebuild the plan (after a parameter was replaced, a
+        module moved to another device, ...: see the class docstring). Returns the packer."""
+        self._build()
+        return self
+
+    def is_stale(self) -> bool:
+        """Whether any gathered tensor was replaced or got new storage, or a BatchNorm eps changed,
+        since the plan was built (a full check: the gathering of one ``pack_preps`` call; for tests
+        and debugging)."""
+        try:
+            _, sources, plan, eps, _ = gather_pack_args(self._models)
+        except (TypeError, ValueError):
+            return True
+        if plan != self._plan or [float(e) for e in eps] != self._eps or len(sources) != len(self._sources):
+            return True
+        return any(a is not b or a.data_ptr() != p for a, b, p in zip(sources, self._sources, self._ptrs))
+
+    # -- packing -----------------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(B, H, W) of the packed batch."""
+        return (self.num_nets, self.height, self.width)
+
+    def _check_out(self, out: object) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out: expected a torch.Tensor, got {type(out).__name__}")
+        if tuple(out.shape) != self.shape:
+            raise ValueError(f"out: expected shape {self.shape}, got {tuple(out.shape)}")
+        if out.dtype != torch.float32:
+            raise TypeError(f"out: expected float32, got {out.dtype}")
+        if out.device != self.device:
+            raise ValueError(f"out: expected a tensor on {self.device} (the parameters' device), got {out.device}")
+        if not out.is_contiguous():
+            raise ValueError(f"out: expected a contiguous tensor, got strides {out.stride()}")
+        return out
+
+    def pack(self, out: torch.Tensor | None = None, *, check_finite: bool = False) -> torch.Tensor:
+        """The (B, H, W) float32 PRep batch of the models' current values (into ``out`` if given).
+        Not differentiable; see the class docstring for ``out``, ``check_finite`` and staleness."""
+        first, slot = self._first, self._first_slot
+        if first.data_ptr() != self._first_ptr or (slot is not None and slot[0].get(slot[1]) is not first):
+            now = slot[0].get(slot[1]) if slot is not None else first
+            was, where = self._first_where, (getattr(now, "device", None), getattr(now, "dtype", None))
+            raise RuntimeError(
+                f"PRepPacker: the models' first tensor was replaced or has new storage since the plan was built "
+                f"(was on {was[0]} as {was[1]}, now on {where[0]} as {where[1]}: module.to(), .half(), "
+                f"p.data = ..., a new Parameter, ...); call packer.refresh() to re-gather")
+        if out is not None:
+            out = self._check_out(out)
+        if self._tables is not None:
+            if out is None:
+                out = torch.empty(self.shape, dtype=torch.float32, device=self.device)
+            else:  # written in place behind autograd's back: bump its version as an in-place op would
+                torch.autograd.graph.increment_version(out)
+            return self._launch(self._tables, out, check_finite)
+        with torch.no_grad():
+            if self.backend in ("cpp", "cuda"):  # the native op itself: its wrapper's device check was done once
+                result = torch.ops.netspace_fast.pack_preps(self._tensors, self._plan, self._eps, self.num_nets,
+                                                            self.height, self.width, check_finite)
+            else:
+                result = pack_preps_op(self._tensors, self._plan, self._eps, self.num_nets, self.height, self.width,
+                                       check_finite=check_finite, backend=self.backend)
+            if out is None:
+                return result
+            return out.copy_(result)
+
+    def __call__(self, out: torch.Tensor | None = None, *, check_finite: bool = False) -> torch.Tensor:
+        return self.pack(out, check_finite=check_finite)
+
+    def __repr__(self) -> str:
+        return (f"PRepPacker(num_nets={self.num_nets}, shape={self.shape}, device={self.device}, "
+                f"backend={self.backend!r})")
