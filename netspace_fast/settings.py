@@ -11,10 +11,10 @@ variable                   values (default first)   effect
                                                     clearly when that kernel cannot run.
 ``NETSPACE_CONV_LAYOUT``   auto, grouped, split,    the batched engine's layout of convolutions
                            rule, tune               (netspace_fast.engine.layout): auto = timed per
-                                                    layer shape on this CPU, once, then cached (grouped
-                                                    on GPUs); tune = timed on any device, CUDA too;
-                                                    rule = the static threshold rule (no timing);
-                                                    grouped / split force one layout.
+                                                    layer shape on this device (CPU or GPU), once,
+                                                    then cached on disk; tune = the same (kept as a
+                                                    name); rule = the static threshold rule (no
+                                                    timing); grouped / split force one layout.
 ``NETSPACE_CACHE_DIR``     (unset), a folder        where measured choices are cached (the layout
                                                     tuner's files); unset: ``$XDG_CACHE_HOME/
                                                     netspace_fast`` or ``~/.cache/netspace_fast``.
@@ -26,6 +26,14 @@ variable                   values (default first)   effect
                                                     multiplies rounding errors by 30).
 ``NETSPACE_TUNE_MALLOC``   1, 0                     whether the training commands of the ``netspace``
                                                     CLI call :func:`tune_malloc` (below).
+``NETSPACE_GPU_REHEARSAL`` 0, 1                     1: CPU tensors take the GPU program (the CUDA
+                                                    code path: fused epilogues, the linear layers'
+                                                    Triton kernels, CUDA-graph bookkeeping), its
+                                                    Triton kernels interpreted: needs
+                                                    ``TRITON_INTERPRET=1`` (netspace_fast.engine.gpu).
+``NETSPACE_CUDA_GRAPHS``   1, 0                     the GPU program replays fixed-shape calls from
+                                                    CUDA graphs (netspace_fast.engine.graphs);
+                                                    0: every call runs eagerly.
 =========================  =======================  ===============================================
 
 Malloc tuning:
@@ -102,6 +110,24 @@ def tf32() -> bool:
     return _flag("NETSPACE_TF32", bool(torch.backends.cuda.matmul.allow_tf32))
 
 
+def gpu_rehearsal() -> bool:
+    """NETSPACE_GPU_REHEARSAL: CPU tensors take the GPU program (default off). Its Triton kernels run
+    on CPU tensors only under the interpreter, so the rehearsal without ``TRITON_INTERPRET=1`` is a
+    ValueError naming both variables (raised where the engine first needs it)."""
+    on = _flag("NETSPACE_GPU_REHEARSAL", False)
+    if on and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError("NETSPACE_GPU_REHEARSAL=1: the GPU program runs its Triton kernels on CPU tensors only "
+                         "under the interpreter; expected TRITON_INTERPRET=1 set before triton is imported, got "
+                         f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '')!r}")
+    return on
+
+
+def cuda_graphs() -> bool:
+    """NETSPACE_CUDA_GRAPHS: whether the GPU program replays fixed-shape calls from CUDA graphs
+    (default on)."""
+    return _flag("NETSPACE_CUDA_GRAPHS", True)
+
+
 def tune_malloc_in_cli() -> bool:
     """NETSPACE_TUNE_MALLOC: the CLI's training commands apply :func:`tune_malloc` (default on)."""
     return _flag("NETSPACE_TUNE_MALLOC", True)
@@ -129,5 +155,5 @@ def tune_malloc(trim_threshold: int = 1 << 34) -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
 
 
-__all__ = ["BACKENDS", "CONV_LAYOUTS", "backend", "cache_dir", "conv_layout", "tf32", "tune_malloc",
-           "tune_malloc_in_cli"]
+__all__ = ["BACKENDS", "CONV_LAYOUTS", "backend", "cache_dir", "conv_layout", "cuda_graphs", "gpu_rehearsal", "tf32",
+           "tune_malloc", "tune_malloc_in_cli"]

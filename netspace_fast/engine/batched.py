@@ -2,13 +2,14 @@
 
 ``batched_forward(spec, preps, x)`` runs the BN-free network ``spec`` with each of the B PReps in
 ``preps`` on ``x`` (shared by all networks, or one batch per network) and is differentiable with
-respect to ``preps`` and ``x``. On the CPU and Triton backends the whole network is one autograd node:
-on GPU every layer is one launch covering all B networks, on CPU one grouped call or (large
-convs) one oneDNN call per network, weights are read straight out of the PRep batch, and backward writes every layer's weight gradient into
-ONE (B, P) gradient buffer, so no per-parameter-view gradient buffers are ever materialized. CPU:
-each conv one grouped call or one call per network, as measured fastest per layer
-(:mod:`netspace_fast.engine.cpu`, :mod:`netspace_fast.engine.layout`); GPU: the
-batched Triton layer ops; elsewhere, or with backend='torch': the per-network reference loop.
+respect to ``preps`` and ``x``. The whole network is one autograd node, weights are read straight
+out of the PRep batch, and backward writes every layer's weight gradient into ONE (B, P) gradient
+buffer, so no per-parameter-view gradient buffers are ever materialized. CPU: each conv one grouped
+oneDNN call or one call per network, as measured fastest per layer (:mod:`netspace_fast.engine.cpu`,
+:mod:`netspace_fast.engine.layout`). CUDA: the GPU program (:mod:`netspace_fast.engine.gpu`: cuDNN
+grouped convs, fused epilogues, CUDA graphs; rehearsed on CPU under ``NETSPACE_GPU_REHEARSAL=1``);
+with ``backend='triton'`` every layer as the batched Triton layer ops (:class:`_BatchedNet`);
+elsewhere, or with ``backend='torch'``: the per-network reference loop.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..ops.batched_layers_ref import ACT_LEAKY, ACT_SIN
 from ..prep.layout import PRepLayout, prep_shape, unpack_prep
 from .cpu import GroupedNet
 from .general import prep_general_forward
+from .gpu import gpu_forward, uses_gpu_program
 from .program import compile_program
 from .grads import ValueGrads, prep_grad_buffer
 
@@ -174,6 +176,8 @@ def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
     which = _backend.select("batched_conv2d", preps.device, backend)
     if which == "torch" or B == 0 or N == 0:
         return batched_forward_reference(spec, preps, x)
+    if uses_gpu_program(preps.device, which, backend):  # CUDA (or its rehearsal on CPU): engine/gpu.py
+        return gpu_forward(spec, preps, x, shared)
     if not spec.fast:  # user architectures' layers outside the fused layer ops: the general engine
         return prep_general_forward(spec, preps, x, shared)
     preps2d = preps.reshape(B, -1)
@@ -182,5 +186,5 @@ def batched_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, *,
     program = compile_program(spec, preps.shape[2])
     if which == "cpp":  # CPU: grouped or per-network convs per layer (netspace_fast.engine.cpu)
         return GroupedNet.apply(preps2d, x, program, shared)
-    # "triton": the layer ops' CUDA kernels (or, on CPU tensors, under TRITON_INTERPRET=1)
+    # "triton" asked for: the layer ops' Triton kernels (on CPU tensors under TRITON_INTERPRET=1)
     return _BatchedNet.apply(preps2d, x, program)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.batched_layers_ref import ACT_LEAKY, LEAKY_SLOPE, act_grad
-from .executor import Weights, run
+from ..ops.batched_layers_ref import ACT_LEAKY, ACT_NONE, LEAKY_SLOPE, act_grad
+from ..ops.batched_layers import cuda_layer_backward, cuda_layer_forward
+from ..ops.epilogue import conv_epilogue_backward
+from .executor import Weights, fused_backend, run
 from .grads import ValueGrads, prep_grad_buffer
 from .layout import to_grouped, to_split
 
@@ -33,13 +35,17 @@ class PRepWeights(Weights):
         self.preps2d = preps2d
         self.B = preps2d.shape[0]
 
-    def conv(self, i, step, h, groups):
+    def conv(self, i, step, h, groups, with_bias=True):
         w_off, b_off, cout, cin, k, stride, padding = step[5]
         B = self.B
         w = self.preps2d[:, w_off:w_off + cout * cin * k * k].reshape(B * cout, cin, k, k)
         w = w.contiguous(memory_format=CL)
-        b = self.preps2d[:, b_off:b_off + cout].reshape(B * cout)
+        b = self.conv_bias(i, step) if with_bias else None
         return F.conv2d(h, w, b, stride, padding, 1, groups), w
+
+    def conv_bias(self, i, step):
+        b_off, cout = step[5][1], step[5][2]
+        return self.preps2d[:, b_off:b_off + cout].reshape(self.B * cout)
 
     def conv_params(self, i, step):
         """Per-network (cout, cin, k, k) weight and (cout,) bias views of the PRep batch (no copies)."""
@@ -58,14 +64,25 @@ class PRepWeights(Weights):
         return torch.ops.netspace_fast.batched_linear(h, self.preps2d, *step[5], step[4], residual)
 
 
-def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program, shared: bool):
+class FusedPRepWeights(PRepWeights):
+    """The GPU program's weight source: linear layers through the batched linear op's Triton kernel
+    (bias, residual and activation fused in it; called directly, so CPU tensors run it interpreted
+    in the rehearsal)."""
+
+    def linear(self, i, step, h, residual):
+        return cuda_layer_forward("linear", h, self.preps2d, step[5], step[4], residual)
+
+
+def grouped_forward(preps2d: torch.Tensor, x: torch.Tensor, program, shared: bool, fused: bool = False):
     """Runs the program with weights from the PReps; returns (output (B, N, out), saved state for
-    :func:`grouped_backward`). Layouts and blocks: :mod:`netspace_fast.engine.executor`."""
-    return run(program, x, preps2d.shape[0], PRepWeights(preps2d), shared=shared, record=True)
+    :func:`grouped_backward`). Layouts and blocks: :mod:`netspace_fast.engine.executor`; ``fused``:
+    the GPU program (fused epilogues, the linear layers' Triton kernels)."""
+    weights = FusedPRepWeights(preps2d) if fused else PRepWeights(preps2d)
+    return run(program, x, preps2d.shape[0], weights, shared=shared, record=True, fused=fused)
 
 
 def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Tensor, program: list, state,
-                     shared: bool, need_x: bool):
+                     shared: bool, need_x: bool, fused: bool = False):
     saved, blocks = state
     B = preps2d.shape[0]
     grad_preps = prep_grad_buffer(preps2d)
@@ -96,10 +113,16 @@ def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Ten
         if kind == "conv":
             w_off, b_off, cout, cin, k, stride, padding = geom
             gx, gw, gb = _conv_backward(to_grouped(g) if isinstance(g, list) else g, h, w, y, z, geom, act, groups,
-                                        want_x, acc if residual is not None else None, residual)
+                                        want_x, acc if residual is not None else None, residual, fused)
             grad_preps[:, w_off:w_off + cout * cin * k * k].view(B, cout, cin, k, k).copy_(
                 gw.view(B, cout, cin, k, k))
             grad_preps[:, b_off:b_off + cout].copy_(gb.view(B, cout))
+            if want_x:
+                acc(src, gx)
+        elif kind == "linear" and fused:
+            gx, gz = cuda_layer_backward("linear", g.contiguous(), h, preps2d, y, z, geom, act, grad_preps, want_x)
+            if residual is not None:
+                acc(residual, gz)
             if want_x:
                 acc(src, gx)
         elif kind == "linear":
@@ -131,11 +154,14 @@ def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Ten
     return grad_preps, gx
 
 
-def _conv_backward(g, h, w, y, z, geom, act, groups, want_x, add_residual, residual):
+def _conv_backward(g, h, w, y, z, geom, act, groups, want_x, add_residual, residual, fused=False):
     """One conv layer's backward (all networks grouped, or one network): the activation's gradient
-    (also the residual branch's, handed to ``add_residual``), then (grad_x, grad_w, grad_b)."""
+    (also the residual branch's, handed to ``add_residual``), then (grad_x, grad_w, grad_b).
+    ``fused``: the activation's gradient by the fused epilogue's backward kernel (the GPU program)."""
     stride, padding = geom[5], geom[6]
-    if act == ACT_LEAKY:  # in place: g is ours (see grouped_backward); a fresh 10-40 MB buffer per
+    if fused and act != ACT_NONE:
+        gz = conv_epilogue_backward(g, y, z if z is not None else y.new_empty(0), act, backend=fused_backend(g.device))
+    elif act == ACT_LEAKY:  # in place: g is ours (see grouped_backward); a fresh 10-40 MB buffer per
         # layer costs its page faults with glibc's default malloc (LeNetLike conv1, B=64: 11.5 vs 4 ms)
         gz = torch.ops.aten.leaky_relu_backward.grad_input(g, y, LEAKY_SLOPE, True, grad_input=g)
     else:
@@ -217,9 +243,9 @@ class GroupedNet(torch.autograd.Function):
     recomputes the activations from the saved inputs first."""
 
     @staticmethod
-    def forward(ctx, preps2d, x, program, shared):
-        out, saved = grouped_forward(preps2d, x, program, shared)
-        ctx.program, ctx.saved, ctx.shared = program, saved, shared
+    def forward(ctx, preps2d, x, program, shared, fused=False):
+        out, saved = grouped_forward(preps2d, x, program, shared, fused)
+        ctx.program, ctx.saved, ctx.shared, ctx.fused = program, saved, shared, fused
         ctx.x_shape = x.shape
         # The activations kept in ``saved`` are our own, except x (saved here) and the output when
         # the last layer's backward reads it (LeakyReLU): save that too, so an in-place change of
@@ -237,10 +263,10 @@ class GroupedNet(torch.autograd.Function):
         state, ctx.saved = ctx.saved, None
         if state is None:  # the first backward freed the activations: recompute them
             with torch.no_grad():
-                state = grouped_forward(preps2d, x, ctx.program, ctx.shared)[1]
+                state = grouped_forward(preps2d, x, ctx.program, ctx.shared, ctx.fused)[1]
         grad_preps, gx = grouped_backward(grad_out, preps2d, x, ctx.program, state, ctx.shared,
-                                          ctx.needs_input_grad[1])
-        return grad_preps, gx, None, None
+                                          ctx.needs_input_grad[1], ctx.fused)
+        return grad_preps, gx, None, None, None
 
 
-__all__ = ["GroupedNet", "PRepWeights", "grouped_backward", "grouped_forward"]
+__all__ = ["FusedPRepWeights", "GroupedNet", "PRepWeights", "grouped_backward", "grouped_forward"]

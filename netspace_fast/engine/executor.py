@@ -21,12 +21,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.batched_layers_ref import ACT_SIN, apply_act
+from ..ops.batched_layers_ref import ACT_NONE, ACT_SIN, apply_act
+from ..ops.epilogue import conv_epilogue
 from .layout import flatten, plan_blocks, to_grouped, to_split
 
 CL = torch.channels_last
 
-__all__ = ["Weights", "plan", "run"]
+__all__ = ["Weights", "fused_backend", "plan", "run"]
+
+
+def fused_backend(device: torch.device) -> str | None:
+    """How the GPU program calls its fused kernels: on CUDA tensors through the ops' dispatch (their
+    CUDA kernels are the Triton ones); on CPU tensors (the rehearsal) the Triton kernels directly,
+    interpreted."""
+    return "triton" if device.type == "cpu" else None
 
 
 class Weights:
@@ -34,11 +42,18 @@ class Weights:
 
     ``i`` is the step's index in the program, ``step`` the step itself (:mod:`.program`)."""
 
-    def conv(self, i: int, step: tuple, h: torch.Tensor, groups: int) -> tuple[torch.Tensor, object]:
+    def conv(self, i: int, step: tuple, h: torch.Tensor, groups: int, with_bias: bool = True
+             ) -> tuple[torch.Tensor, object]:
         """All networks' conv (+ bias, + whatever normalization the source has) of the grouped
         input ``h`` as one call with ``groups`` groups (1: a shared input); returns (z, the weight
-        tensor used, for a recorded backward)."""
+        tensor used, for a recorded backward). ``with_bias=False``: the bias is left to the fused
+        epilogue, which adds :meth:`conv_bias` (a source that must apply its bias itself, before
+        a normalization, ignores it and its ``conv_bias`` is None)."""
         raise NotImplementedError
+
+    def conv_bias(self, i: int, step: tuple) -> torch.Tensor | None:
+        """The (B*cout,) bias that ``conv(..., with_bias=False)`` left out, or None."""
+        return None
 
     def conv_params(self, i: int, step: tuple) -> tuple[object, object]:
         """Per-network parameters of conv step ``i`` for a split block; returns (params for
@@ -70,10 +85,14 @@ def plan(program, x0: torch.Tensor, n: int, B: int, *, shared: bool = False,
 
 
 def run(program, x: torch.Tensor, B: int, weights: Weights, *, shared: bool = False, grouped_input: bool = False,
-        record: bool = False):
+        record: bool = False, fused: bool = False):
     """Runs ``program`` for B networks; returns (output (B, N, out), state) where state is
     ``(saved, blocks)`` with ``record`` (what :func:`netspace_fast.engine.cpu.grouped_backward` reads),
     else None.
+
+    ``fused``: the GPU program's epilogue (:mod:`netspace_fast.engine.gpu`): a grouped conv runs
+    without its bias, then ONE fused kernel adds bias and residual and applies the activation
+    (:func:`netspace_fast.ops.epilogue.conv_epilogue`) instead of up to three passes.
 
     ``x``: (N, ...) shared by every network (``shared``), (B, N, ...) one batch per network, or with
     ``grouped_input`` the grouped (N, B*C, H, W) input itself (what ``gather_grouped`` writes)."""
@@ -108,11 +127,21 @@ def run(program, x: torch.Tensor, B: int, weights: Weights, *, shared: bool = Fa
         if kind == "conv":
             groups = 1 if (src == 0 and shared) else B
             hin = value(src, "grouped")
-            z, w = weights.conv(start, program[start], hin, groups)
-            if residual is not None:
-                z.add_(value(residual, "grouped"))
-            pre = z.clone() if (record and act == ACT_SIN) else None
-            y = apply_act(z, act, inplace=True)
+            if fused:
+                z, w = weights.conv(start, program[start], hin, groups, with_bias=False)
+                res = value(residual, "grouped") if residual is not None else None
+                bias = weights.conv_bias(start, program[start])
+                if bias is None and res is None and act == ACT_NONE:  # nothing to do after the conv
+                    y, pre = z, None
+                else:
+                    y, pre = conv_epilogue(z, bias, res, act, backend=fused_backend(z.device))
+                    pre = pre if (record and act == ACT_SIN) else None
+            else:
+                z, w = weights.conv(start, program[start], hin, groups)
+                if residual is not None:
+                    z.add_(value(residual, "grouped"))
+                pre = z.clone() if (record and act == ACT_SIN) else None
+                y = apply_act(z, act, inplace=True)
             if record:
                 saved[start] = (hin, w, y, pre, groups)
         elif kind == "linear":

@@ -64,9 +64,10 @@ of the graph (made, and if need be measured, while tracing).
 
 ``NETSPACE_CONV_LAYOUT`` (:func:`netspace_fast.settings.conv_layout`) overrides it:
 
-* ``auto`` (default): measured (tuned, cached) on CPUs; grouped on GPUs (not measured there yet:
-  one launch whatever B is);
-* ``tune``: measured on any device, CUDA included (timed with ``torch.cuda.synchronize``);
+* ``auto`` (default): measured (tuned, cached) on the device that runs it, CPU or GPU (on CUDA
+  timed with ``torch.cuda.synchronize``: cuDNN's grouped kernels against B ordinary calls; the
+  GPU program measures a shape before any CUDA graph of it is captured, so capture never times);
+* ``tune``: the same as ``auto`` (an older name, kept);
 * ``rule``: the static threshold rule (:func:`use_split`), no timing: deterministic on any machine
   (what the test suite runs with);
 * ``grouped`` / ``split``: one layout everywhere (benchmarks, A/B measurements on new machines).
@@ -520,8 +521,6 @@ def conv_split(mode: str, n: int, cin: int | None, cout: int, k: int, stride: in
     ow = (hw[1] + 2 * padding - k) // stride + 1
     if mode == "rule":
         return use_split(n, cout, oh * ow, dev)
-    if mode == "auto" and dev.type != "cpu":
-        return False
     if mode not in ("auto", "tune"):
         raise ValueError(f"mode: expected one of {LAYOUTS}, got {mode!r}")
     if B is None or cin is None:

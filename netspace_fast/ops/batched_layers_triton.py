@@ -408,6 +408,17 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _tiles(device: torch.device) -> str:
+    """Which tile sizes a launch uses: "gpu" on CUDA; "rehearsal" in the GPU program's rehearsal on
+    CPU (``NETSPACE_GPU_REHEARSAL=1``: large tiles, since the interpreter's cost is per tile operation
+    and whole networks must run interpreted within seconds; masks make any tile size compute the same
+    values); otherwise "interpreter", the smallest tiles ``tl.dot`` takes, so that the op tests'
+    tiny shapes cross block boundaries."""
+    if device.type == "cuda":
+        return "gpu"
+    return "rehearsal" if device.type == "cpu" and settings.gpu_rehearsal() else "interpreter"
+
+
 def _use_tf32(device: torch.device, tf32: bool | None) -> bool:
     if device.type != "cuda":
         return False
@@ -450,9 +461,11 @@ def _forward(kind, x, preps, w_off, b_off, cout, cin, k, stride, padding, act, r
     M = N * Ho * Wo
     if B == 0 or M == 0:
         return y, z
-    on_gpu = preps.device.type == "cuda"
-    if on_gpu:
+    tiles = _tiles(preps.device)
+    if tiles == "gpu":
         BM, BN, BK = 64, _np2(cout, 16, 64), 32
+    elif tiles == "rehearsal":
+        BM, BN, BK = 256, _np2(cout, 16, 256), 128
     else:  # interpreter: the smallest tiles tl.dot takes, so tiny test shapes cross block boundaries
         BM, BN, BK = 16, 16, 16
     grid = (triton.cdiv(M, BM), triton.cdiv(cout, BN), B)
@@ -519,7 +532,7 @@ def _backward(kind, grad_y, x, preps, y, z, w_off, b_off, cout, cin, k, stride, 
     else:
         grad_z = torch.empty(out_shape, dtype=torch.float32, device=device)
         if total:
-            BLOCK = 1024
+            BLOCK = 1 << 16 if _tiles(device) == "rehearsal" else 1024  # elementwise: any block, same values
             _act_backward_kernel[(triton.cdiv(total, BLOCK),)](
                 grad_y, y.contiguous() if act == ACT_LEAKY else grad_y, z.contiguous() if act == ACT_SIN else grad_y,
                 grad_z, total, ACT=act, BLOCK=BLOCK)
@@ -531,13 +544,15 @@ def _backward(kind, grad_y, x, preps, y, z, w_off, b_off, cout, cin, k, stride, 
             grad_x.zero_()
         return grad_x, grad_z
 
-    on_gpu = device.type == "cuda"
+    mode = _tiles(device)
     use_tf32 = _use_tf32(device, tf32)
     M = N * Ho * Wo
     KDIM = cin * k * k
     # weight and bias gradient
-    if on_gpu:
+    if mode == "gpu":
         BCO, BMR, BK = _np2(cout, 16, 64), 32, _np2(KDIM, 16, 64)
+    elif mode == "rehearsal":
+        BCO, BMR, BK = _np2(cout, 16, 256), 256, _np2(KDIM, 16, 256)
     else:
         BCO, BMR, BK = 16, 16, 16
     nk_tiles = triton.cdiv(KDIM, BK)
@@ -557,15 +572,17 @@ def _backward(kind, grad_y, x, preps, y, z, w_off, b_off, cout, cin, k, stride, 
         grad_z, x, out, M, cout, cin, H, W, Ho, Wo, chunk, nk_tiles, *xs, sos, sob, sop, w_dst, b_dst,
         KSIZE=k, STRIDE=stride, PAD=padding, TF32=use_tf32, BLOCK_CO=BCO, BLOCK_M=BMR, BLOCK_K=BK)
     if S > 1:
-        RB = 1024 if on_gpu else 256
+        RB = 256 if mode == "interpreter" else 1024
         _grad_reduce_kernel[(triton.cdiv(L, RB), B)](
             ws, grad_preps, S, L, numel, B * L, L, grad_preps.stride(0), grad_preps.stride(1), w_off, b_off, BLOCK=RB)
 
     # input gradient (not computed at all unless asked for: the network input's, when x needs none)
     MX = N * H * W
     if MX and need_grad_x:
-        if on_gpu:
+        if mode == "gpu":
             BM, BN, BK2 = 64, _np2(cin, 16, 64), 32
+        elif mode == "rehearsal":
+            BM, BN, BK2 = 256, _np2(cin, 16, 256), 128
         else:
             BM, BN, BK2 = 16, 16, 16
         grid = (triton.cdiv(MX, BM), triton.cdiv(cin, BN), 1 if shared else B)

@@ -70,7 +70,7 @@ def train_epoch(net: BatchedZooNet, optimizer: torch.optim.Optimizer, images: to
         # one pass from the dataset to the grouped channels-last input, augmentation included
         xb = gather_grouped(images, idx, off, flips, augment_pad, fill)
         yb = labels[idx]
-        out = net(xb, grouped=True)
+        out = net.graphed(xb, grouped=True)
         loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="none")
         per_instance = loss.view(B, -1).mean(1)
         optimizer.zero_grad(set_to_none=True)
@@ -88,7 +88,7 @@ def evaluate(net: BatchedZooNet, images: torch.Tensor, labels: torch.Tensor, bat
     batch_size = images_per_call(net.B, batch_size, images.device)  # CPU: B x batch capped (engine.calls)
     for s in range(0, images.shape[0], batch_size):
         x = images[s:s + batch_size]
-        out = net(x.unsqueeze(0).expand(net.B, *x.shape))
+        out = net.graphed(x.unsqueeze(0).expand(net.B, *x.shape))
         correct += (out.argmax(-1) == labels[s:s + batch_size]).sum(1)
     return (correct / images.shape[0]).cpu()
 

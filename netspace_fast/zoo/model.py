@@ -21,6 +21,8 @@ from .. import archs
 from ..archs import ArchSpec, SpecNet
 from ..engine.executor import Weights, run
 from ..engine.general import GeneralWeights, chunked_forward
+from ..engine.gpu import gpu_program
+from ..engine.graphs import GraphCache
 from ..engine.program import compile_program
 from ..ops.batched_layers_ref import apply_act
 
@@ -46,6 +48,7 @@ class BatchedZooNet(nn.Module):
                 raise ValueError(f"models: model {i} is not a {spec.name}/{spec.dataset} like model 0")
         self.spec: ArchSpec = spec
         self.B = len(models)
+        self.graphs = GraphCache(max_graphs=4)  # the GPU program's CUDA graphs of this net's calls
         self.batchnorm = models[0].batchnorm
         self.eps: dict[str, float] = {}
         self.momentum: dict[str, float] = {}
@@ -78,8 +81,17 @@ class BatchedZooNet(nn.Module):
             raise ValueError(f"x: expected (B={B}, N, {C}, {dims}), got {tuple(x.shape)}")
         if not self.spec.fast:  # a user architecture outside the fused layer ops: the general engine
             return chunked_forward(self.spec, _GeneralStacked.of(self), x, B, shared=False, grouped_input=grouped)
-        out, _ = run(compile_program(self.spec), x, B, _StackedWeights(self), grouped_input=grouped)
+        out, _ = run(compile_program(self.spec), x, B, _StackedWeights(self), grouped_input=grouped,
+                     fused=gpu_program(x.device))
         return out
+
+    def graphed(self, x: torch.Tensor, *, grouped: bool = False) -> torch.Tensor:
+        """``self(x, grouped=grouped)``, on the GPU program replayed from CUDA graphs for shapes seen
+        before (:mod:`netspace_fast.engine.graphs`: the stacked parameters are read and the
+        BatchNorm statistics updated in place by the replays, the parameters' gradients handed to
+        autograd as usual); elsewhere the plain call."""
+        return self.graphs.call(("zoo", self.training, grouped), lambda xx: self(xx, grouped=grouped), (x,),
+                                params=tuple(self.parameters()), buffers=tuple(self.buffers()))
 
     def _bias(self, layer) -> torch.Tensor | None:
         return self._t(f"{layer.name}.bias") if hasattr(self, _key(f"{layer.name}.bias")) else None
@@ -142,7 +154,7 @@ class _StackedWeights(Weights):
         self.net = net
         self.layers = net.spec.layers
 
-    def conv(self, i, step, h, groups):
+    def conv(self, i, step, h, groups, with_bias=True):  # the bias comes before BatchNorm: applied here
         return self.net._conv(self.layers[i], h), None
 
     def conv_params(self, i, step):

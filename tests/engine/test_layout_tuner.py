@@ -244,7 +244,7 @@ def test_override_rule_asks_use_split_and_never_times(monkeypatch, fake_tuner):
     assert fake_tuner.timer.calls == []
 
 
-def test_auto_times_on_cpu_and_keeps_gpus_grouped(monkeypatch, fake_tuner):
+def test_auto_times_on_every_device(monkeypatch, fake_tuner):
     monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "auto")
     assert plan() == [(0, 1, True), (1, 2, False), (2, 3, False), (3, 4, False)]
     threads = torch.get_num_threads()
@@ -255,7 +255,9 @@ def test_auto_times_on_cpu_and_keeps_gpus_grouped(monkeypatch, fake_tuner):
     assert len(fake_tuner.timer.calls) == 2  # memoized
     assert plan(shared=True)[0] == (0, 1, True) and fake_tuner.timer.calls[-1].endswith(" shared")
     n = len(fake_tuner.timer.calls)
-    assert plan("cuda") == [(i, i + 1, False) for i in range(4)] and len(fake_tuner.timer.calls) == n
+    # a GPU's choice is measured on the GPU too (its own keys: device=cuda), once per shape
+    assert plan("cuda") == [(0, 1, True), (1, 2, False), (2, 3, False), (3, 4, False)]
+    assert [k.split(" device=")[1] for k in fake_tuner.timer.calls[n:]] == ["cuda", "cuda"]
     monkeypatch.delenv("NETSPACE_CONV_LAYOUT")  # auto is the default
     assert plan() == [(0, 1, True), (1, 2, False), (2, 3, False), (3, 4, False)]
 
