@@ -243,11 +243,20 @@ def rank_loss(enc, dec, protocol: str, specs, preps, class_ids, nets, x, y, teac
     of its gradients is the gradient of the whole step's loss: Single takes its slice of the
     meta-batch's networks ``nets`` (a mean over networks of equal slices); Multi takes its slice of the
     images ``idx``, weighting the image-averaged terms by its share of the images. Returns (loss, the
-    step's outputs)."""
+    step's outputs). A Single rank's slice is weighted by its share of the networks, so slices of
+    unequal size (a last meta-batch smaller than the others) still average to the step's loss; a rank
+    left without networks (fewer networks than ranks) runs one network at weight 0, so that every
+    rank takes part in the gradient averaging."""
     if protocol == "single":
-        mine = nets.chunk(world)[rank] if world > 1 else nets
+        if world == 1:
+            out = single_step(enc, dec, specs[0], preps[nets], x[idx], T)
+            return out.loss, out
+        mine = nets.tensor_split(world)[rank]
+        weight = world * mine.numel() / nets.numel()
+        if mine.numel() == 0:
+            mine = nets[:1]
         out = single_step(enc, dec, specs[0], preps[mine], x[idx], T)
-        return out.loss, out
+        return weight * out.loss, out
     part = idx.tensor_split(world)[rank] if world > 1 else idx
     out = multi_step(enc, dec, specs, preps[nets], class_ids[nets], x[part], y[part], teacher_logits[part], T)
     if world == 1:

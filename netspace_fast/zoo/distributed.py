@@ -10,12 +10,13 @@ __all__ = ["setup_distributed", "shard"]
 
 
 def setup_distributed(device: str):
-    """(rank, world, device, dist, owned) under torchrun (WORLD_SIZE > 1), else (0, 1, device, None, False).
+    """(rank, world, device, dist, owned) under torchrun, else (0, 1, device, None, False).
 
     The process group is gloo on CPU and NCCL on CUDA (``owned``: created here, so destroyed by the
-    caller); each rank trains on its LOCAL_RANK GPU."""
+    caller); each rank trains on its LOCAL_RANK GPU. One rank under torchrun makes its process group
+    too (its barriers are then real collectives: a one-GPU machine checks the NCCL setup)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it; a plain process does not
         return 0, 1, device, None, False
     import torch.distributed as dist
 

@@ -74,11 +74,13 @@ def test_multi_two_ranks_gloo(multi_zoo, tmp_path):
     _check(multi_zoo, "multi", "digits-tiny-multi", tmp_path)
 
 
-@pytest.mark.parametrize("protocol,world", [("single", 2), ("single", 4), ("multi", 2), ("multi", 3)])
+@pytest.mark.parametrize("protocol,world", [("single", 2), ("single", 4), ("single", 3), ("single", 6), ("multi", 2),
+                                            ("multi", 3)])
 def test_rank_losses_average_to_the_whole_step(protocol, world):
     """The data-parallel split itself, in one process and float64: the mean over the ranks of each
     rank's gradient (what the all-reduce computes) equals the gradient of the whole step, to 1e-9
-    (Adam is blind to a wrong overall scale, so the weights of a 2-rank run could not show one)."""
+    (Adam is blind to a wrong overall scale, so the weights of a 2-rank run could not show one).
+    Single with 4 networks over 3 ranks: slices of unequal size; over 6 ranks: ranks without a network."""
     from netspace_fast import pack_preps
     from netspace_fast.prep import PRepLayout
     from netspace_fast.space import Decoder, Encoder, SpaceConfig
