@@ -8,7 +8,10 @@ Scenarios (W = 10,000, shared input x of N = 128 cifar10 images, BN-free network
   depthwise-separable CNN of examples/dsconv.py (the general engine; ``backend="triton"`` does
   not apply to it: its layers are cuDNN / cuBLAS calls).
 Providers, same run, one step each = ``preps.grad = None``, forward, ``.sum().backward()``:
-  ours     ``netspace_fast.batched_forward(spec, preps, x, backend="triton")``;
+  ours     ``netspace_fast.batched_forward(spec, preps, x)``: on CUDA the GPU program (cuDNN grouped
+           convolutions, fused epilogues, replayed from CUDA graphs after its first calls);
+  triton layers  ``batched_forward(..., backend="triton")``: every layer as the batched Triton layer
+           ops (the older GPU program; informational, no goal);
   loop     ``batched_forward_reference`` (unpack each PRep into views, run each network, stack);
   vmap     ``torch.func.vmap`` over ``functional_call`` of the BN-free module with the stacked
            parameter views of ``unpack_prep(preps, layout)``;
@@ -174,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     timer = make_timer(device, args.rep_ms, args.quick)
     run_compile = device.type == "cuda" or args.cpu_compile
     single_shot = device.type == "cpu" and args.quick
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        os.environ.setdefault("NETSPACE_GPU_REHEARSAL", "1")  # ours: the GPU program, rehearsed on CPU
     print(f"device: {name}; torch {torch.__version__}; TF32 allowed: cuBLAS "
           f"{torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32}, ours' Triton kernels "
           f"{'yes' if device.type == 'cuda' else 'no (interpreter: float32)'}; peaks used: {peak_tflops:g} TFLOP/s "
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         layout = netspace_fast.PRepLayout.for_spec(spec, preps.shape[2], preps.shape[1])
         module = archs.build(arch, "cifar10", batchnorm=False).to(device)
         fwd_flops_img, acts_img = count_per_image(spec)
-        ours_label = "ours (triton)" if spec.fast else "ours (general engine)"
+        ours_label = "ours (GPU program)" if spec.fast else "ours (general engine)"
         step_flops = 3 * fwd_flops_img * N * B
 
         def vmapped(p, xx, module=module, layout=layout):
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             return step
 
         steps = {
-            "ours": make_step(lambda p, xx, spec=spec: netspace_fast.batched_forward(spec, p, xx, backend="triton")),
+            "ours": make_step(lambda p, xx, spec=spec: netspace_fast.batched_forward(spec, p, xx)),
             "loop": make_step(lambda p, xx, spec=spec: batched_forward_reference(spec, p, xx)),
             "vmap": make_step(vmapped),
         }
@@ -253,15 +258,19 @@ def main(argv: list[str] | None = None) -> int:
         # the interpreter is too slow to repeat: on CPU --quick ours' time is that of the checked step
         ours_ms = first_ms if single_shot else timer(steps["ours"])
         row(scen, ours_label, ours_ms, step_flops, None, None, f"grad ok (rel err vs loop {err_ours:.1e})")
-        for prov in ("loop", "vmap"):
+        if spec.fast and not single_shot:
+            steps["triton layers"] = make_step(
+                lambda p, xx, spec=spec: netspace_fast.batched_forward(spec, p, xx, backend="triton"))
+        for prov in [p for p in ("triton layers", "loop", "vmap") if p in steps]:
+            goal = GOALS.get(prov)
             try:
                 err = 0.0 if prov == "loop" else rel_err(grad_of(steps[prov]), ref)
                 ms = timer(steps[prov])
             except Exception as e:  # noqa: BLE001
-                row(scen, prov, None, None, None, GOALS[prov], f"failed: {short(e)}")
+                row(scen, prov, None, None, None, goal, f"failed: {short(e)}")
                 continue
             ratio = ms / ours_ms
-            res = "pass" if ratio >= GOALS[prov] else "fail"
+            res = "info" if goal is None else ("pass" if ratio >= goal else "fail")
             if err > GRAD_RTOL:
                 res += f" (peer grad differs from loop: rel err {err:.1e})"
             row(scen, prov, ms, step_flops, ratio, GOALS[prov], res)

@@ -10,8 +10,10 @@ epochs of every instance, synchronized, median of 3 after one warm-up epoch.
 Providers, same run:
   ours            one ``BatchedZooNet`` job (``train_epoch``: fused gather, per-instance BN,
                   ``make_optimizer``); the conv layout the library picks (``auto``);
-  ours [grouped]  / ours [split]: the same with NETSPACE_CONV_LAYOUT forced, to decide the GPU rule
-                  of netspace_fast/layout.py (measured on CPUs only so far);
+                  (replayed from CUDA graphs after the first steps of each batch shape);
+  ours [no CUDA graphs]: the same, every step eager (NETSPACE_CUDA_GRAPHS=0): what the graphs gain;
+  ours [grouped]  / ours [split]: the same with NETSPACE_CONV_LAYOUT forced (what the layout rule
+                  measured on this GPU gains);
   one at a time   each instance alone: a plain ``nn.Module`` from ``archs.build`` and
                   ``torch.optim.SGD``, the same data and batch size (the original code's way).
 TF32 allowed for every provider. Ratio = peer time / ours = ratio of instance-epochs per hour.
@@ -103,10 +105,10 @@ def main() -> int:
         def one_at_a_time():
             peer(models, x, y, bs, args.epochs)
 
-        def timed(fn, layout=None):
-            old = os.environ.get("NETSPACE_CONV_LAYOUT")
-            if layout is not None:
-                os.environ["NETSPACE_CONV_LAYOUT"] = layout
+        def timed(fn, **env):
+            """Median ms of ``fn`` with the environment variables ``env`` set meanwhile."""
+            old = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
             try:
                 fn()  # warm-up (cuDNN autotuning, allocator)
                 sync(device)
@@ -118,19 +120,20 @@ def main() -> int:
                     ts.append(time.perf_counter() - t0)
                 return statistics.median(ts) * 1e3
             finally:
-                if layout is not None:
-                    if old is None:
-                        os.environ.pop("NETSPACE_CONV_LAYOUT", None)
+                for k, v in old.items():
+                    if v is None:
+                        os.environ.pop(k, None)
                     else:
-                        os.environ["NETSPACE_CONV_LAYOUT"] = old
+                        os.environ[k] = v
 
         inst_epochs = B * args.epochs
         peer_ms = None
         if not scen.startswith("(c)"):
             peer_ms = timed(one_at_a_time)
-        rows = [("ours", timed(ours))]
+        rows = [("ours", timed(ours)), ("ours [no CUDA graphs]", timed(ours, NETSPACE_CUDA_GRAPHS="0"))]
         if arch == "resnet8":
-            rows += [("ours [grouped]", timed(ours, "grouped")), ("ours [split]", timed(ours, "split"))]
+            rows += [("ours [grouped]", timed(ours, NETSPACE_CONV_LAYOUT="grouped")),
+                     ("ours [split]", timed(ours, NETSPACE_CONV_LAYOUT="split"))]
         if peer_ms is not None:
             print(f"| {scen} | one at a time | {peer_ms:.1f} | {inst_epochs / (peer_ms / 3.6e6):,.0f} | 1.00x | | |",
                   flush=True)
