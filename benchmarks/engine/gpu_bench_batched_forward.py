@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: pack_peers.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: gpu_common.py
+
+from gpu_common import make_timer, short  # noqa: E402
 
 WIDTH = 10_000
 GOALS = {"loop": 5.0, "vmap": 3.0, "compile": 1.5}
@@ -102,36 +103,11 @@ def count_per_image(spec) -> tuple[int, int]:
     return flops, acts
 
 
-def make_timer(device: torch.device, rep_ms: int, quick: bool):
-    if device.type == "cuda":
-        import triton.testing
-
-        def cuda_time(fn) -> float:
-            return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
-        return cuda_time
-
-    def cpu_time(fn) -> float:
-        fn()
-        times = []
-        for _ in range(3 if quick else 10):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-    return cpu_time
-
-
 def rel_err(g: torch.Tensor | None, ref: torch.Tensor) -> float:
     if g is None or g.shape != ref.shape:
         return float("inf")
     scale = ref.abs().max().item()
     return (g - ref).abs().max().item() / (scale if scale > 0 else 1.0)
-
-
-def short(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    first = msg[0] if msg else ""
-    return f"{type(e).__name__}: {first}"[:160].replace("|", "/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         name = "CPU (smoke test)"
         card, peak_tflops, peak_tbs = DEFAULT_PEAK
-    timer = make_timer(device, args.rep_ms, args.quick)
+    timer = make_timer(device, args.rep_ms, 3 if args.quick else 10)
     run_compile = device.type == "cuda" or args.cpu_compile
     single_shot = device.type == "cpu" and args.quick
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":

@@ -42,11 +42,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
+import os
 import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: gpu_common.py
+
+from gpu_common import make_timer, short  # noqa: E402
 
 WIDTH = 10_000
 N_IMAGES = 128
@@ -73,30 +77,6 @@ def scenarios(quick: bool) -> list[dict]:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def make_timer(device: torch.device, rep_ms: int):
-    if device.type == "cuda":
-        import triton.testing
-
-        def cuda_time(fn) -> float:
-            return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
-        return cuda_time
-
-    def cpu_time(fn) -> float:
-        fn()
-        times = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-    return cpu_time
-
-
-def short(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:160].replace("|", "/")
 
 
 class Scenario:
@@ -300,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         name = torch.cuda.get_device_name(device)
     else:
         name = "CPU (smoke test)"
-    timer = make_timer(device, args.rep_ms)
+    timer = make_timer(device, args.rep_ms, 2)
     print(f"device: {name}; torch {torch.__version__}; TF32 allowed, cuDNN autotuning "
           f"{'on' if device.type == 'cuda' else 'n/a'}; one step = zero_grad, encoder + decoder, evaluation, "
           f"loss, backward, Adam (lr {LR:g})", flush=True)
