@@ -12,7 +12,7 @@ passes such differences on linearly (zoo training: weights within 1e-4 relative)
 normalized step turns a gradient component that is zero up to rounding into a step of up to
 ``lr`` either way, so after Adam training the results are compared where they are robust: losses
 and accuracies (1e-3 relative, or the 1/N granularity of an accuracy on N images at most one
-prediction apart), decoded PReps within ``steps * lr`` per value (the bound of Adam's steps).
+prediction apart), optimized embeddings within the bound of Adam's steps.
 """
 
 from __future__ import annotations
@@ -178,7 +178,9 @@ def _numbers(path: Path) -> list[list[float]]:
     with open(path) as f:
         for row in csv.DictReader(f):
             vals = []
-            for v in row.values():
+            for k, v in row.items():
+                if "second" in k or "time" in k:  # wall-clock columns differ, of course
+                    continue
                 try:
                     vals.append(float(v))
                 except (TypeError, ValueError):
@@ -307,10 +309,18 @@ def test_eval_interpolate_optimize(single_runs, rehearsal, tmp_path):
             assert _close_acc(vb, va, N_IMAGES) or abs(vb - va) <= 1e-3 * abs(va)
     outs = _both(rehearsal, tmp_path / "opt", lambda out, on: (
         "optimize", run, "--from", ids[0], "--steps", "3", "--out", out, "--no-progress"))
-    pa, pb = (load_file(str(outs[on][0] / "best.safetensors")) for on in (False, True))
-    for k in pa:
-        if pa[k].is_floating_point():
-            assert (pa[k] - pb[k]).abs().max() <= 3 * 1e-2 + 1e-4 * pa[k].abs().max(), k
+    # 3 Adam steps at lr 1e-4 on the embedding: a step moves a coordinate by at most
+    # lr (1 - beta1) / sqrt(1 - beta2) = 3.17 lr (Kingma and Ba, Sec. 2.1), so two runs stay within
+    # 2 x 3 x 3.17 lr of each other whatever their gradients' rounding
+    ea, eb = (load_file(str(outs[on][0] / "best_embedding.safetensors")) for on in (False, True))
+    assert ea.keys() == eb.keys() and ea
+    for k in ea:
+        assert (ea[k] - eb[k]).abs().max() <= 2 * 3 * 3.17 * 1e-4 + 1e-6, k
+    a, b = (_numbers(outs[on][0] / "curve.csv") for on in (False, True))
+    assert len(a) == len(b) and a
+    for ra, rb in zip(a, b):
+        for va, vb in zip(ra, rb):
+            assert _close_acc(vb, va, N_IMAGES) or abs(vb - va) <= 1e-3 * abs(va)
 
 
 def test_train_multi_and_sample_unseen(zoos, rehearsal, tmp_path):
