@@ -302,6 +302,7 @@ def _plot(rows: list[dict], path) -> Path:
     ax.set_title("prediction agreement", fontsize=10)
     ax2.set_xlabel("L2 distance to the nearest training network / median train-train distance")
     ax2.set_ylabel("networks")
-    ax2.legend(fontsize=8)
+    if ax2.get_legend_handles_labels()[0]:  # no histogram when no network has a distance (one training network)
+        ax2.legend(fontsize=8)
     ax2.set_title("distance in weight space (0: a copy)", fontsize=10)
     return save_figure(fig, path)
