@@ -50,7 +50,7 @@ import torch
 
 from .. import settings
 
-__all__ = ["CAPTURE_AFTER", "ENGINE", "GraphCache", "WARMUP"]
+__all__ = ["CAPTURE_AFTER", "ENGINE", "GraphCache", "WARMUP", "enabled"]
 
 #: a signature is captured when it is seen for this many times (once: eager, no capture cost)
 CAPTURE_AFTER = 2
@@ -58,7 +58,8 @@ CAPTURE_AFTER = 2
 WARMUP = 3
 
 
-def _usable(device: torch.device) -> bool:
+def enabled(device: torch.device) -> bool:
+    """Whether calls on ``device`` go through graphs now (module docstring)."""
     if not settings.cuda_graphs() or torch.compiler.is_compiling():
         return False
     if device.type == "cuda":
@@ -229,7 +230,7 @@ class GraphCache:
         flow to (a module's parameters); ``buffers``: tensors ``fn`` updates in place (BatchNorm
         statistics), restored after the warm-up passes."""
         args = tuple(args)
-        if not args or not _usable(args[0].device):
+        if not args or not enabled(args[0].device):
             return fn(*args)
         sig = self._signature(key, args, params)
         cap = self._graphs.get(sig)

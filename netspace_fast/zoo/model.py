@@ -22,7 +22,7 @@ from ..archs import ArchSpec, SpecNet
 from ..engine.executor import Weights, run
 from ..engine.general import GeneralWeights, chunked_forward
 from ..engine.gpu import gpu_program
-from ..engine.graphs import GraphCache
+from ..engine.graphs import GraphCache, enabled as graphs_enabled
 from ..engine.program import compile_program
 from ..ops.batched_layers_ref import apply_act
 
@@ -90,6 +90,8 @@ class BatchedZooNet(nn.Module):
         before (:mod:`netspace_fast.engine.graphs`: the stacked parameters are read and the
         BatchNorm statistics updated in place by the replays, the parameters' gradients handed to
         autograd as usual); elsewhere the plain call."""
+        if not graphs_enabled(x.device):  # the CPU program: a plain call
+            return self(x, grouped=grouped)
         return self.graphs.call(("zoo", self.training, grouped), lambda xx: self(xx, grouped=grouped), (x,),
                                 params=tuple(self.parameters()), buffers=tuple(self.buffers()))
 
