@@ -32,13 +32,13 @@ import torch
 from ..engine import batched_forward
 from ..space.losses import class_loss, kd_loss, multi_kd_loss
 from ..storage import atomic_write_bytes
+from ..zoo.presets import TEACHER
 from .common import accuracies, bar, check_out_dir, open_explorer, pyplot, save_figure, write_csv
 from .export import save_embedding, save_network
 
 __all__ = ["CURVE_FIELDS", "Optimization", "optimize", "random_embedding"]
 
 CURVE_FIELDS = ("step", "seconds", "distill_loss", "predicted_class_id", "predicted_arch", "val_acc", "test_acc")
-TEACHER = "resnet56"
 
 
 @dataclass

@@ -28,6 +28,7 @@ from ..archs import ArchSpec
 from ..killpoint import after_checkpoint
 from ..monitor import end_epoch, log, progress_bar, tensorboard_writer
 from ..zoo.distributed import setup_distributed
+from ..zoo.presets import TEACHER
 from ..prep import PRepLayout
 from .evaluate import NetGroup, evaluate_networks, summarize
 from .nets import Decoder, Encoder, SpaceConfig
@@ -38,7 +39,6 @@ from .step import multi_step, single_step
 
 __all__ = ["SpaceData", "StepModule", "build_space", "load_space_data", "rank_loss", "train_space"]
 
-TEACHER = "resnet56"
 
 
 @dataclass

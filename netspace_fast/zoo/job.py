@@ -20,7 +20,7 @@ from .augment import NORMALIZED_BLACK
 from .distributed import setup_distributed, shard
 from .loop import DataOrder, evaluate, make_optimizer, train_epoch
 from .model import BatchedZooNet
-from .presets import PRESETS, Preset
+from .presets import PRESETS, TEACHER, Preset
 
 __all__ = ["train_zoo"]
 
@@ -148,7 +148,7 @@ def with_arch(p, arch: str):
 
     name = archs.resolve(arch)
     archs.spec(name, p.dataset)
-    students = [a for a in p.archs if a[0] != "resnet56" or p.protocol != "multi"]
+    students = [a for a in p.archs if a[0] != TEACHER or p.protocol != "multi"]
     if len(students) <= 1:
         new = tuple((name, *a[1:]) if a in students else a for a in p.archs)
     elif any(a[0] == name for a in p.archs):

@@ -45,7 +45,9 @@ def _single_schedule(last: int) -> tuple[int, ...]:
 
 # the Multi-Architecture runs distill from a ResNet56 teacher (METHOD.md section 6) that must sit in the same
 # zoo (a zoo folder refuses a second configuration), so the multi presets train it with the others
-_TEACHER = ("resnet56", 1, 0, 0)
+#: the teacher of Multi-Architecture runs (METHOD.md): trained with the multi zoos, never a student
+TEACHER = "resnet56"
+_TEACHER = (TEACHER, 1, 0, 0)
 
 PRESETS: dict[str, Preset] = {
     # small presets: digits, minutes on 2 CPU cores
@@ -58,14 +60,14 @@ PRESETS: dict[str, Preset] = {
     "digits-multi": Preset("multi protocol on digits: LeNetLike, VanillaCNN, ResNet8, ResNet32 (5/2/2 each) and a "
                            "ResNet56 teacher, SGD, best on validation", "digits", "multi",
                            (("lenetlike", 5, 2, 2), ("vanillacnn", 5, 2, 2), ("resnet8", 5, 2, 2),
-                            ("resnet32", 5, 2, 2), ("resnet56", 1, 0, 0)), epochs=15, batch_size=64, lr=0.02,
+                            ("resnet32", 5, 2, 2), _TEACHER), epochs=15, batch_size=64, lr=0.02,
                            milestones=(8, 12), crop_pad=2, flip=False),
     # digits-unseen: the unseen-architecture experiment's zoo: trains LeNetLike + ResNet32 only, all four in
     # val/test (as the paper's cifar10-unseen)
     "digits-unseen": Preset("unseen architectures on digits: LeNetLike + ResNet32 to train, all four in val/test, "
                             "and a ResNet56 teacher", "digits", "multi",
                             (("lenetlike", 5, 2, 2), ("vanillacnn", 0, 2, 2), ("resnet8", 0, 2, 2),
-                             ("resnet32", 5, 2, 2), ("resnet56", 1, 0, 0)), epochs=15, batch_size=64, lr=0.02,
+                             ("resnet32", 5, 2, 2), _TEACHER), epochs=15, batch_size=64, lr=0.02,
                             milestones=(8, 12), crop_pad=2, flip=False),
     # the former digits-multi (batched zoo training's acceptance: LeNetLike >= 95%)
     "digits-lenet": Preset("multi protocol on digits: 8 LeNetLike, SGD, best on validation", "digits", "multi",
@@ -105,13 +107,13 @@ PRESETS: dict[str, Preset] = {
                            "and a ResNet56 teacher, SGD, best on validation (epochs of 1,536 images, no augmentation)",
                            "fashion-mnist", "multi",
                            (("lenetlike", 5, 2, 2), ("vanillacnn", 5, 2, 2), ("resnet8", 5, 2, 2),
-                            ("resnet32", 5, 2, 2), ("resnet56", 1, 0, 0)), epochs=12, batch_size=64, lr=0.02,
+                            ("resnet32", 5, 2, 2), _TEACHER), epochs=12, batch_size=64, lr=0.02,
                            milestones=(8, 11), crop_pad=0, flip=False, images_per_epoch=1536,
                            eval_images=1000),
     "fmnist-unseen": Preset("unseen architectures on Fashion-MNIST: LeNetLike + ResNet32 to train, all four in "
                             "val/test, and a ResNet56 teacher (epochs of 1,536 images, no augmentation)", "fashion-mnist", "multi",
                             (("lenetlike", 5, 2, 2), ("vanillacnn", 0, 2, 2), ("resnet8", 0, 2, 2),
-                             ("resnet32", 5, 2, 2), ("resnet56", 1, 0, 0)), epochs=12, batch_size=64, lr=0.02,
+                             ("resnet32", 5, 2, 2), _TEACHER), epochs=12, batch_size=64, lr=0.02,
                             milestones=(8, 11), crop_pad=0, flip=False, images_per_epoch=1536,
                            eval_images=1000),
     # paper scale (GPU): METHOD.md section 3
@@ -123,7 +125,7 @@ PRESETS: dict[str, Preset] = {
                              milestones=(150, 180, 210)),
     "cifar10-single": Preset("single protocol, ResNet8 CIFAR-10 (paper)", "cifar10", "single",
                              (("resnet8", 0, 0, 0),), epochs=600, lr=1e-4, runs=4, snapshots=_single_schedule(600)),
-    "cifar10-teacher": Preset("ResNet56 teacher, CIFAR-10 (paper)", "cifar10", "multi", (("resnet56", 1, 0, 0),),
+    "cifar10-teacher": Preset("ResNet56 teacher, CIFAR-10 (paper)", "cifar10", "multi", (_TEACHER,),
                               epochs=300, milestones=(150, 180, 210)),
     "tinyimagenet-multi": Preset("multi protocol, Tiny-ImageNet (paper)", "tinyimagenet", "multi",
                                  (("lenetlike", 60, 16, 16), ("vanillacnn", 50, 16, 16), ("resnet8", 60, 16, 16),
