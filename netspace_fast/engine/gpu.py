@@ -34,6 +34,10 @@ from __future__ import annotations
 import torch
 
 from .. import settings
+from .cpu import GroupedNet
+from .general import prep_general_forward
+from .graphs import ENGINE
+from .program import compile_program
 
 __all__ = ["gpu_forward", "gpu_program", "uses_gpu_program"]
 
@@ -60,11 +64,6 @@ def uses_gpu_program(device: torch.device, which: str, backend: str | None) -> b
 def gpu_forward(spec, preps: torch.Tensor, x: torch.Tensor, shared: bool) -> torch.Tensor:
     """:func:`netspace_fast.batched_forward` on the GPU program (inputs already checked): one
     autograd node over the whole network, replayed from CUDA graphs for shapes seen before."""
-    from .cpu import GroupedNet
-    from .general import prep_general_forward
-    from .graphs import ENGINE
-    from .program import compile_program
-
     if not spec.fast:  # user architectures: the general engine (cuDNN grouped convs, batched GEMMs)
         return ENGINE.call(("batched_forward", spec, shared),
                            lambda p, xx: prep_general_forward(spec, p, xx, shared), (preps, x))

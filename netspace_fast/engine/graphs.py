@@ -137,8 +137,7 @@ class _Captured:
         """Copies ``args`` into the static inputs and replays the forward; returns its generation."""
         with torch.no_grad():
             for s, a in zip(self.static_args, args):
-                if s.data_ptr() != a.data_ptr() or s.stride() != a.stride():
-                    s.copy_(a)
+                s.copy_(a)
         if self.cuda:
             self.fwd.replay()
         else:

@@ -161,3 +161,31 @@ def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
 
 # the torchrun kill test (one rank killed inside a write, every rank resumes, another number of ranks
 # refused): tests/zoo/test_zoo_kill.py
+
+
+def test_one_rank_under_torchrun_makes_its_process_group(monkeypatch):
+    """torchrun with one rank (a one-GPU machine) still makes the process group (gloo here, NCCL on
+    CUDA), so its barriers are real collectives; a plain process makes none."""
+    import socket
+
+    import torch.distributed as dist
+
+    from netspace_fast.zoo.distributed import setup_distributed
+
+    for k in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(k, raising=False)
+    assert setup_distributed("cpu") == (0, 1, "cpu", None, False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    for k, v in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                 ("MASTER_PORT", str(port))):
+        monkeypatch.setenv(k, v)
+    rank, world, device, d, owned = setup_distributed("cpu")
+    try:
+        assert (rank, world, device, owned) == (0, 1, "cpu", True) and d is dist and dist.is_initialized()
+        assert dist.get_backend() == "gloo"
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
