@@ -361,18 +361,63 @@ class Registered:
 
     def make(self, dataset: str | None) -> nn.Module:
         """A fresh module from the factory: ``factory(dataset=...)`` if it has a parameter named
-        ``dataset``, else ``factory()``."""
-        import inspect
+        ``dataset``, else ``factory()``. A factory that raises or returns something other than an
+        ``nn.Module`` is a ValueError of one line (``arch: ...``)."""
+        return _call_factory(self.factory, self.path or self.name, dataset=dataset)
 
-        try:
-            takes = "dataset" in inspect.signature(self.factory).parameters
-        except (TypeError, ValueError):
-            takes = False
-        module = self.factory(dataset=dataset) if takes else self.factory()
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"factory: {self.path or self.name} returned a {type(module).__name__}, expected an "
-                            f"nn.Module")
-        return module
+
+# what ``--arch`` / :func:`resolve` takes for a user architecture (its error messages say so)
+_FACTORY_EXPECTED = ("package.module:factory, a callable taking no argument or only dataset= and returning an "
+                    "nn.Module")
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _factory_error(label: str, what: str) -> ValueError:
+    return ValueError(f"arch: {label!r}: expected {_FACTORY_EXPECTED}; {what}")
+
+
+def _takes_dataset(factory) -> bool:
+    import inspect
+
+    try:
+        return "dataset" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_signature(factory, label: str) -> None:
+    """ValueError if ``factory`` cannot be called the way :meth:`Registered.make` calls it."""
+    import inspect
+
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return  # no signature to read (some builtins): the call itself will tell
+    kwargs = {"dataset": "cifar10"} if "dataset" in sig.parameters else {}
+    try:
+        sig.bind(**kwargs)
+    except TypeError as e:
+        call = "factory(dataset=...)" if kwargs else "factory()"
+        raise _factory_error(label, f"it cannot be called as {call}: {' '.join(str(e).split())}") from None
+
+
+def _call_factory(factory, label: str, *, dataset: str | None = None, omit_dataset: bool = False) -> nn.Module:
+    """``factory(dataset=dataset)`` or ``factory()`` (see :meth:`Registered.make`), checked: a
+    ValueError of one line if it raises or returns something other than an ``nn.Module``.
+    ``omit_dataset``: call ``factory()`` even if it takes ``dataset`` (its default applies)."""
+    takes = _takes_dataset(factory) and not omit_dataset
+    try:
+        module = factory(dataset=dataset) if takes else factory()
+    except Exception as e:  # the user's code: any failure is theirs, said in one line
+        raise _factory_error(label, f"the factory raised {_one_line(e)}") from e
+    if not isinstance(module, nn.Module):
+        raise _factory_error(label, f"the factory returned a {type(module).__name__}")
+    return module
 
 
 _REGISTRY: dict[str, Registered] = {}
@@ -416,27 +461,57 @@ def register(name: str, factory, *, datasets=None) -> str:
 
 def resolve(arch: str) -> str:
     """An architecture name, or ``package.module:factory`` (imported and registered under the
-    factory's name); returns the name to use with :func:`spec` / :func:`build`."""
+    factory's name); returns the name to use with :func:`spec` / :func:`build`.
+
+    A factory is checked here, before any work: its module imports, it is a callable that can be
+    called with no argument (or only ``dataset=``), and, unless it needs a ``dataset`` to be called,
+    one call returns an ``nn.Module`` (the global random state is left as it was). Anything else is
+    a ValueError of one line starting with ``arch:`` that names ``arch``."""
     if not isinstance(arch, str):
         raise TypeError(f"arch: expected a str, got {type(arch).__name__}")
     if ":" not in arch:
         return arch.lower()
     import importlib
+    import inspect
 
     mod_name, _, attr = arch.partition(":")
+    if not mod_name.strip():
+        raise _factory_error(arch, "the module name is empty")
+    if not all(p.isidentifier() for p in mod_name.split(".")):
+        raise _factory_error(arch, f"{mod_name!r} is not an absolute module name")
+    if not attr.strip():
+        raise _factory_error(arch, "the factory name after ':' is empty")
+    if not all(p.isidentifier() for p in attr.split(".")):
+        raise _factory_error(arch, f"{attr!r} is not a name of an attribute of the module")
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ValueError(f"arch: cannot import {mod_name!r} for {arch!r} ({e}); is it on PYTHONPATH?") from None
+        raise ValueError(f"arch: cannot import {mod_name!r} for {arch!r} ({' '.join(str(e).split())}); is it on "
+                         f"PYTHONPATH?") from None
+    except Exception as e:  # the module was found, but importing it failed
+        raise ValueError(f"arch: cannot import {mod_name!r} for {arch!r} (importing it raised {_one_line(e)})") from e
+    missing = object()
     obj = mod
     for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ValueError(f"arch: {mod_name!r} has no attribute {attr!r}")
-    name = attr.split(".")[-1].lower()
+        obj = getattr(obj, part, missing)
+        if obj is missing:
+            raise _factory_error(arch, f"{mod_name!r} has no attribute {attr!r}")
+    if not callable(obj):
+        raise _factory_error(arch, f"{attr!r} is not callable: its type is {type(obj).__name__}")
     for key, reg in _REGISTRY.items():
         if reg.factory is obj:
             return key
+    _check_signature(obj, arch)
+    try:
+        needs_dataset = inspect.signature(obj).parameters["dataset"].default is inspect.Parameter.empty
+    except (TypeError, ValueError, KeyError):
+        needs_dataset = False
+    if not needs_dataset:  # one trial call: a factory that fails is refused now, not halfway through a command
+        with torch.random.fork_rng(devices=[]):
+            _call_factory(obj, arch, omit_dataset=True)
+    name = attr.split(".")[-1].lower()
+    if name in ARCH_NAMES:
+        raise _factory_error(arch, f"the factory's name {name!r} is a built-in architecture's; rename the factory")
     key = register(name, obj)
     object.__setattr__(_REGISTRY[key], "path", arch)
     return key
