@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..archs import ArchSpec, SpecNet
+from . import user
 
 __all__ = ["LayoutEntry", "PRepLayout", "check_width", "load_prep", "prep_shape", "split_views", "unpack_prep"]
 
@@ -111,12 +112,37 @@ class PRepLayout:
         return _layout_for_spec(spec, width, height)
 
     @classmethod
-    def for_module(cls, module: nn.Module, width: int, height: int | None = None) -> "PRepLayout":
-        """The layout of ``module``'s BN-free parameters (its spec's, or its parameters in order)."""
+    def for_module(cls, module: nn.Module, width: int, height: int | None = None, *,
+                   spec: ArchSpec | None = None) -> "PRepLayout":
+        """The layout of ``module``'s BN-free parameters: what :func:`~netspace_fast.prep.pack_preps`
+        packs it as. A SpecNet's (or, with ``spec=``, that spec's, the module checked against it as
+        ``pack_preps`` does); a user's module with BatchNorm: its folded layers, found as
+        ``pack_preps`` finds them (refused likewise); any other module: its parameters in order."""
+        if spec is not None:
+            if not isinstance(spec, ArchSpec):
+                raise TypeError(f"spec: expected an archs.ArchSpec or None, got {type(spec).__name__}")
+            if isinstance(module, SpecNet):
+                if module.spec != spec:
+                    raise ValueError(f"module: a SpecNet of {module.spec.name}/{module.spec.dataset}, not of spec "
+                                     f"{spec.name}/{spec.dataset}")
+            elif not isinstance(module, nn.Module):
+                raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+            else:
+                try:
+                    user.check_spec(module, spec)
+                except user.Refused as e:
+                    raise user.refusal("module", module, str(e), spec_given=True) from None
+            return cls.for_spec(spec, width, height)
         if isinstance(module, SpecNet):
             return cls.for_spec(module.spec, width, height)
         if not isinstance(module, nn.Module):
             raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+        if user.has_norm(module):
+            try:
+                shapes = user.plan_shapes(user.user_plan(module).layers)
+            except user.Refused as e:
+                raise user.refusal("module", module, str(e)) from None
+            return cls.from_shapes(shapes, width, height)
         return cls.from_shapes([(n, tuple(p.shape)) for n, p in module.named_parameters()], width, height)
 
 
@@ -160,12 +186,20 @@ def split_views(flat: torch.Tensor, layout: PRepLayout) -> dict[str, torch.Tenso
 
 
 def load_prep(module: nn.Module, prep: torch.Tensor) -> nn.Module:
-    """Write the PRep ``prep`` (H, W) into the BN-free ``module``'s parameters; returns ``module``."""
+    """Write the PRep ``prep`` (H, W) into the BN-free ``module``'s parameters; returns ``module``.
+
+    A PRep holds a BN-free network, so a module with BatchNorm (or another normalization layer) is
+    refused: load into its BN-free form (``archs.build(..., batchnorm=False)``, or ``fold_bn(module)``
+    for a user's module, whose parameters are in the PRep's order)."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     if isinstance(module, SpecNet) and module.batchnorm:
         raise ValueError(f"module: expected a BN-free module (archs.build(..., batchnorm=False) or fold_bn), got "
                          f"{module.spec.name} with BatchNorm")
+    if not isinstance(module, SpecNet) and user.has_norm(module):
+        raise ValueError(f"module: expected a BN-free module, got a {type(module).__name__} with normalization layers "
+                         f"({', '.join(user.norm_paths(module))}); load the PRep into its folded copy "
+                         f"(fold_bn(module)) instead")
     if not isinstance(prep, torch.Tensor):
         raise TypeError(f"prep: expected a Tensor, got {type(prep).__name__}")
     if prep.dim() != 2:

@@ -15,6 +15,7 @@ from ..archs import ArchSpec, SpecNet
 from ..ops import backend as _backend
 from ..ops.pack_preps import pack_preps as pack_preps_op
 from ..ops.pack_preps_ref import COPY, FOLD_B, FOLD_W, check_pack_args
+from . import user as _user
 from .layout import PRepLayout, check_width
 
 __all__ = ["EpsMismatch", "PRepPacker", "gather_pack_args", "models_list", "pack_preps"]
@@ -32,15 +33,24 @@ class _PackPlan:
 
 @lru_cache(maxsize=None)
 def _pack_plan(spec: ArchSpec, batchnorm: bool) -> _PackPlan:
-    plan: list[int] = []
     layers = []
-    t = 0  # index of the next gathered tensor of one network
     for layer in spec.pack_layers:  # packing order (spec.params), not execution order
         bn = layer.bn if batchnorm else None
         own_bias = layer.bias if bn is not None else layer.has_bias  # the module's bias (see SpecNet)
-        layers.append((layer.name, bn, own_bias))
-        w_numel = math.prod(layer.weight_shape)
-        c = layer.out_features
+        layers.append((layer.name, bn, own_bias, layer.weight_shape))
+    return _plan_of(tuple(layers))
+
+
+@lru_cache(maxsize=256)
+def _plan_of(layers: tuple[tuple[str, str | None, bool, tuple[int, ...]], ...]) -> _PackPlan:
+    """The plan of conv/linear layers (path, BatchNorm path or None, own bias, weight shape) in
+    packing order: a spec's (:func:`_pack_plan`) or a user module's (:func:`.user.user_plan`)."""
+    plan: list[int] = []
+    t = 0  # index of the next gathered tensor of one network
+    num_values = 0
+    for _, bn, own_bias, weight_shape in layers:
+        w_numel = math.prod(weight_shape)
+        c = weight_shape[0]
         if bn is None:  # tensors: weight[, bias]
             plan += [COPY, w_numel, t, 0, 0, 0, 0]
             if own_bias:
@@ -50,7 +60,8 @@ def _pack_plan(spec: ArchSpec, batchnorm: bool) -> _PackPlan:
             bias = t + 5 if own_bias else -1
             plan += [FOLD_W, w_numel, t, t + 1, t + 4, c, 0, FOLD_B, c, bias, t + 1, t + 2, t + 3, t + 4]
             t += 5 + own_bias
-    return _PackPlan(tuple(plan), spec.num_params, tuple(layers))
+        num_values += w_numel + (c if own_bias or bn is not None else 0)
+    return _PackPlan(tuple(plan), num_values, tuple((name, bn, own_bias) for name, bn, own_bias, _ in layers))
 
 
 def _gather_specnet(model: SpecNet, pp: _PackPlan, tensors: list, eps: list) -> None:
@@ -75,15 +86,54 @@ def _gather_specnet(model: SpecNet, pp: _PackPlan, tensors: list, eps: list) -> 
             eps.append(bn.eps)
 
 
+def _gather_paths(model: nn.Module, pp: _PackPlan, tensors: list, eps: list) -> None:
+    """:func:`_gather_specnet` for a user's module: the layers and BatchNorms found by their paths."""
+    get = model.get_submodule
+    for name, bn_name, own_bias in pp.layers:
+        p = get(name)._parameters
+        if bn_name is None:
+            tensors.append(p["weight"])
+            eps.append(0.0)
+            if own_bias:
+                tensors.append(p["bias"])
+                eps.append(0.0)
+        else:
+            bn = get(bn_name)
+            bp, bb = bn._parameters, bn._buffers
+            tensors += (p["weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"])
+            if own_bias:
+                tensors.append(p["bias"])
+            eps.append(bn.eps)
+            eps.append(bn.eps)
+
+
 class EpsMismatch(ValueError):
     """Models of one architecture whose BatchNorm layers use different eps."""
 
 
-def _arch_key(model: nn.Module, index: int) -> tuple:
+def _arch_key(model: nn.Module, index: int, spec: ArchSpec | None = None, name: str = "models") -> tuple:
+    """What must agree between the models of one packing call. ``("spec", spec, batchnorm)``: a
+    SpecNet, or a user's module checked against ``spec=``; ``("user", layers)``: a user's module
+    with normalization layers, folded by its traced plan (:func:`.user.user_plan`); ``("module",
+    shapes)``: any other module, packed as its parameters."""
     if isinstance(model, SpecNet):
+        if spec is not None and model.spec != spec:
+            raise ValueError(f"{name}: element {index} is a SpecNet of {model.spec.name}/{model.spec.dataset}, "
+                             f"not of spec {spec.name}/{spec.dataset}")
         return ("spec", model.spec, model.batchnorm)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"models: element {index} is a {type(model).__name__}, expected a torch.nn.Module")
+        raise TypeError(f"{name}: element {index} is a {type(model).__name__}, expected a torch.nn.Module")
+    where = f"{name}: element {index}"
+    if spec is not None:
+        try:
+            return ("spec", spec, _user.check_spec(model, spec))
+        except _user.Refused as e:
+            raise _user.refusal(where, model, str(e), spec_given=True) from None
+    if _user.has_norm(model):
+        try:
+            return ("user", _user.user_plan(model).layers)
+        except _user.Refused as e:
+            raise _user.refusal(where, model, str(e)) from None
     return ("module", tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
 
 
@@ -91,7 +141,16 @@ def _describe(key: tuple) -> str:
     if key[0] == "spec":
         s = key[1]
         return f"{s.name}/{s.dataset}" + (" (with BatchNorm)" if key[2] else " (BN-free)")
+    if key[0] == "user":
+        folded = sum(bn is not None for _, bn, _, _ in key[1])
+        return f"a module with {len(key[1])} conv/linear layers ({folded} with a BatchNorm folded)"
     return f"a module with {len(key[1])} parameters"
+
+
+def _check_spec_arg(spec: object) -> ArchSpec | None:
+    if spec is not None and not isinstance(spec, ArchSpec):
+        raise TypeError(f"spec: expected an archs.ArchSpec or None, got {type(spec).__name__}")
+    return spec
 
 
 def models_list(models: object, name: str = "models") -> list[nn.Module]:
@@ -102,25 +161,30 @@ def models_list(models: object, name: str = "models") -> list[nn.Module]:
     return list(models)
 
 
-def gather_pack_args(models: list[nn.Module]) -> tuple[tuple, list[torch.Tensor], list[int], list[float], int]:
-    """Checks that all models share one architecture; returns (key, tensors, plan, eps, num_values)."""
-    key = _arch_key(models[0], 0)
+def gather_pack_args(models: list[nn.Module], spec: ArchSpec | None = None,
+                     name: str = "models") -> tuple[tuple, list[torch.Tensor], list[int], list[float], int]:
+    """Checks that all models share one architecture; returns (key, tensors, plan, eps, num_values).
+    ``spec``: the spec user modules are packed by (see :func:`pack_preps`)."""
+    key = _arch_key(models[0], 0, spec, name)
     for i, m in enumerate(models[1:], 1):
-        k = _arch_key(m, i)
+        k = _arch_key(m, i, spec, name)
         if k != key:
-            raise ValueError(f"models: expected one architecture for all models, model 0 is {_describe(key)} "
+            raise ValueError(f"{name}: expected one architecture for all models, model 0 is {_describe(key)} "
                              f"but model {i} is {_describe(k)}")
     tensors: list[torch.Tensor] = []
-    if key[0] == "spec":
-        pp = _pack_plan(key[1], key[2])
+    if key[0] in ("spec", "user"):
+        pp = _pack_plan(key[1], key[2]) if key[0] == "spec" else _plan_of(key[1])
         eps: list[float] = []
         for m in models:
-            _gather_specnet(m, pp, tensors, eps)
+            if isinstance(m, SpecNet):
+                _gather_specnet(m, pp, tensors, eps)
+            else:
+                _gather_paths(m, pp, tensors, eps)
         per_net = len(eps) // len(models)
         first = eps[:per_net]
         for i in range(1, len(models)):
             if eps[i * per_net:(i + 1) * per_net] != first:
-                raise EpsMismatch(f"models: BatchNorm eps of model {i} differs from model 0's (one packing call "
+                raise EpsMismatch(f"{name}: BatchNorm eps of model {i} differs from model 0's (one packing call "
                                   f"folds with one eps per layer)")
         return key, tensors, list(pp.plan), first, pp.num_values
     plan: list[int] = []
@@ -132,13 +196,30 @@ def gather_pack_args(models: list[nn.Module]) -> tuple[tuple, list[torch.Tensor]
 
 
 def pack_preps(models: nn.Module | Sequence[nn.Module], width: int = 10_000, height: int | None = None, *,
-               allow_nonfinite: bool = False, backend: str | None = None) -> torch.Tensor:
+               spec: ArchSpec | None = None, allow_nonfinite: bool = False,
+               backend: str | None = None) -> torch.Tensor:
     """Pack B same-architecture networks into a (B, H, W) batch of PReps in one native call.
 
-    Networks with BatchNorm are folded on the fly (seed Sec. VI) by the same kernel: it reads the
-    conv weight and the BN statistics and writes the folded values, so the PRep is that of the
-    BN-free network (``archs.build(..., batchnorm=False)``). Modules not built by
-    :func:`netspace_fast.archs.build` are packed as their parameters in ``named_parameters`` order.
+    A PRep holds the BN-free network: networks with BatchNorm are folded on the fly (seed Sec. VI)
+    by the same kernel (it reads the conv weight and the BN statistics and writes the folded
+    values), so the PRep of a network built by :func:`netspace_fast.archs.build` is that of its
+    BN-free form (``archs.build(..., batchnorm=False)``), and the PReps of a user's own modules are
+    what ``batched_forward(archs.spec_from_module(module, x), preps, x)`` computes the modules'
+    eval-mode outputs with. Models of other kinds:
+
+    - ``spec=`` (an :class:`~netspace_fast.archs.ArchSpec`): the models are that spec's network, in
+      its BN form or its BN-free form (their parameters and buffers must be exactly those of
+      ``archs.SpecNet(spec)``'s, by name and shape, else a ValueError); packed as the spec says, like
+      the SpecNets they could be loaded into (the route for a module torch.fx cannot trace).
+    - A user's module with BatchNorm (or another normalization layer), no ``spec``: its forward is
+      traced with torch.fx (no example input needed; once per module structure, then cached) to
+      find the conv/linear layer each BatchNorm follows, and folded by that plan, in registration
+      (``module.parameters()``) order: the layout of ``spec_from_module``. A module that cannot be
+      traced, or whose normalization layers cannot be folded (not a BatchNorm1d/2d right after a
+      conv/linear layer whose output nothing else reads), or that has other parameters (LayerNorm,
+      ...), is refused: a ValueError naming its type, the reason and what to do (pass ``spec=``).
+    - A module without normalization layers: its parameters in ``named_parameters`` order.
+
     NaN or Inf in a packed value is refused unless ``allow_nonfinite=True``.
 
     The result is differentiable with respect to the models' parameters (and BN statistics that
@@ -150,7 +231,7 @@ def pack_preps(models: nn.Module | Sequence[nn.Module], width: int = 10_000, hei
     if not models:
         raise ValueError("models: expected at least one module, got an empty list")
     width = check_width(width)
-    key, tensors, plan, eps, num_values = gather_pack_args(models)
+    key, tensors, plan, eps, num_values = gather_pack_args(models, _check_spec_arg(spec))
     rows = PRepLayout.from_shapes([("all", (num_values,))], width, height).height
     return pack_preps_op(tensors, plan, eps, len(models), rows, width, check_finite=not allow_nonfinite, backend=backend)
 
@@ -171,12 +252,13 @@ class PRepPacker:
     """A reusable plan that packs the same B networks again and again: ``packer()`` is
     :func:`pack_preps` without its per-call host work.
 
-    ``PRepPacker(models, width, height, backend=...)`` does once what every ``pack_preps`` call does:
-    gathers the B x T source tensors, checks them (the checks of ``pack_preps``, with the messages of
-    its Python backends),
-    computes the plan, the BatchNorm eps and the height, and builds the kernel's metadata (the table
-    of source addresses, the segment table, the program -> chunk map, eps) on the parameters'
-    device. ``packer()`` / ``packer.pack(out=None, *, check_finite=False)`` then packs:
+    ``PRepPacker(models, width, height, spec=..., backend=...)`` does once what every ``pack_preps``
+    call does (``models`` and ``spec`` as there: a user's module with BatchNorm is folded by its
+    traced plan or by ``spec=``): gathers the B x T source tensors, checks them (the checks of
+    ``pack_preps``, with the messages of its Python backends), computes the plan, the BatchNorm
+    eps and the height, and builds the kernel's metadata (the table of source addresses, the
+    segment table, the program -> chunk map, eps) on the parameters' device. ``packer()`` /
+    ``packer.pack(out=None, *, check_finite=False)`` then packs:
 
     - on CUDA tensors (and on CPU tensors under ``TRITON_INTERPRET=1`` with ``backend="triton"``,
       the GPU program rehearsed on the CPU) it is one launch of the Triton kernel on the prebuilt
@@ -237,11 +319,12 @@ class PRepPacker:
     """
 
     def __init__(self, models: nn.Module | Sequence[nn.Module], width: int = 10_000, height: int | None = None, *,
-                 backend: str | None = None) -> None:
+                 spec: ArchSpec | None = None, backend: str | None = None) -> None:
         models = models_list(models)
         if not models:
             raise ValueError("models: expected at least one module, got an empty list")
         self._models = models
+        self._spec = _check_spec_arg(spec)
         self.width = check_width(width)
         self._height_arg = height
         self._backend_arg = backend
@@ -253,7 +336,7 @@ class PRepPacker:
         """Gather, check and build; assigns nothing until everything succeeded (a failed
         :meth:`refresh` leaves the previous plan in place)."""
         models, width = self._models, self.width
-        _, sources, plan, eps, num_values = gather_pack_args(models)
+        _, sources, plan, eps, num_values = gather_pack_args(models, self._spec)
         height = PRepLayout.from_shapes([("all", (num_values,))], width, self._height_arg).height
         num_nets = len(models)
         # the op's checks, in the op's order: one device, the backend (before dispatch), the kernels' checks
@@ -299,7 +382,7 @@ class PRepPacker:
         since the plan was built (a full check: the gathering of one ``pack_preps`` call; for tests
         and debugging)."""
         try:
-            _, sources, plan, eps, _ = gather_pack_args(self._models)
+            _, sources, plan, eps, _ = gather_pack_args(self._models, self._spec)
         except (TypeError, ValueError):
             return True
         if plan != self._plan or [float(e) for e in eps] != self._eps or len(sources) != len(self._sources):
