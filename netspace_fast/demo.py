@@ -97,6 +97,24 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
+#: what a demo writes into its folder (``--fresh`` deletes a folder holding nothing else)
+DEMO_ENTRIES = ("selfcheck", "zoo", "space", "evaluate.csv", "interpolate", "optimize", "prep_images.png", "audit",
+                "summary.json", "report.md")
+
+
+def _check_demo_folder(out: Path) -> None:
+    """A ValueError unless ``out`` holds only what a demo writes (it is about to be deleted)."""
+    from .storage import TMP_PREFIX
+
+    if not out.is_dir():
+        raise ValueError(f"out: {str(out)!r} exists and is not a folder")
+    other = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES and not p.name.startswith(TMP_PREFIX))
+    if other:
+        shown = ", ".join(repr(n) for n in other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise ValueError(f"fresh: --fresh deletes the demo folder {str(out)!r} first, but it holds what a demo does "
+                         f"not write ({shown}); give a new --out, or remove the folder yourself")
+
+
 def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool = False, device: str = "cpu",
              progress: bool = True, size: str = "full", dataset: str = "digits", root=None,
              download: bool = False) -> dict:
@@ -111,7 +129,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     from .space import Space
     from .space.evaluate import summarize
     from .space.train import train_space
-    from .storage import atomic_write_bytes
+    from .outputs import check_output
+    from .storage import atomic_write_bytes, strict_json
     from .zoo.format import Zoo
     from .zoo.job import train_zoo
 
@@ -124,8 +143,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
         data.fetch(dataset, root, download)
         data.tensors(dataset, "test", root=root, seed=seed)  # missing or bad files: one line, before any work
         root = str(Path(root).expanduser().resolve())
-    out = Path(out)
+    out = check_output(out, folder=True, sub="demo")  # never a run or a zoo folder
     if fresh and out.exists():
+        _check_demo_folder(out)  # --fresh deletes only what a demo wrote
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     zoo_dir, run_dir = out / "zoo", out / "space"
@@ -215,7 +235,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
         "interpolate": interp, "optimize": opt, "audit": audit_summary, "images": {k: (os.path.relpath(v, out) if k == "path" else v) for k, v in image.items()},
         "selfcheck_png": None if check_png is None else os.path.relpath(check_png, out),
     })
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
+    atomic_write_bytes(out / "summary.json", (json.dumps(strict_json(summary), indent=1, sort_keys=True, default=str) + "\n")
                        .encode())
     atomic_write_bytes(out / "report.md", _report(summary, rows, check_text).encode())
     return summary

@@ -25,7 +25,24 @@ def tensorboard_writer(logdir):
     except ImportError as e:
         raise ValueError(f"tensorboard: logging scalars to {str(logdir)!r} needs the 'tensorboard' package, which "
                          f"is not installed (pip install tensorboard): {e}") from None
-    return SummaryWriter(str(logdir))
+    return _LazyWriter(SummaryWriter, str(logdir))
+
+
+class _LazyWriter:
+    """A ``SummaryWriter`` made at its first use: LOGDIR is created with the first scalars, so a start
+    that fails on its inputs leaves no empty log folder behind."""
+
+    def __init__(self, cls, logdir: str) -> None:
+        self._cls, self._logdir, self._writer = cls, logdir, None
+
+    def __getattr__(self, name: str):
+        if self._writer is None:
+            self._writer = self._cls(self._logdir)
+        return getattr(self._writer, name)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def progress_bar(progress: bool, desc: str, start: int, epochs: int):

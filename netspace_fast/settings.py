@@ -57,7 +57,8 @@ import os
 import sys
 from pathlib import Path
 
-import torch
+# torch is imported inside the functions that need it: the command line reads its settings (--device)
+# while parsing arguments, before any library module is loaded
 
 BACKENDS = ("auto", "cpp", "cuda", "triton", "torch")
 CONV_LAYOUTS = ("auto", "grouped", "split", "rule", "tune")
@@ -107,6 +108,8 @@ def tf32() -> bool:
     ``torch.set_float32_matmul_precision("high")`` turn it on; torch's default is full float32)."""
     # the legacy getter reads every API's setting (torch.get_float32_matmul_precision raises once the
     # legacy and the new API were both used)
+    import torch
+
     return _flag("NETSPACE_TF32", bool(torch.backends.cuda.matmul.allow_tf32))
 
 
@@ -133,6 +136,28 @@ def tune_malloc_in_cli() -> bool:
     return _flag("NETSPACE_TUNE_MALLOC", True)
 
 
+def check_device(device) -> str:
+    """``device`` as a string if this machine can use it, else a ValueError of one line naming it: the
+    one check of every command and training entry point (a CUDA device asked for where there is none,
+    or an index past the last GPU, is refused before any work, not met as torch's "Found no NVIDIA
+    driver" halfway through)."""
+    name = str(device)
+    if name == "cpu":
+        return name
+    if not (name == "cuda" or name.startswith("cuda:")):
+        raise ValueError(f"device: expected 'cpu' or 'cuda' (or 'cuda:N'), got {name!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} was asked for, but this machine has no usable CUDA device "
+                         f"(use --device cpu)")
+    index = name.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise ValueError(f"device: {name!r} was asked for, but this machine has CUDA devices 0 to "
+                         f"{torch.cuda.device_count() - 1}")
+    return name
+
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
@@ -155,5 +180,5 @@ def tune_malloc(trim_threshold: int = 1 << 34) -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
 
 
-__all__ = ["BACKENDS", "CONV_LAYOUTS", "backend", "cache_dir", "conv_layout", "cuda_graphs", "gpu_rehearsal", "tf32",
+__all__ = ["BACKENDS", "CONV_LAYOUTS", "backend", "check_device", "cache_dir", "conv_layout", "cuda_graphs", "gpu_rehearsal", "tf32",
            "tune_malloc", "tune_malloc_in_cli"]

@@ -14,6 +14,8 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
+import math
 import os
 import re
 import secrets
@@ -23,7 +25,8 @@ from .killpoint import reached
 
 TMP_PREFIX = ".tmp-"
 
-__all__ = ["TMP_PREFIX", "atomic_write_bytes", "fsync_dir", "load_error_reason", "locked", "sha256_bytes", "sha256_file"]
+__all__ = ["TMP_PREFIX", "atomic_write_bytes", "fsync_dir", "load_error_reason", "locked", "sha256_bytes", "sha256_file",
+           "config_differences", "strict_json"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -96,6 +99,42 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def strict_json(obj):
+    """``obj`` with every NaN or infinite float replaced by None: what strict JSON readers accept (a
+    metric of a diverged epoch is written as null, not as a bare NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def config_differences(old, new, whose: str = "the existing", prefix: str = "") -> list[str]:
+    """Where two JSON configurations differ: one short phrase per differing key (a dotted path), with
+    both values (``whose`` names the first: "the run's"), for a one-line refusal to resume."""
+    def shown(v) -> str:
+        text = json.dumps(v, sort_keys=True)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}{k}"
+            if k not in old:
+                out.append(f"{name}: not in {whose[:-2] if whose.endswith(chr(39) + 's') else whose} configuration, "
+                           f"given {shown(new[k])}")
+            elif k not in new:
+                out.append(f"{name}: {whose} {shown(old[k])}, not given")
+            else:
+                out += config_differences(old[k], new[k], whose, name + ".")
+        return out
+    if old == new:
+        return []
+    return [f"{prefix[:-1] or 'config'}: {whose} {shown(old)}, given {shown(new)}"]
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch's messages

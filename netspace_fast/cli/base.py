@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import click
 
 __all__ = ["CliError", "check_device", "cli", "config_option", "device_option", "download_option", "load_config",
-           "user_errors"]
+           "output_option", "tensorboard_option", "user_errors"]
 
 # exceptions that mean "the user asked for something that cannot be done", not a bug
 _USER_ERRORS = (ValueError, OSError)  # OSError covers FileNotFoundError, NotADirectoryError, PermissionError
@@ -109,14 +110,13 @@ def config_option(f):
 
 
 def check_device(device: str) -> str:
-    """``device`` if usable here: 'cuda' without a CUDA device is a CliError."""
-    if device.startswith("cuda"):
-        import torch
+    """``device`` if usable here: 'cuda' without a CUDA device is a CliError (exit 2)."""
+    from ..settings import check_device as _check
 
-        if not torch.cuda.is_available():
-            raise CliError("device: 'cuda' was asked for, but this machine has no usable CUDA device "
-                           "(use --device cpu)", 2)
-    return device
+    try:
+        return _check(device)
+    except ValueError as e:
+        raise CliError(f"--{e}", 2) from None
 
 
 def download_option(f):
@@ -127,17 +127,87 @@ def download_option(f):
                              "(needs a network; nothing is ever downloaded without this flag).")(f)
 
 
-def device_option(f):
-    """``--device cpu|cuda`` (default cpu)."""
-    return click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-                        help="Where to decode and evaluate.")(f)
+def _device_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return value if value is None else check_device(value)
+
+
+def device_option(f=None, *, default: str | None = "cpu", help: str = "Where to decode and evaluate."):
+    """``--device cpu|cuda`` (default cpu), the one option every command takes: 'cuda' on a machine
+    without a usable CUDA device is refused while the command line is read, before any work.
+    ``default=None``: left to the library (``zoo train``)."""
+    def deco(g):
+        return click.option("--device", type=click.Choice(["cpu", "cuda"]), default=default,
+                            show_default=default is not None, callback=_device_callback, help=help)(g)
+
+    return deco if f is None else deco(f)
+
+
+class _Output(click.Path):
+    """A path a command writes (a folder or a file): :func:`netspace_fast.outputs.check_output` while the
+    command line is read, so a run or a zoo is never written over (one ``error:`` line, exit 2)."""
+
+    def __init__(self, folder: bool, may_be: tuple[str, ...], sub: str) -> None:
+        super().__init__(file_okay=not folder, dir_okay=folder, path_type=Path)
+        self.folder, self.may_be, self.sub = folder, may_be, sub
+
+    def convert(self, value, param, ctx):
+        path = super().convert(value, param, ctx)
+        from ..outputs import check_output
+
+        name = next((o for o in getattr(param, "opts", ()) if o.startswith("--")), None) or (
+            (param.human_readable_name if param is not None else "out"))
+        try:
+            check_output(path, folder=self.folder, name=name, may_be=self.may_be, sub=self.sub)
+        except ValueError as e:
+            raise CliError(str(e), 2) from None
+        return path
+
+
+def output_option(*decls: str, folder: bool, may_be: tuple[str, ...] = (), sub: str = "outputs", **kwargs):
+    """An option naming what a command writes (``--out``, ``--csv``, ``--tensorboard``): checked by the
+    one output rule (:mod:`netspace_fast.outputs`) before any work. ``folder``: a folder (else a
+    file); ``may_be``: the kinds of folder the command creates or resumes (``("run",)``, ``("zoo",)``);
+    ``sub``: the subfolder of a run the refusal suggests."""
+    return click.option(*decls, type=_Output(folder, tuple(may_be), sub), **kwargs)
+
+
+def tensorboard_option(f):
+    """``--tensorboard LOGDIR`` of the training commands (an output folder: never a run or a zoo)."""
+    return output_option("--tensorboard", folder=True, sub="tensorboard", default=None, metavar="LOGDIR",
+                         help="Also write per-epoch scalars for TensorBoard to LOGDIR (needs the tensorboard "
+                              "package).")(f)
 
 
 # ---------------------------------------------------------------------------------------------
 # the command tree
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The root group: a usage mistake (a missing or unknown option, a bad value, a number out of
+    range) is one ``error: ...`` line naming the argument and where the help is, exit 2, as every
+    other mistake; click's own layout (usage, a hint, a blank line, the error) would be four."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"error: {' '.join(e.format_message().split())}{where}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # as click's standalone mode: SystemExit on success too
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="netspace_fast", prog_name="netspace", message="%(prog)s %(version)s")
 def cli() -> None:
     """NetSpace: model zoos, PReps and the space of deep models."""

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from .base import check_device, cli, config_option, device_option, download_option, user_errors
+from .base import check_device, cli, config_option, device_option, download_option, output_option, user_errors
 
 __all__ = ["demo_cmd"]
 
 
 @cli.command("demo")
-@click.option("--out", "out_dir", default=Path("runs/demo"), show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Folder for the zoo, the run and report.md.")
+@output_option("--out", "out_dir", folder=True, sub="demo", default=Path("runs/demo"), show_default=True,
+               help="Folder for the zoo, the run and report.md.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every stage.")
 @click.option("--fresh", is_flag=True, help="Start over: delete OUT first (default: reuse the finished zoo and space).")
 @click.option("--size", type=click.Choice(["full", "smoke"]), default="full", show_default=True,

@@ -8,23 +8,36 @@ from pathlib import Path
 
 import click
 
-from .base import CliError, check_device, cli, config_option, device_option, user_errors
+from .base import CliError, check_device, cli, config_option, device_option, output_option, user_errors
 from .space import _fmt
 
 __all__ = ["audit_cmd", "export_cmd", "interpolate_cmd", "optimize_cmd", "sample_unseen_cmd", "visualize_cmd"]
 
 _RUN = click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 _NO_PROGRESS = click.option("--no-progress", is_flag=True, help="No progress bar.")
+_CHUNK = click.option("--chunk", type=click.IntRange(min=1), default=16, show_default=True,
+                      help="Networks per decoder / batched call.")
+
+
+def _check_steps(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """``--steps`` of an interpolation by the library's rule (its limit, and what more would need)."""
+    from ..interpolation import check_steps
+
+    try:
+        return check_steps(value)
+    except ValueError as e:
+        raise CliError(f"--{e}", 2) from None
 
 
 @cli.command("interpolate")
 @_RUN
 @click.option("--a", "a", required=True, metavar="ID", help="First network (zoo instance id).")
 @click.option("--b", "b", required=True, metavar="ID", help="Second network (zoo instance id).")
-@click.option("--steps", type=int, default=100, show_default=True, help="Evenly spaced positions, ends included.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for interpolation.csv and interpolation.png.")
-@click.option("--chunk", type=int, default=16, show_default=True, help="Networks per decoder / batched call.")
+@click.option("--steps", type=int, default=100, show_default=True, callback=_check_steps,
+              help="Evenly spaced positions, ends included (at most 100000).")
+@output_option("--out", "out_dir", folder=True, sub="interpolate", required=True,
+               help="Folder for interpolation.csv and interpolation.png.")
+@_CHUNK
 @device_option
 @_NO_PROGRESS
 @config_option
@@ -34,8 +47,6 @@ def interpolate_cmd(run_dir, a, b, steps, out_dir, chunk, device, no_progress) -
     each step; SDF runs write meshes and a picture."""
     from ..explore.interpolate import Interpolation, interpolate, summary_lines
 
-    if chunk < 1:
-        raise CliError(f"--chunk: expected a positive int, got {chunk}", 2)
     with user_errors():
         r = interpolate(run_dir, a, b, steps=steps, out=out_dir, device=check_device(device), chunk=chunk,
                         progress=not no_progress)
@@ -51,11 +62,11 @@ def interpolate_cmd(run_dir, a, b, steps, out_dir, chunk, device, no_progress) -
 
 @cli.command("sample-unseen")
 @_RUN
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for samples.csv, table.csv and unseen.png.")
+@output_option("--out", "out_dir", folder=True, sub="unseen", required=True,
+               help="Folder for samples.csv, table.csv and unseen.png.")
 @click.option("--alphas", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True, metavar="A,B,...",
               help="Interpolation positions between each LeNetLike and ResNet32 training instance.")
-@click.option("--chunk", type=int, default=16, show_default=True, help="Networks per decoder / batched call.")
+@_CHUNK
 @device_option
 @_NO_PROGRESS
 @config_option
@@ -68,7 +79,9 @@ def sample_unseen_cmd(run_dir, out_dir, alphas, chunk, device, no_progress) -> N
     try:
         al = [float(v) for v in str(alphas).split(",") if v.strip()]
     except ValueError:
-        raise CliError(f"--alphas: expected comma-separated numbers in [0, 1], got {alphas!r}", 2) from None
+        al = []
+    if not al or not all(0.0 <= a <= 1.0 for a in al):
+        raise CliError(f"--alphas: expected comma-separated numbers in [0, 1], got {alphas!r}", 2)
     with user_errors():
         r = sample_unseen(run_dir, alphas=al, out=out_dir, device=check_device(device), chunk=chunk,
                           progress=not no_progress)
@@ -84,18 +97,18 @@ def sample_unseen_cmd(run_dir, out_dir, alphas, chunk, device, no_progress) -> N
 
 @cli.command("audit")
 @_RUN
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for audit.csv, audit.png and summary.md.")
+@output_option("--out", "out_dir", folder=True, sub="audit", required=True,
+               help="Folder for audit.csv, audit.png and summary.md.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
               help="The zoo split whose networks are decoded (and interpolated between).")
-@click.option("--steps", type=int, default=5, show_default=True,
+@click.option("--steps", type=click.IntRange(min=0), default=5, show_default=True,
               help="Inner interpolation points between the split's weakest and strongest network.")
 @click.option("--embedding", "embeddings", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE", help="Also audit the network decoded from this embedding file (repeatable; e.g. "
                                    "netspace optimize's best_embedding.safetensors).")
-@click.option("--images", type=int, default=2000, show_default=True,
+@click.option("--images", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Test images the networks' predictions are compared on.")
-@click.option("--chunk", type=int, default=16, show_default=True, help="Networks per decoder / batched call.")
+@_CHUNK
 @device_option
 @config_option
 def audit_cmd(run_dir, out_dir, split, steps, embeddings, images, chunk, device) -> None:
@@ -119,15 +132,18 @@ def audit_cmd(run_dir, out_dir, split, steps, embeddings, images, chunk, device)
               help="Start from a seeded random embedding: N(mean, std^2) per dimension of the training embeddings.")
 @click.option("--arch", default=None, metavar="NAME|PKG.MOD:FACTORY",
               help="Wanted architecture (Multi; default: the start's).")
-@click.option("--steps", type=int, default=3000, show_default=True, help="Adam steps on the embedding.")
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
-@click.option("--eval-every", type=int, default=None, help="Evaluate every N steps (default: steps / 20).")
-@click.option("--image-batch", type=int, default=128, show_default=True, help="Training images per step.")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Adam steps on the embedding.")
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-4, show_default=True,
+              help="Adam learning rate.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None,
+              help="Evaluate every N steps (default: steps / 20).")
+@click.option("--image-batch", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Training images per step.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random start and image order.")
 @click.option("--teacher", default=None, metavar="ID",
               help="Teacher instance (default: the zoo's ResNet56, else its best training network).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for curve.csv, curve.png, best.safetensors, best_embedding.safetensors, summary.json.")
+@output_option("--out", "out_dir", folder=True, sub="optimize", required=True,
+               help="Folder for curve.csv, curve.png, best.safetensors, best_embedding.safetensors, summary.json.")
 @device_option
 @_NO_PROGRESS
 @config_option
@@ -140,11 +156,12 @@ def optimize_cmd(run_dir, from_id, random_start, arch, steps, lr, eval_every, im
 
     if (from_id is None) == (not random_start):
         raise CliError("optimize: give exactly one of --from ID and --random", 2)
-    with user_errors():
-        if arch is not None:
+    if arch is not None:
+        with user_errors(2):  # a bad --arch is a bad argument: exit 2, before any work
             from ..archs import resolve
 
             arch = resolve(arch)  # a name, or a user architecture's package.module:factory
+    with user_errors():
         r = optimize(run_dir, start="random" if random_start else from_id, arch=arch, steps=steps, lr=lr,
                      eval_every=eval_every, image_batch=image_batch, seed=seed, teacher=teacher, out=out_dir,
                      device=check_device(device), progress=not no_progress)
@@ -163,8 +180,7 @@ def optimize_cmd(run_dir, from_id, random_start, arch, steps, lr, eval_every, im
 @click.option("--id", "id_", default=None, metavar="ID", help="Decode this zoo instance's embedding.")
 @click.option("--embedding", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="Decode this embedding (safetensors with the key 'embedding').")
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The .safetensors file to write.")
+@output_option("--out", "out_file", folder=False, sub="exports", required=True, help="The .safetensors file to write.")
 @device_option
 @config_option
 def export_cmd(run_dir, id_, embedding, out_file, device) -> None:
@@ -182,8 +198,7 @@ def export_cmd(run_dir, id_, embedding, out_file, device) -> None:
 @cli.command("visualize")
 @_RUN
 @click.option("--id", "id_", required=True, metavar="ID", help="The zoo instance to show.")
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The PNG file to write.")
+@output_option("--out", "out_file", folder=False, sub="images", required=True, help="The PNG file to write.")
 @device_option
 @config_option
 def visualize_cmd(run_dir, id_, out_file, device) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .base import CliError, cli, user_errors
+from .base import CliError, cli, device_option, output_option, tensorboard_option, user_errors
 from .space import train
 
 __all__ = ["extract_chairs_command", "shapes", "train_sdf"]
@@ -22,8 +22,8 @@ _MAX_AMBIGUOUS = 0.03
 @train.command("sdf")
 @click.option("--zoo", "zoo_dir", required=True, type=click.Path(path_type=Path),
               help="An SDF zoo (SIREN MLPs, netspace zoo fit-sdf).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder to create, or to resume with the same configuration.")
+@output_option("--out", "out_dir", folder=True, may_be=("run",), required=True,
+               help="Run folder to create, or to resume with the same configuration.")
 @click.option("--preset", default=None, metavar="NAME", help="Training preset (default: sdf-small; sdf-chairs: "
               "real chairs from furniture catalogs; sdf-paper: the paper's).")
 @click.option("--seed", type=int, default=0, help="Seed of the initialization, the meta-batches and the points.")
@@ -31,10 +31,9 @@ _MAX_AMBIGUOUS = 0.03
 @click.option("--target", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Stop when this fraction of points is within 0.01 on the training MLPs (default: the preset's, "
                    "0.8 as the paper).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@device_option(help="Training device.")
 @click.option("--no-progress", is_flag=True, help="No progress lines.")
-@click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
-              help="Also write per-epoch scalars for TensorBoard (needs the tensorboard package).")
+@tensorboard_option
 def train_sdf(zoo_dir, out_dir, preset, seed, epochs, target, device, no_progress, tensorboard) -> None:
     """NetSpace on SDF MLPs: decoded and input MLP queried at the same random points (MSE); stops at the
     target fraction of points within 0.01 or after the epoch budget."""
@@ -65,8 +64,8 @@ def shapes() -> None:
 
 @shapes.command("extract-chairs")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write the chairs (.ply) and shapes.json into: new, empty, or a previous extraction.")
+@output_option("--out", "out_dir", folder=True, sub="chairs", required=True,
+               help="Folder to write the chairs (.ply) and shapes.json into: new, empty, or a previous extraction.")
 @click.option("--license", "licence", default="cc0,cc-by", show_default=True, metavar="cc0|cc0,cc-by",
               help="Licences to keep (comma-separated: cc0, cc-by); models under any other licence are never kept.")
 @click.option("--max-ambiguous", type=click.FloatRange(0.0, 1.0), default=_MAX_AMBIGUOUS, show_default=True,

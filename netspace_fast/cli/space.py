@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from .base import CliError, cli, config_option, download_option, user_errors
+from .base import (CliError, cli, config_option, device_option, download_option, output_option, tensorboard_option,
+                   user_errors)
 
 __all__ = ["eval_run", "train"]
 
@@ -41,19 +43,18 @@ def _train(protocol: str, zoo_dir: Path, out_dir: Path, preset, seed: int, epoch
 
 def _train_options(f):
     f = click.option("--zoo", "zoo_dir", required=True, type=click.Path(path_type=Path), help="The zoo to learn.")(f)
-    f = click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Run folder to create, or to resume with the same configuration.")(f)
+    f = output_option("--out", "out_dir", folder=True, may_be=("run",), required=True,
+                      help="Run folder to create, or to resume with the same configuration.")(f)
     f = click.option("--preset", default=None, metavar="NAME",
                      help="Training preset (default: the one for the zoo's dataset).")(f)
     f = click.option("--seed", type=int, default=0, help="Seed of the initialization and the data order.")(f)
-    f = click.option("--epochs", type=int, default=None, help="Epochs (default: the preset's).")(f)
-    f = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")(f)
+    f = click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the preset's).")(f)
+    f = device_option(f, help="Training device.")
     f = click.option("--root", type=click.Path(path_type=Path), default=None,
                      help="Dataset root folder (CIFAR-10, Tiny-ImageNet, Fashion-MNIST, MNIST).")(f)
     f = download_option(f)
     f = click.option("--no-progress", is_flag=True, help="No progress lines.")(f)
-    f = click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
-                     help="Also write per-epoch scalars for TensorBoard (needs the tensorboard package).")(f)
+    f = tensorboard_option(f)
     return config_option(f)
 
 
@@ -83,9 +84,9 @@ def _fmt(v) -> str:
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test",
               help="Which networks of the zoo (accuracies are always on the dataset's test images).")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the rows to this CSV file.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@output_option("--csv", "csv_path", folder=False, sub="eval", default=None,
+               help="Also write the rows to this CSV file (and the summary to FILE.summary.json).")
+@device_option
 @config_option
 def eval_run(run_dir: Path, split: str, csv_path: Path | None, device: str) -> None:
     """Evaluate the best weights of RUN: one row per network (input vs decoded accuracy on the test
@@ -130,18 +131,22 @@ def eval_run(run_dir: Path, split: str, csv_path: Path | None, device: str) -> N
                f"input {_fmt(s['slope'])} (intercept {_fmt(s['intercept'])}, span ratio {_fmt(s['span_ratio'])})"
                + (f"; ClassId accuracy {s['class_id_acc']:.4f}" if "class_id_acc" in s else ""))
     if csv_path is not None:
+        from ..storage import atomic_write_bytes, strict_json
+
         with user_errors():
-            with open(csv_path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
-                w.writeheader()
-                w.writerows(rows)
-            Path(str(csv_path) + ".summary.json").write_text(json.dumps(s, indent=1, sort_keys=True) + "\n")
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=ROW_FIELDS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(csv_path, buf.getvalue().encode())
+            summary = json.dumps(strict_json(s), indent=1, sort_keys=True, allow_nan=False)
+            atomic_write_bytes(Path(str(csv_path) + ".summary.json"), (summary + "\n").encode())
 
 
 @cli.command("import-checkpoint")
 @click.argument("file", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The run folder to create.")
+@output_option("--out", "out_dir", folder=True, may_be=("run",), required=True, help="The run folder to create.")
 @click.option("--arch", "arch", required=True, metavar="NAME[,NAME...]",
               help="The checkpoint's architecture(s), in ClassId order for a Multi checkpoint.")
 @click.option("--dataset", required=True, help="The dataset of its networks (cifar10, tinyimagenet, digits).")
@@ -152,9 +157,10 @@ def import_checkpoint(file: Path, out_dir: Path, arch: str, dataset: str, zoo_di
     '0' encoder, '1' decoder, '2' optimizer; read with weights_only=True) as a run of ours."""
     from ..space.importer import import_original_checkpoint
 
-    with user_errors():
+    with user_errors(2):  # a bad --arch is a bad argument: exit 2, before any work
         from ..archs import resolve
 
         names = [resolve(a.strip()) for a in arch.split(",") if a.strip()]
+    with user_errors():
         run = import_original_checkpoint(file, out_dir, names, dataset, zoo=zoo_dir)
     click.echo(f"done: {run.command.split()[1]} checkpoint imported into {str(out_dir)!r}")

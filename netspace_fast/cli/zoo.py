@@ -13,16 +13,17 @@ from typing import Any
 
 import click
 
-from .base import CliError, cli, config_option, download_option, user_errors
+from .base import (CliError, cli, config_option, device_option, download_option, output_option, tensorboard_option,
+                   user_errors)
 
 __all__ = ["zoo"]
 
 
-def _open_zoo(path: Path):
+def _open_zoo(path: Path, check_fields: bool = True):
     from ..zoo.format import Zoo
 
     with user_errors():
-        return Zoo.open(path)
+        return Zoo.open(path, check_fields=check_fields)
 
 
 @cli.group()
@@ -102,8 +103,9 @@ def zoo_info(zoo_dir: Path, as_json: bool) -> None:
 @zoo.command("verify")
 @click.argument("zoo_dir", metavar="DIR", type=click.Path(path_type=Path))
 def zoo_verify(zoo_dir: Path) -> None:
-    """Check every instance file of the zoo in DIR (existence, sha256, tensors); exit 1 on any problem."""
-    z = _open_zoo(zoo_dir)
+    """Check the zoo in DIR: every manifest entry's fields and instance file (existence, sha256, tensors, no
+    NaN/Inf); exit 1 on any problem."""
+    z = _open_zoo(zoo_dir, check_fields=False)  # list every field problem, not only the first
     with user_errors():
         problems = z.verify()
     if problems:
@@ -130,16 +132,14 @@ def _load_trainer() -> tuple[Callable[..., Any], dict[str, Any] | None]:
 
 @zoo.command("train")
 @click.option("--preset", required=True, metavar="NAME", help="Training preset (an unknown name lists the valid ones).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Zoo directory to create, or to resume into with the same configuration.")
+@output_option("--out", "out_dir", folder=True, may_be=("zoo",), required=True,
+               help="Zoo directory to create, or to resume into with the same configuration.")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Dataset root folder.")
 @download_option
 @click.option("--seed", type=int, default=None, help="Base seed (default: the preset's).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-              help="Training device (default: the trainer's choice).")
+@device_option(default=None, help="Training device (default: the trainer's choice).")
 @click.option("--no-progress", is_flag=True, help="Do not show progress.")
-@click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="LOGDIR",
-              help="Also write per-epoch scalars for TensorBoard to LOGDIR (needs the tensorboard package).")
+@tensorboard_option
 @click.option("--arch", default=None, metavar="NAME|PKG.MOD:FACTORY",
               help="Train this architecture instead of the preset's (a preset with several gets it as one more): "
                    "a built-in name or a user architecture's factory, package.module:factory (it must be "
@@ -168,6 +168,10 @@ def zoo_train(preset: str, out_dir: Path, root: Path | None, download: bool, see
     if download:
         kwargs["download"] = True
     if arch is not None:
+        with user_errors(2):  # a bad --arch is a bad argument: exit 2, before any work
+            from ..archs import resolve
+
+            resolve(arch)
         kwargs["arch"] = arch
     # a training command: keep freed activation memory for reuse (see netspace_fast.settings; NETSPACE_TUNE_MALLOC=0 turns it off)
     from .. import settings
@@ -186,8 +190,8 @@ def zoo_train(preset: str, out_dir: Path, root: Path | None, download: bool, see
 
 @zoo.command("import")
 @click.argument("lists", metavar="LIST [LIST ...]", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Zoo directory to create (or to resume an interrupted import into).")
+@output_option("--out", "out_dir", folder=True, may_be=("zoo",), required=True,
+               help="Zoo directory to create (or to resume an interrupted import into).")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Dataset root folder: evaluate train/val/test accuracy (default: not recorded).")
 @download_option
@@ -214,8 +218,8 @@ def zoo_import(lists: tuple[Path, ...], out_dir: Path, root: Path | None, downlo
 @click.option("--shapes", required=True, metavar="procedural|DIR",
               help="'procedural' (the embedded chairs), a folder of meshes (.obj/.off/.ply) or of DeepSDF .npz "
                    "sample files.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Zoo directory to create, or to resume into with the same configuration.")
+@output_option("--out", "out_dir", folder=True, may_be=("zoo",), required=True,
+               help="Zoo directory to create, or to resume into with the same configuration.")
 @click.option("--preset", default="small", show_default=True, metavar="NAME",
               help="Fitting preset: small (minutes on 2 CPU cores), chairs (real chair meshes: twice the small "
                    "preset's steps), paper (1,000 shapes, the original protocol), "
@@ -225,8 +229,7 @@ def zoo_import(lists: tuple[Path, ...], out_dir: Path, root: Path | None, downlo
               help="Initialization of the networks: one random SIREN for all (shared; the small preset: NetSpace "
                    "learns such a zoo much faster) or one per shape (per-shape; the original code, the paper "
                    "preset). Default: the preset's.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Fitting device.")
+@device_option(help="Fitting device.")
 @click.option("--no-progress", is_flag=True, help="Do not show progress.")
 @config_option
 def zoo_fit_sdf(shapes: str, out_dir: Path, preset: str, seed: int, init: str | None, device: str,

@@ -197,10 +197,13 @@ def bar(progress: bool, total: int, desc: str, unit: str = "it"):
 
 
 def check_out_dir(out) -> Path:
-    """``out`` as a folder, created if missing (a ValueError if it is a file)."""
+    """``out`` as a folder, created if missing (a ValueError if it is a file, or if it is a run or a zoo
+    folder, or a part of one that they own: :func:`netspace_fast.outputs.check_output`)."""
+    from ..outputs import check_output
+
     if out is None:
         raise ValueError("out: expected a folder to write into, got None")
-    out = Path(out)
+    out = check_output(out, folder=True)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {str(out)!r} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)

@@ -42,9 +42,12 @@ def save_network(path, prep: torch.Tensor, spec: ArchSpec, metadata: dict | None
     """Write the network of ``prep`` as a plain safetensors state dict (atomically); returns the path."""
     meta = {"format": EXPORT_FORMAT, "arch": spec.name, "dataset": str(spec.dataset)}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    from ..outputs import check_output
+
     path = Path(path)
     if path.exists() and path.is_dir():
         raise ValueError(f"out: {str(path)!r} is a folder; expected a .safetensors file path")
+    check_output(path, folder=False, sub="exports")  # never a run's or a zoo's own file
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, st_save(network_state_dict(prep, spec), metadata=meta))
     return path
@@ -110,6 +113,9 @@ def export_network(run_dir, out, *, id: str | None = None, embedding=None, devic
     if (id is None) == (embedding is None):
         raise ValueError("export: expected exactly one of id (a zoo instance) and embedding (a file), got "
                          + ("both" if id is not None else "neither"))
+    from ..outputs import check_output
+
+    check_output(out, folder=False, sub="exports")  # before any work: never a run's or a zoo's own file
     ex = open_explorer(run_dir, device, what="export")
     if id is not None:
         z = ex.space.encode(ex.preps([id]))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..interpolation import check_steps
-from .common import accuracies, check_out_dir, decode_batches, is_sdf_run, open_explorer, pyplot, save_figure, write_csv
+from .common import accuracies, bar, check_out_dir, decode_batches, is_sdf_run, open_explorer, pyplot, save_figure, write_csv
 
 __all__ = ["INTERPOLATION_FIELDS", "Interpolation", "interpolate", "summary_lines"]
 
@@ -58,10 +58,21 @@ def interpolate(run_dir, a: str, b: str, *, steps: int = 100, out=None, device: 
     with torch.no_grad():
         z = ex.space.encode(preps)  # (2, E)
         alphas = torch.linspace(0, 1, steps, device=z.device)
-        zs = torch.lerp(z[0:1], z[1:2], alphas[:, None])
-    decoded, cids = decode_batches(ex, zs, chunk, progress, "decoding the interpolation")
-    emb_acc = accuracies(ex.space.specs, decoded, cids, x, y, chunk=chunk)
-    del decoded
+    # decoded and evaluated block by block: memory bounded by the block, whatever the number of steps
+    block = chunk * 8
+    emb_acc, cids = torch.empty(steps), torch.empty(steps, dtype=torch.long)
+    pbar = bar(progress, steps, "decoding the interpolation", "network")
+    for s in range(0, steps, block):
+        with torch.no_grad():
+            zs = torch.lerp(z[0:1], z[1:2], alphas[s:s + block, None])
+        decoded, c = decode_batches(ex, zs, chunk)
+        emb_acc[s:s + block] = accuracies(ex.space.specs, decoded, c, x, y, chunk=chunk)
+        cids[s:s + block] = c.cpu()
+        del decoded
+        if pbar is not None:
+            pbar.update(zs.shape[0])
+    if pbar is not None:
+        pbar.close()
     same_arch = ea["architecture"] == eb["architecture"]
     spec_in = [s for s in ex.space.specs if s.name == ea["architecture"]][0]
     spec_b = [s for s in ex.space.specs if s.name == eb["architecture"]][0]

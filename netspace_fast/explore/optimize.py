@@ -31,7 +31,7 @@ import torch
 
 from ..engine import batched_forward
 from ..space.losses import class_loss, kd_loss, multi_kd_loss
-from ..storage import atomic_write_bytes
+from ..storage import atomic_write_bytes, strict_json
 from ..zoo.presets import TEACHER
 from .common import accuracies, bar, check_out_dir, open_explorer, pyplot, save_figure, write_csv
 from .export import save_embedding, save_network
@@ -213,7 +213,7 @@ def optimize(run_dir, *, start: str = "random", arch: str | None = None, steps: 
                    "teacher": tid, "steps": steps, "lr": lr, "image_batch": image_batch, "eval_every": eval_every,
                    "random_start": "N(mean, std^2) per dimension of the training networks' embeddings"
                    if start == "random" else None, "best": best_row, "first": rows[0], "last": rows[-1]}
-        atomic_write_bytes(d / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+        atomic_write_bytes(d / "summary.json", (json.dumps(strict_json(summary), indent=1) + "\n").encode())
         result.files["summary"] = d / "summary.json"
     return result
 

@@ -20,9 +20,12 @@ __all__ = ["visualize"]
 def visualize(run_dir, id: str, out, *, device: str = "cpu", cmap: str = "viridis") -> dict:
     """Write the PNG ``out`` with zoo instance ``id``'s input PRep and its decoded PRep. Returns
     ``{"path", "arch", "decoded_arch", "input_acc", "decoded_acc", "range"}``."""
+    from ..outputs import check_output
+
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"out: {str(out)!r} is a folder; expected a .png file path")
+    check_output(out, folder=False, sub="images")  # never a run's or a zoo's own file
     ex = open_explorer(run_dir, device, what="visualize")
     e = ex.entry(id)
     spec_in = ex.space.specs[ex.arch_names.index(e["architecture"])]

@@ -357,6 +357,9 @@ def fit_sdf_zoo(out_dir, shapes="procedural", preset: str | SdfPreset = "small",
         raise TypeError(f"preset: expected a preset name or an SdfPreset, got {type(preset).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {seed!r}")
+    from ..settings import check_device
+
+    device = check_device(device)  # before any work
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out: {str(out)!r} is not a folder")

@@ -243,6 +243,10 @@ def _shown_steps(steps: int, panels: int) -> list[int]:
     return sorted({round(i * (steps - 1) / (panels - 1)) for i in range(panels)})
 
 
+#: the most steps of one interpolation between shapes (their grids are held together: 1 MiB each at 64^3)
+MAX_SHAPE_STEPS = 1_000
+
+
 def interpolate_shapes(run_dir, a: str, b: str, steps: int, out=None, device: str = "cpu", *,
                        resolution: int = 64, bound: float = 1.0, max_panels: int = 12,
                        which: str = "last") -> ShapeInterpolation:
@@ -257,12 +261,15 @@ def interpolate_shapes(run_dir, a: str, b: str, steps: int, out=None, device: st
     model) or its ``"best"`` (best validation metric) weights."""
     from .space import SdfSpace
 
-    steps = check_steps(steps)  # the same rule as netspace interpolate on other runs
     resolution = _check_resolution(resolution)
+    # the same rule as netspace interpolate on other runs; every step's SDF grid is held at once
+    steps = check_steps(steps, limit=MAX_SHAPE_STEPS, step_bytes=4 * resolution ** 3, what="an SDF grid")
     if isinstance(max_panels, bool) or not isinstance(max_panels, int) or max_panels < 4:
         raise ValueError(f"max_panels: expected an int >= 4 (both inputs and both ends), got {max_panels!r}")
     if out is not None:
-        out = Path(out)
+        from ..outputs import check_output
+
+        out = check_output(out, folder=True, sub="interpolate")  # never a run or a zoo folder
         if out.exists() and not out.is_dir():
             raise ValueError(f"out: {str(out)!r} exists and is not a folder")
     if which not in ("last", "best"):

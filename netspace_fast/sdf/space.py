@@ -387,10 +387,9 @@ def train_sdf_space(run_dir, zoo_dir, preset: str | None = None, *, seed: int = 
     if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs <= 0:
         raise ValueError(f"epochs: expected a positive int, got {n_epochs!r}")
     target = p.target if target is None else _check_target(target)
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} was asked for, but no CUDA device is available")
+    from ..settings import check_device
+
+    device = check_device(device)
     check_sdf_zoo(Zoo.open(zoo_dir), zoo_dir)  # before a run folder is created
     shapes = zoo_shapes(zoo_dir) if p.points_from == "shapes" else None  # also before a run folder exists
     config = {"zoo": str(Path(zoo_dir).resolve()), "preset": name, "recipe": p.to_json(), "archs": [SDF_ARCH],

@@ -12,6 +12,7 @@ is not imported (a run resumed from an import starts a fresh optimizer).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,6 +26,26 @@ from .run import Run
 __all__ = ["import_original_checkpoint"]
 
 
+def _check_torch_save_file(path: Path) -> None:
+    """A ValueError of one line unless ``path`` starts as a ``torch.save`` file does: a zip archive
+    (``PK\\x03\\x04``, torch >= 1.6) or a pickle (protocol byte ``\\x80``, the legacy format). A text,
+    JSON or empty file is named as such, not met as an unpickler's KeyError."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return
+    if not head:
+        what = "an empty file"
+    elif head.lstrip()[:1] in (b"{", b"["):
+        what = "a JSON file"
+    elif all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        what = "a text file"
+    else:
+        what = f"a file starting with bytes {head[:8].hex(' ')}"
+    raise ValueError(f"checkpoint: {str(path)!r} is {what}, not a torch.save file (expected the original code's "
+                     f"checkpoint: a zip archive or a pickle)")
+
+
 def import_original_checkpoint(path, out, archs: list[str], dataset: str, *, zoo=None) -> Run:
     """Read the original code's checkpoint ``path`` into a new run folder ``out``; returns the run."""
     path = Path(path)
@@ -34,8 +55,11 @@ def import_original_checkpoint(path, out, archs: list[str], dataset: str, *, zoo
         archs_mod.spec(a, dataset)  # a clear error for an unknown architecture or dataset
     if not path.is_file():
         raise ValueError(f"checkpoint: {str(path)!r} is not a file")
+    _check_torch_save_file(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings would print before our one error line
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused or a broken file: one clear message
         raise ValueError(f"checkpoint: {str(path)!r} is not a readable checkpoint of the original code "
                          f"(torch.load with weights_only=True failed: {load_error_reason(e)})") from None

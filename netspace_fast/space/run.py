@@ -9,6 +9,12 @@ every file written atomically (:mod:`netspace_fast.storage`), resumable after a 
   names it, the previous one removed only after, so a valid checkpoint exists at every moment
   (the original deletes its old checkpoint before writing the new one);
 - ``best.safetensors`` + ``best.json``: the weights with the best validation score.
+
+A new run writes nothing until its first weights: :meth:`Run.create_or_resume` checks the folder and
+the configuration, and the folder and ``run.json`` are made with the first checkpoint (or best
+weights), so a start that fails on its inputs (no teacher in the zoo, an empty split, no GPU) leaves
+nothing behind to block a retry. JSON files are strict JSON: a NaN or infinite number (a metric of
+a diverged epoch) is written as null.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from safetensors.torch import load as st_load, save as st_save
 from torch import nn
 
-from ..storage import atomic_write_bytes
+from ..storage import atomic_write_bytes, config_differences, strict_json
 
 __all__ = ["Run", "RUN_SCHEMA"]
 
@@ -29,7 +35,10 @@ RUN_SCHEMA = 1
 
 
 def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+    return (json.dumps(strict_json(obj), indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -42,8 +51,9 @@ def _read_json(path: Path, what: str) -> Any:
 class Run:
     """A run folder (see the module doc)."""
 
-    def __init__(self, path: Path, meta: dict) -> None:
+    def __init__(self, path: Path, meta: dict, pending: bool = False) -> None:
         self.path, self.meta = path, meta
+        self._pending = pending  # a new run: the folder and run.json are written with its first weights
 
     @property
     def command(self) -> str:
@@ -65,15 +75,24 @@ class Run:
                 raise ValueError(f"run {str(path)!r} belongs to another command ({old.get('command')!r}, not "
                                  f"{command!r}); use a new folder")
             if old.get("config") != meta["config"]:
-                raise ValueError(f"run {str(path)!r} was started with another configuration; refusing to resume "
-                                 f"into it.\n  existing: {json.dumps(old.get('config'), sort_keys=True)}\n"
-                                 f"  given:    {json.dumps(meta['config'], sort_keys=True)}")
+                diff = config_differences(old.get("config"), meta["config"], "the run's")
+                shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+                raise ValueError(f"run {str(path)!r} was started with another configuration, so it is not resumed "
+                                 f"({shown}); use a new --out, or the run's own settings")
             return cls(path, old)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"out: {str(path)!r} exists and is not a folder")
         if path.exists() and any(path.iterdir()):
             raise ValueError(f"out: {str(path)!r} exists and is not a run folder; use a new or empty folder")
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / "run.json", _json_bytes(meta))
-        return cls(path, meta)
+        return cls(path, meta, pending=True)
+
+    def _materialize(self) -> None:
+        """The folder and ``run.json`` of a new run, before its first weights are written."""
+        if self._pending:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if not (self.path / "run.json").exists():
+                atomic_write_bytes(self.path / "run.json", _json_bytes(self.meta))
+            self._pending = False
 
     @classmethod
     def open(cls, path) -> "Run":
@@ -99,6 +118,7 @@ class Run:
                         state: dict) -> None:
         """Weights + optimizer state of the epoch ``state["epoch"]``, then ``state.json`` naming them."""
         name = f"ckpt-{state['epoch']:05d}.safetensors"
+        self._materialize()
         atomic_write_bytes(self.path / name, st_save(_weights(encoder, decoder) | _opt_tensors(optimizer)))
         old = self.state()
         atomic_write_bytes(self.path / "state.json", _json_bytes(state | {"checkpoint": name}))
@@ -113,6 +133,7 @@ class Run:
         return state
 
     def save_best(self, encoder: nn.Module, decoder: nn.Module, info: dict) -> None:
+        self._materialize()
         atomic_write_bytes(self.path / "best.safetensors", st_save(_weights(encoder, decoder)))
         atomic_write_bytes(self.path / "best.json", _json_bytes(info))
 

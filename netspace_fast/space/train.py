@@ -176,6 +176,9 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
     if protocol not in ("single", "multi"):
         raise ValueError(f"protocol: expected 'single' or 'multi', got {protocol!r}")
     zoo = Zoo.open(zoo_dir)
+    if isinstance(zoo.config, dict) and zoo.config.get("kind") == "sdf":
+        raise ValueError(f"zoo: {str(zoo_dir)!r} is an SDF zoo (SIREN MLPs of shapes, from netspace zoo fit-sdf); "
+                         f"train {protocol} learns image classifiers: use netspace train sdf --zoo {str(zoo_dir)}")
     zoo_dataset = next((e["dataset"] for e in zoo.instances()), None)
     if zoo_dataset is None:
         raise ValueError(f"zoo: {str(zoo_dir)!r} holds no networks")
@@ -185,7 +188,9 @@ def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, s
     p = SPACE_PRESETS[name]
     if p.protocol != protocol:
         raise ValueError(f"preset: {name!r} is a {p.protocol} preset, not {protocol}")
-    n_epochs = p.epochs if epochs is None else int(epochs)
+    n_epochs = p.epochs if epochs is None else epochs
+    if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 1:
+        raise ValueError(f"epochs: expected a positive int, got {n_epochs!r}")
     user = zoo.config.get("user_archs") if isinstance(zoo.config, dict) else None
     if protocol == "multi" and user:  # user architectures next to the built-in ones: ClassIds after theirs
         extra = tuple(n for n in user if n not in p.archs and n in _zoo_archs(zoo, "train"))

@@ -15,6 +15,9 @@ def setup_distributed(device: str):
     The process group is gloo on CPU and NCCL on CUDA (``owned``: created here, so destroyed by the
     caller); each rank trains on its LOCAL_RANK GPU. One rank under torchrun makes its process group
     too (its barriers are then real collectives: a one-GPU machine checks the NCCL setup)."""
+    from ..settings import check_device
+
+    device = check_device(device)  # a GPU asked for where there is none: one line, before any work
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it; a plain process does not
         return 0, 1, device, None, False

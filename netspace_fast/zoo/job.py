@@ -86,8 +86,8 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
     p = PRESETS[preset]
     if arch is not None:
         p = with_arch(p, arch)
-    writer = tensorboard_writer(tensorboard)  # a missing package is reported before any work
-    rank, world, device, dist, owned = setup_distributed(device)
+    rank, world, device, dist, owned = setup_distributed(device)  # no GPU where one is asked for: refused here
+    writer = tensorboard_writer(tensorboard)  # a missing package is reported before any work (LOGDIR made later)
     if rank == 0:
         data.fetch(p.dataset, root, download)
     if dist is not None and download:
@@ -100,13 +100,14 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
     user = user_archs([a[0] for a in p.archs], p.dataset)
     if user:
         config["user_archs"] = user
+    # the inputs first (the dataset's files, the device): a start that fails on them writes nothing
+    splits = {s: data.tensors(p.dataset, s, root=root, seed=seed) for s in ("train", "val", "test")}
+    splits = {s: (x.to(device), y.to(device)) for s, (x, y) in splits.items()}
     zoo_format.init_zoo(out, config)
     with locked(out):  # every writer of the zoo's files writes under this lock: a temporary file seen
         for tmp in out.glob(f"{TMP_PREFIX}*"):  # here is a killed writer's (zoo verify would report it)
             tmp.unlink(missing_ok=True)
     _refuse_other_rank_count(out, p, world)
-    splits = {s: data.tensors(p.dataset, s, root=root, seed=seed) for s in ("train", "val", "test")}
-    splits = {s: (x.to(device), y.to(device)) for s, (x, y) in splits.items()}
     if p.eval_images:  # accuracies of train/val on a fixed subset; training still draws from all of train
         g = torch.Generator().manual_seed(int(seed) + 7)
         sub = {s: torch.randperm(len(splits[s][1]), generator=g)[:p.eval_images].sort().values for s in ("train", "val")}
