@@ -199,6 +199,18 @@ def test_verify_reports_nan_and_inf_weights(zoo):
     assert r.exit_code == 1 and "conv1.weight" in r.stdout and "fc2.bias" in r.stdout, r.output
 
 
+def test_nan_weights_named_by_member_where_training_packs_them(zoo):
+    """Packing a split's PReps (training, eval) names the member and the tensor, not the kernel's
+    network index."""
+    state = Zoo.open(zoo).state_dict("m1")
+    state["fc2.bias"][3] = math.nan
+    _store(zoo, "m1", state)
+    with pytest.raises(ValueError) as e:
+        Zoo.open(zoo).preps("train", ARCH)
+    line = _one_line(e)
+    assert "'m1'" in line and "'fc2.bias'" in line and "NaN or Inf" in line and "network 1" not in line
+
+
 # ---------------------------------------------------------------------------------------------
 # manifest fields of the wrong type or range
 
