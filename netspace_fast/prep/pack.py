@@ -64,12 +64,11 @@ def _plan_of(layers: tuple[tuple[str, str | None, bool, tuple[int, ...]], ...]) 
     return _PackPlan(tuple(plan), num_values, tuple((name, bn, own_bias) for name, bn, own_bias, _ in layers))
 
 
-def _gather_specnet(model: SpecNet, pp: _PackPlan, tensors: list, eps: list) -> None:
-    # straight from the modules' _parameters/_buffers dicts: nn.Module.__getattr__ costs more than
-    # the packing of a small layer, and this runs for every layer of every network
-    mods, bns = model._layer_modules, model._bn_modules
+def _gather(pp: _PackPlan, layer, norm, tensors: list, eps: list) -> None:
+    """The plan's tensors and eps values in kernel order; ``layer`` / ``norm`` find a layer module and a
+    BatchNorm module by name."""
     for name, bn_name, own_bias in pp.layers:
-        p = mods[name]._parameters
+        p = layer(name)._parameters
         if bn_name is None:
             tensors.append(p["weight"])
             eps.append(0.0)
@@ -77,34 +76,25 @@ def _gather_specnet(model: SpecNet, pp: _PackPlan, tensors: list, eps: list) -> 
                 tensors.append(p["bias"])
                 eps.append(0.0)
         else:
-            bn = bns[bn_name]
+            bn = norm(bn_name)
             bp, bb = bn._parameters, bn._buffers
             tensors += (p["weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"])
             if own_bias:
                 tensors.append(p["bias"])
             eps.append(bn.eps)
             eps.append(bn.eps)
+
+
+def _gather_specnet(model: SpecNet, pp: _PackPlan, tensors: list, eps: list) -> None:
+    # straight from the modules' _parameters/_buffers dicts: nn.Module.__getattr__ costs more than
+    # the packing of a small layer, and this runs for every layer of every network
+    bns = model._bn_modules  # None without BatchNorm (then no layer names one)
+    _gather(pp, model._layer_modules.__getitem__, lambda name: bns[name], tensors, eps)
 
 
 def _gather_paths(model: nn.Module, pp: _PackPlan, tensors: list, eps: list) -> None:
     """:func:`_gather_specnet` for a user's module: the layers and BatchNorms found by their paths."""
-    get = model.get_submodule
-    for name, bn_name, own_bias in pp.layers:
-        p = get(name)._parameters
-        if bn_name is None:
-            tensors.append(p["weight"])
-            eps.append(0.0)
-            if own_bias:
-                tensors.append(p["bias"])
-                eps.append(0.0)
-        else:
-            bn = get(bn_name)
-            bp, bb = bn._parameters, bn._buffers
-            tensors += (p["weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"])
-            if own_bias:
-                tensors.append(p["bias"])
-            eps.append(bn.eps)
-            eps.append(bn.eps)
+    _gather(pp, model.get_submodule, model.get_submodule, tensors, eps)
 
 
 class EpsMismatch(ValueError):
