@@ -493,7 +493,10 @@ def register_user_archs(config: Any, where, dataset: str | None = None) -> None:
             try:
                 got = archs.resolve(path) if isinstance(path, str) else None
             except ValueError as e:
-                why = str(e).split(" (", 1)[-1].split(")")[0] if " (" in str(e) else str(e)
+                msg = str(e)
+                if not msg.startswith("arch: cannot import"):  # imported, but the factory fails: its own line
+                    raise ValueError(f"{str(where)!r}: architecture {name!r}: {msg}") from None
+                why = msg.split(" (", 1)[-1].rsplit(")", 1)[0] if " (" in msg else msg
                 raise ValueError(f"{str(where)!r}: architecture {name!r} comes from the factory {path!r}, which "
                                  f"cannot be imported here ({why}); put its package on PYTHONPATH") from None
             if got != name:
