@@ -28,9 +28,11 @@ Providers, same run, each on its own copy of the same encoder, decoder and Adam 
 Also, informative: 'loop + unfused encoder' (the original's encoder too: its modules one after the other
 with dense autograd, ``Encoder(fused=False)``) and 'enc+dec+Adam only' (ours' step without any
 evaluation: the part batching cannot speed up, so peer ms / this ms bounds the ratio).
-Correctness, once per scenario before timing: ours' and the loop's loss and gradients from the same
-state agree (max |diff| / max |loop| <= 2e-2 per parameter, TF32); otherwise 'FAIL' in the row (the
-providers are timed all the same) and exit status 1.
+Correctness, per scenario before timing: ours' and the loop's loss and gradients from the same
+state agree (max |diff| / max |loop| <= 2e-2 per parameter, TF32); and again AFTER the timing, on
+fresh images of the same shapes, when ours' batched calls replay their CUDA graphs (the row says how
+many replays the check saw);
+otherwise 'FAIL' in the row (the providers are timed all the same) and exit status 1.
 TF32 allowed and cuDNN autotuning on for every provider. Times: ``triton.testing.do_bench`` (CUDA events,
 median, warmup 25 ms, rep ``--rep-ms``); on CPU the mean of perf_counter over 2 steps after one.
 Goal (GPU): ours >= 3x the loop; reported, never asserted. Rows are markdown lines starting with '| ',
@@ -273,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         print("skipped: no CUDA")
         return 0
     device = torch.device(args.device)
+    from netspace_fast.engine.graphs import ENGINE
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -326,6 +329,25 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # noqa: BLE001
                 times[prov] = None
                 notes.append(f"{label}: {prov} failed: {short(e)}")
+        # after the timing: ours' step from the initial state on FRESH images of the same shapes (a graph
+        # that replayed its capture-time work would give the old result), its batched calls replayed
+        # from the graphs the timing used, against the loop's loss and gradients on them
+        try:
+            fresh = copy.copy(sc)
+            fresh.x, fresh.teacher = torch.randn_like(sc.x), torch.randn_like(sc.teacher)
+            fresh.y = torch.randint_like(sc.y, 0, sc.specs[0].num_outputs)
+            loss_l2, g_l2 = grads(fresh, loop_loss)
+            before = ENGINE.stats()["replayed"]
+            loss_r, g_r = grads(fresh, ours_loss)
+            replays = ENGINE.stats()["replayed"] - before
+            err_r = max(abs(loss_r - loss_l2) / max(abs(loss_l2), 1e-12), worst_rel_err(g_r, g_l2))
+            check += f"; after timing ({replays} replayed) {err_r:.1e}"
+            if not err_r <= GRAD_RTOL:
+                check = f"FAIL: after timing, loss / gradients vs loop rel err {err_r:.2e} > {GRAD_RTOL:g} ({check})"
+                failed = True
+        except Exception as e:  # noqa: BLE001
+            check = f"FAIL: after timing: {short(e)} ({check})"
+            failed = True
         ours, loop = times["ours"], times["loop"]
         if ours is None or loop is None:
             ms = ["-" if t is None else f"{t:.2f}" for t in (ours, loop)]

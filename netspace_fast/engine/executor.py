@@ -13,7 +13,9 @@ Where the weights come from is a :class:`Weights` object: PReps (``batched_forwa
 :mod:`.cpu`, whose own backward writes every gradient into one (B, P) PRep gradient) or the zoo
 trainer's stacked trainable parameters with per-instance BatchNorm (:mod:`netspace_fast.zoo.model`,
 differentiated by autograd). With ``record=True`` the executor keeps what :mod:`.cpu`'s backward
-needs; otherwise autograd keeps what it needs.
+needs; otherwise autograd keeps what it needs, and the executor drops each value (and its converted
+forms) after the block that reads it last: without gradient (evaluation, a teacher's logits, a
+no-grad CUDA graph's pool) the peak is a few layers' activations instead of the whole network's.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def run(program, x: torch.Tensor, B: int, weights: Weights, *, shared: bool = Fa
     saved: list | None = [None] * len(program) if record else None
     n = x.shape[0] if (grouped_input or shared) else x.shape[1]  # images per network
     blocks = plan(program, x, n, B, shared=shared, grouped_input=grouped_input)
+    dead = None if record else last_uses(program, blocks)  # block -> the values it is the last to need
 
     def value(v: int, form: str):
         """Activation v in ``form`` ("grouped" or "split"), converted once. The shared input is one
@@ -119,60 +122,98 @@ def run(program, x: torch.Tensor, B: int, weights: Weights, *, shared: bool = Fa
             cache[(v, form)] = to_split(h, B) if form == "split" else to_grouped(h)
         return cache[(v, form)]
 
-    for start, stop, split in blocks:
+    for k, (start, stop, split) in enumerate(blocks):
         if split:
-            _split_block(program, start, stop, values, value, weights, saved, B)
-            continue
-        kind, src, dst, residual, act, geom = program[start]
-        if kind == "conv":
-            groups = 1 if (src == 0 and shared) else B
-            hin = value(src, "grouped")
-            if fused:
-                z, w = weights.conv(start, program[start], hin, groups, with_bias=False)
-                res = value(residual, "grouped") if residual is not None else None
-                bias = weights.conv_bias(start, program[start])
-                if bias is None and res is None and act == ACT_NONE:  # nothing to do after the conv
-                    y, pre = z, None
-                else:
-                    y, pre = conv_epilogue(z, bias, res, act, backend=fused_backend(z.device))
-                    pre = pre if (record and act == ACT_SIN) else None
-            else:
-                z, w = weights.conv(start, program[start], hin, groups)
-                if residual is not None:
-                    z.add_(value(residual, "grouped"))
-                pre = z.clone() if (record and act == ACT_SIN) else None
-                y = apply_act(z, act, inplace=True)
-            if record:
-                saved[start] = (hin, w, y, pre, groups)
-        elif kind == "linear":
-            h = values[src]
-            y, z = weights.linear(start, program[start], h, values[residual] if residual is not None else None)
-            if record:
-                saved[start] = (h, None, y, z, None)
-        elif kind == "avgpool":
-            hin = value(src, "grouped")
-            y = F.avg_pool2d(hin, geom[0], geom[1])
-            if residual is not None:
-                y.add_(value(residual, "grouped"))
-            y = apply_act(y, act, inplace=True)
-            if record:
-                saved[start] = (hin, None, None, None, None)
-        else:  # flatten: -> (B, N, C*H*W) in each network's own (c, h, w) order
-            h = values[src]
-            if src == 0 and grouped_input:
-                h = value(0, "grouped")
-            y = flatten(h, B) if (isinstance(h, list) or h.dim() == 4) else h
-            if record:
-                saved[start] = (h, None, None, None, None)
-        values[dst] = y
+            _split_block(program, start, stop, values, value, weights, saved, B,
+                         None if dead is None else dead[k])
+        else:
+            _block(program, start, values, value, weights, saved, B, shared, grouped_input, record, fused)
+        if dead is not None:
+            for v in dead[k]:
+                values.pop(v, None)
+                for form in ("grouped", "split", "cl"):
+                    cache.pop((v, form), None)
     out = values[program[-1][2]]
     return out, ((saved, blocks) if record else None)
 
 
-def _split_block(program, start, stop, values, value, weights: Weights, saved, B) -> None:
-    """Steps start..stop-1 (per-network convs and pools), network by network."""
+def last_uses(program, blocks) -> list[set[int]]:
+    """For each block, the values that no later block reads (made or last read there), the
+    network's output excepted: what :func:`run` drops after the block when it does not record."""
+    last: dict[int, int] = {}
+    for k, (start, stop, _) in enumerate(blocks):
+        for kind, src, dst, residual, act, geom in program[start:stop]:
+            for v in (src, dst, residual):
+                if v is not None:
+                    last[v] = k
+    last.pop(program[-1][2], None)
+    dead: list[set[int]] = [set() for _ in blocks]
+    for v, k in last.items():
+        dead[k].add(v)
+    return dead
+
+
+def _block(program, start, values, value, weights: Weights, saved, B, shared, grouped_input, record, fused) -> None:
+    """Step ``start``, for all networks at once."""
+    kind, src, dst, residual, act, geom = program[start]
+    if kind == "conv":
+        groups = 1 if (src == 0 and shared) else B
+        hin = value(src, "grouped")
+        if fused:
+            z, w = weights.conv(start, program[start], hin, groups, with_bias=False)
+            res = value(residual, "grouped") if residual is not None else None
+            bias = weights.conv_bias(start, program[start])
+            if bias is None and res is None and act == ACT_NONE:  # nothing to do after the conv
+                y, pre = z, None
+            else:
+                y, pre = conv_epilogue(z, bias, res, act, backend=fused_backend(z.device))
+                pre = pre if (record and act == ACT_SIN) else None
+        else:
+            z, w = weights.conv(start, program[start], hin, groups)
+            if residual is not None:
+                z.add_(value(residual, "grouped"))
+            pre = z.clone() if (record and act == ACT_SIN) else None
+            y = apply_act(z, act, inplace=True)
+        if record:
+            saved[start] = (hin, w, y, pre, groups)
+    elif kind == "linear":
+        h = values[src]
+        y, z = weights.linear(start, program[start], h, values[residual] if residual is not None else None)
+        if record:
+            saved[start] = (h, None, y, z, None)
+    elif kind == "avgpool":
+        hin = value(src, "grouped")
+        y = F.avg_pool2d(hin, geom[0], geom[1])
+        if residual is not None:
+            y.add_(value(residual, "grouped"))
+        y = apply_act(y, act, inplace=True)
+        if record:
+            saved[start] = (hin, None, None, None, None)
+    else:  # flatten: -> (B, N, C*H*W) in each network's own (c, h, w) order
+        h = values[src]
+        if src == 0 and grouped_input:
+            h = value(0, "grouped")
+        y = flatten(h, B) if (isinstance(h, list) or h.dim() == 4) else h
+        if record:
+            saved[start] = (h, None, None, None, None)
+    values[dst] = y
+
+
+def _split_block(program, start, stop, values, value, weights: Weights, saved, B, dead=None) -> None:
+    """Steps start..stop-1 (per-network convs and pools), network by network. ``dead`` (when not
+    recording): the values no later block reads; those made inside the block are dropped, network
+    by network, after the step that reads them last."""
     entries = program[start:stop]
     inside = {e[2] for e in entries}
+    drop: dict[int, list[int]] = {}  # step -> the block's own values read for the last time there
+    if dead is not None:
+        last = {}
+        for i, e in enumerate(entries, start):
+            for v in (e[1], e[2], e[3]):
+                if v in inside and v in dead:
+                    last[v] = i
+        for v, i in last.items():
+            drop.setdefault(i, []).append(v)
     outside = {v: value(v, "split") for e in entries for v in (e[1], e[3]) if v is not None and v not in inside}
     out = {e[2]: [None] * B for e in entries}
     record = saved is not None
@@ -186,7 +227,8 @@ def _split_block(program, start, stop, values, value, weights: Weights, saved, B
     for b in range(B):
         for i, ((kind, src, dst, residual, act, geom), (prm, ws, hs, ys, pres)) in enumerate(zip(entries, recs), start):
             h = out[src][b] if src in inside else outside[src][b]
-            hs[b] = h
+            if record:
+                hs[b] = h
             if kind == "conv":
                 z = weights.conv_one(i, entries[i - start], prm, b, h)
             else:
@@ -199,6 +241,8 @@ def _split_block(program, start, stop, values, value, weights: Weights, saved, B
             if kind == "conv" and record:
                 ys[b] = y
             out[dst][b] = y
+            for v in drop.get(i, ()):
+                out[v][b] = None
     if record:
         for i, (prm, ws, hs, ys, pres) in enumerate(recs, start):
             saved[i] = (hs, ws, ys if program[i][0] == "conv" else None, pres, "split")

@@ -40,8 +40,8 @@ from .grads import ValueGrads, prep_grad_buffer
 CL = torch.channels_last
 aten = torch.ops.aten
 
-__all__ = ["CHUNK_BYTES", "GeneralNet", "GeneralWeights", "PRepGeneralWeights", "chunk_size", "chunk_sizes",
-           "chunked_forward", "expand_shared", "general_forward", "prep_general_forward",
+__all__ = ["CHUNK_BYTES", "CUDA_CHUNK_DIVISOR", "GeneralNet", "GeneralWeights", "PRepGeneralWeights", "chunk_bytes",
+           "chunk_size", "chunk_sizes", "chunked_forward", "expand_shared", "general_forward", "prep_general_forward",
            "prep_general_forward_autograd", "to_grouped", "value_numels"]
 
 
@@ -163,11 +163,13 @@ def general_forward(spec: ArchSpec, weights: GeneralWeights, x: torch.Tensor, n:
     path, and the reference of :class:`GeneralNet`); with ``record`` (a list, under ``no_grad``),
     what each layer's backward reads is appended to it, one entry per layer, for :class:`GeneralNet`.
     Activations after a conv/linear or an addition run in place (their input is a fresh tensor of
-    ours whose backward does not read it)."""
+    ours whose backward does not read it). Without ``record`` each value is dropped after the layer
+    that reads it last (autograd keeps what its backward needs; without gradient nothing is kept)."""
     if not shared and x.dim() == 5:
         x = to_grouped(x)
     values: dict[int, tuple[torch.Tensor, bool]] = {0: (x, shared)}
-    for layer in spec.layers:
+    dead = _last_reads(spec) if record is None else {}
+    for i, layer in enumerate(spec.layers):
         h, sh = values[layer.src]
         kind = layer.kind
         r = None
@@ -229,11 +231,27 @@ def general_forward(spec: ArchSpec, weights: GeneralWeights, x: torch.Tensor, n:
         values[layer.dst] = (y, sh)
         if record is not None:
             record.append((r, saved, res_info))
+        for v in dead.get(i, ()):
+            values.pop(v, None)
     out, sh = values[spec.layers[-1].dst]
     if record is not None:
         record.append(sh)  # last: whether the output was expanded from a shared value
     return expand_shared(out, n) if sh else out
 
+
+@lru_cache(maxsize=256)
+def _last_reads(spec: ArchSpec) -> dict[int, tuple[int, ...]]:
+    """Layer index -> the values no later layer reads (the output excepted)."""
+    last: dict[int, int] = {}
+    for i, layer in enumerate(spec.layers):
+        for v in (layer.src, layer.residual, layer.dst):
+            if v is not None:
+                last[v] = i
+    last.pop(spec.layers[-1].dst, None)
+    out: dict[int, list[int]] = {}
+    for v, i in last.items():
+        out.setdefault(i, []).append(v)
+    return {i: tuple(vs) for i, vs in out.items()}
 
 
 class _Chunk:
@@ -391,13 +409,35 @@ class GeneralNet(torch.autograd.Function):
         return grad_preps, gx, None, None, None, None
 
 
-#: the largest activation of one chunk of networks, in bytes: per-network calls (chunks of one) while
-#: one network's activations are this big, more networks per grouped call when they are smaller (a
-#: depthwise-separable CNN, B=32, fwd+bwd, 2-core EPYC: N=128 (8 MB a network) chunks of 1 333 ms,
-#: 2 370, 4 562, all 32 grouped 958; N=16 (1 MB) chunks of 1 101 ms, 4 57, 8 58, 32 80): beyond
-#: the caches, the grouped layout's big tensors cost more in memory traffic and fresh pages than
-#: its fewer calls save.
+#: on CPU, the largest activation of one chunk of networks, in bytes: per-network calls (chunks of
+#: one) while one network's activations are this big, more networks per grouped call when they are
+#: smaller (a depthwise-separable CNN, B=32, fwd+bwd, 2-core EPYC: N=128 (8 MB a network) chunks of
+#: 1 333 ms, 2 370, 4 562, all 32 grouped 958; N=16 (1 MB) chunks of 1 101 ms, 4 57, 8 58, 32 80):
+#: beyond the caches, the grouped layout's big tensors cost more in memory traffic and fresh pages
+#: than its fewer calls save. A cache bound: it does not apply on a GPU (:func:`chunk_bytes`).
 CHUNK_BYTES = 8 << 20
+#: on CUDA, the largest activation of one chunk is at most the device's memory over this: a GPU
+#: has no cache to fit (one grouped call for all networks is what it runs fastest), only its memory
+#: to hold a chunk's recorded activations (a few tens of values of that size: 1/64 of an 80 GB H100
+#: is 1.25 GB a value, 32 depthwise CNNs at N = 128, 8 MB a network, stay one call)
+CUDA_CHUNK_DIVISOR = 64
+
+
+@lru_cache(maxsize=16)
+def _cuda_total_memory(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).total_memory)
+
+
+def chunk_bytes(device: torch.device | str | None = None) -> int:
+    """The bound on one chunk's largest activation on ``device``: :data:`CHUNK_BYTES` on CPU (and
+    when no device is given), the device's total memory / :data:`CUDA_CHUNK_DIVISOR` on CUDA (a
+    fixed figure per device, so that a call's chunks, and its CUDA graph's signature, never change
+    with what else is allocated)."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return max(CHUNK_BYTES, _cuda_total_memory(index) // CUDA_CHUNK_DIVISOR)
+    return CHUNK_BYTES
 
 
 @lru_cache(maxsize=256)
@@ -415,15 +455,16 @@ def value_numels(spec: ArchSpec) -> tuple[int, ...]:
     return tuple(v.numel() for v in values.values())
 
 
-def chunk_size(spec: ArchSpec, B: int, N: int, itemsize: int) -> int:
-    """Networks per grouped call (see :data:`CHUNK_BYTES`)."""
+def chunk_size(spec: ArchSpec, B: int, N: int, itemsize: int, device: torch.device | str | None = None) -> int:
+    """Networks per grouped call on ``device`` (see :func:`chunk_bytes`)."""
     per_net = max(value_numels(spec)[1:]) * N * itemsize
-    return max(1, min(B, CHUNK_BYTES // max(per_net, 1)))
+    return max(1, min(B, chunk_bytes(device) // max(per_net, 1)))
 
 
-def chunk_sizes(spec: ArchSpec, B: int, N: int, itemsize: int) -> tuple[int, ...]:
+def chunk_sizes(spec: ArchSpec, B: int, N: int, itemsize: int, device: torch.device | str | None = None
+                ) -> tuple[int, ...]:
     """The B networks cut into consecutive chunks of :func:`chunk_size`."""
-    c = chunk_size(spec, B, N, itemsize)
+    c = chunk_size(spec, B, N, itemsize, device)
     return tuple(min(c, B - s) for s in range(0, B, c))
 
 
@@ -432,7 +473,7 @@ def chunked_forward(spec: ArchSpec, weights: GeneralWeights, x: torch.Tensor, B:
     """:func:`general_forward` over chunks of networks (:func:`chunk_size`), outputs concatenated.
     ``x``: shared (N, ...), per network (B, N, ...), or with ``grouped_input`` (N, B*C, H, W)."""
     N = x.shape[0] if (shared or grouped_input) else x.shape[1]
-    sizes = chunk_sizes(spec, B, N, x.element_size())
+    sizes = chunk_sizes(spec, B, N, x.element_size(), x.device)
     if len(sizes) == 1:
         return general_forward(spec, weights, x, B, shared)
     parts = weights.split(list(sizes))
@@ -455,7 +496,7 @@ def prep_general_forward(spec: ArchSpec, preps: torch.Tensor, x: torch.Tensor, s
     if not (torch.is_grad_enabled() and (preps.requires_grad or x.requires_grad)):
         with torch.no_grad():
             return chunked_forward(spec, PRepGeneralWeights(spec, preps2d, preps.shape[2]), x, B, shared)
-    sizes = chunk_sizes(spec, B, x.shape[0] if shared else x.shape[1], x.element_size())
+    sizes = chunk_sizes(spec, B, x.shape[0] if shared else x.shape[1], x.element_size(), x.device)
     return GeneralNet.apply(preps2d, x, spec, preps.shape[2], shared, sizes)
 
 

@@ -14,7 +14,10 @@ On CUDA tensors :func:`netspace_fast.batched_forward` and the zoo trainer run th
 * fixed-shape calls replayed from CUDA graphs (:mod:`netspace_fast.engine.graphs`): a whole batched
   forward + backward is a handful of graph launches instead of hundreds of kernel launches;
 * the backward as on CPU: one autograd node, every weight gradient written into ONE (B, P) PRep
-  gradient, activations freed once used.
+  gradient, activations freed once used;
+* a call without gradient (evaluation, teachers' logits) records nothing: each activation is
+  dropped after its last use (:func:`netspace_fast.engine.executor.run`), so its peak memory, and
+  that of its CUDA graph, is a few layers' activations.
 
 ``NETSPACE_BACKEND=triton`` (or ``backend="triton"``) runs the older program instead, every layer as
 the batched layer ops' Triton kernel (:class:`netspace_fast.engine.batched._BatchedNet`);
@@ -34,7 +37,8 @@ from __future__ import annotations
 import torch
 
 from .. import settings
-from .cpu import GroupedNet
+from .cpu import FusedPRepWeights, GroupedNet
+from .executor import run
 from .general import prep_general_forward
 from .graphs import ENGINE
 from .program import compile_program
@@ -73,4 +77,13 @@ def gpu_forward(spec, preps: torch.Tensor, x: torch.Tensor, shared: bool) -> tor
         preps2d = preps2d.contiguous()
     program = compile_program(spec, preps.shape[2])
     return ENGINE.call(("batched_forward", spec, shared, preps.shape[2]),
-                       lambda p2, xx: GroupedNet.apply(p2, xx, program, shared, True), (preps2d, x))
+                       lambda p2, xx: _fast_forward(program, p2, xx, shared), (preps2d, x))
+
+
+def _fast_forward(program, preps2d: torch.Tensor, x: torch.Tensor, shared: bool) -> torch.Tensor:
+    """The fast engine's GPU program: one autograd node that records its backward's activations when
+    a gradient is wanted; otherwise the executor without a record (values dropped after use)."""
+    if torch.is_grad_enabled() and (preps2d.requires_grad or x.requires_grad):
+        return GroupedNet.apply(preps2d, x, program, shared, True)
+    out, _ = run(program, x, preps2d.shape[0], FusedPRepWeights(preps2d), shared=shared, fused=True)
+    return out

@@ -30,7 +30,19 @@ Semantics kept from eager execution:
   the conv layout rule measures new shapes there, so nothing is timed or compiled inside a capture)
   leave the ``buffers`` (BatchNorm statistics) as they found them; parameters are only read;
 * a capture that fails (an operation that cannot be captured) warns once and that signature runs
-  eagerly from then on.
+  eagerly from then on (it is remembered apart from the captures: it takes no place among the
+  ``max_graphs`` and is never retried).
+
+Devices. Capture and both replays run under the arguments' device (``torch.cuda.device``): a call
+on ``cuda:1`` while another device is current captures its kernels on ``cuda:1``'s stream (without
+the guard the graph would be empty and every replay would return the capture-time output).
+
+Memory. A forward + backward capture keeps its activations in its own pool (its backward reads
+them). Calls without gradient keep nothing between replays: their captures share ONE pool per
+device, so their memory is the largest of them, not their sum. This is safe because a replay's
+output is cloned before anything else runs: another capture of the pool may reuse the memory of
+this one's intermediates (and so overwrite its static output when replayed), never its static
+inputs, which live outside the pool.
 
 Graphs are used for work on CUDA tensors when ``NETSPACE_CUDA_GRAPHS`` is on (the default), never
 inside ``torch.compile`` tracing or another capture. In the rehearsal (``NETSPACE_GPU_REHEARSAL=1``,
@@ -43,6 +55,7 @@ graphs is tested on CPU; only ``torch.cuda.graph`` itself is not.
 from __future__ import annotations
 
 import collections
+import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -50,7 +63,7 @@ import torch
 
 from .. import settings
 
-__all__ = ["CAPTURE_AFTER", "ENGINE", "GraphCache", "WARMUP", "enabled"]
+__all__ = ["CAPTURE_AFTER", "ENGINE", "GraphCache", "WARMUP", "enabled", "on_device"]
 
 #: a signature is captured when it is seen for this many times (once: eager, no capture cost)
 CAPTURE_AFTER = 2
@@ -67,6 +80,14 @@ def enabled(device: torch.device) -> bool:
     return device.type == "cpu" and settings.gpu_rehearsal()
 
 
+def on_device(device: torch.device):
+    """A context where ``device`` is the current CUDA device (``torch.cuda.device``); nothing for
+    other devices (the rehearsal's CPU tensors)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def _static_like(a: torch.Tensor) -> torch.Tensor:
     s = torch.empty_like(a)
     s.copy_(a.detach())
@@ -77,9 +98,11 @@ class _Captured:
     """One signature's static tensors and its forward (and backward) graph."""
 
     def __init__(self, fn: Callable[..., torch.Tensor], args: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
-                 buffers: Sequence[torch.Tensor]) -> None:
+                 buffers: Sequence[torch.Tensor], pools: dict | None = None, device: torch.device | None = None
+                 ) -> None:
         self.fn = fn
-        self.cuda = args[0].device.type == "cuda"
+        self.device = args[0].device if device is None else device  # where the arguments live
+        self.cuda = self.device.type == "cuda"
         self.n_args = len(args)
         self.static_args = [_static_like(a) for a in args]
         self.params = list(params)
@@ -90,10 +113,11 @@ class _Captured:
         self.live: torch.Tensor | None = None  # the rehearsal's latest forward, with its autograd graph
         kept = [b.detach().clone() for b in buffers]
         try:
-            if self.cuda:
-                self._capture_cuda()
-            else:
-                self._capture_rehearsed()
+            with on_device(self.device):
+                if self.cuda:
+                    self._capture_cuda(pools)
+                else:
+                    self._capture_rehearsed()
         finally:
             with torch.no_grad():
                 for b, k in zip(buffers, kept):
@@ -102,7 +126,15 @@ class _Captured:
     def _grads(self, out: torch.Tensor, gout: torch.Tensor):
         return torch.autograd.grad(out, self.diff, gout, allow_unused=True)
 
-    def _capture_cuda(self) -> None:
+    def _capture_cuda(self, pools: dict | None) -> None:
+        """Warm-up on a side stream, then the capture (the caller made ``self.device`` current).
+        Without gradient the forward goes into the device's shared pool of ``pools`` (module
+        docstring), else into a private pool that its backward shares."""
+        pool = None
+        if not self.grad and pools is not None:
+            pool = pools.get(self.device)
+            if pool is None:
+                pool = pools[self.device] = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -113,7 +145,7 @@ class _Captured:
                 del out
         torch.cuda.current_stream().wait_stream(side)
         self.fwd = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.fwd):
+        with torch.cuda.graph(self.fwd, pool=pool):
             live = self.fn(*self.static_args)
         self.static_out = live.detach()
         if self.grad:
@@ -139,7 +171,8 @@ class _Captured:
             for s, a in zip(self.static_args, args):
                 s.copy_(a)
         if self.cuda:
-            self.fwd.replay()
+            with on_device(self.device):
+                self.fwd.replay()
         else:
             with torch.set_grad_enabled(self.grad):  # autograd.Function.forward runs without grad mode
                 live = self.fn(*self.static_args)
@@ -155,7 +188,8 @@ class _Captured:
         with torch.no_grad():
             self.static_gout.copy_(gout)
         if self.cuda:
-            self.bwd.replay()
+            with on_device(self.device):
+                self.bwd.replay()
         else:
             grads = self._grads(self.live, self.static_gout)
             self.live = None
@@ -189,9 +223,6 @@ class _Replay(torch.autograd.Function):
         return (None, None, *out)
 
 
-_FAILED = object()  # a signature whose capture failed: eager from then on
-
-
 class GraphCache:
     """Captured calls by signature (module docstring), at most ``max_graphs`` of them."""
 
@@ -200,6 +231,8 @@ class GraphCache:
             raise ValueError(f"max_graphs: expected a positive int, got {max_graphs!r}")
         self.max_graphs = max_graphs
         self._graphs: collections.OrderedDict = collections.OrderedDict()
+        self._failed: set = set()  # signatures whose capture failed: eager from then on, never evicted
+        self._pools: dict = {}  # device -> the memory pool of the no-grad captures (module docstring)
         self._seen: collections.Counter = collections.Counter()
         self._stats: collections.Counter = collections.Counter()
 
@@ -208,12 +241,15 @@ class GraphCache:
         without a graph), ``recomputed`` (backwards that replayed their forward again), ``evicted``,
         ``failed`` (captures that failed); ``graphs``: the captures kept now."""
         out = {k: self._stats[k] for k in ("captured", "replayed", "eager", "recomputed", "evicted", "failed")}
-        out["graphs"] = sum(1 for v in self._graphs.values() if v is not _FAILED)
+        out["graphs"] = len(self._graphs)
         return out
 
     def clear(self) -> None:
-        """Drops every capture (their memory goes back to the allocator) and the counts."""
+        """Drops every capture (their memory goes back to the allocator), the failed signatures and
+        the counts."""
         self._graphs.clear()
+        self._failed.clear()
+        self._pools.clear()
         self._seen.clear()
         self._stats.clear()
 
@@ -232,6 +268,9 @@ class GraphCache:
         if not args or not enabled(args[0].device):
             return fn(*args)
         sig = self._signature(key, args, params)
+        if sig in self._failed:
+            self._stats["eager"] += 1
+            return fn(*args)
         cap = self._graphs.get(sig)
         if cap is None:
             self._seen[sig] += 1
@@ -239,9 +278,10 @@ class GraphCache:
                 self._stats["eager"] += 1
                 return fn(*args)
             try:
-                cap = _Captured(fn, args, params, buffers)
+                cap = _Captured(fn, args, params, buffers, self._pools, args[0].device)
             except Exception as e:  # an operation that cannot be captured: this signature stays eager
-                self._graphs[sig] = _FAILED
+                self._failed.add(sig)
+                self._seen.pop(sig, None)
                 self._stats["failed"] += 1
                 warnings.warn(f"netspace_fast: capturing a CUDA graph of {key!r} failed ({type(e).__name__}: {e}); "
                               f"these calls run without a graph", RuntimeWarning, stacklevel=2)
@@ -252,16 +292,13 @@ class GraphCache:
                 old, _ = self._graphs.popitem(last=False)
                 self._seen[old] = 0  # an evicted signature must be seen again as often before it is recaptured
                 self._stats["evicted"] += 1
-        elif cap is _FAILED:
-            self._stats["eager"] += 1
-            return fn(*args)
         else:
             self._graphs.move_to_end(sig)
         self._stats["replayed"] += 1
         if cap.grad:
             return _Replay.apply(cap, self._stats, *args, *cap.params)
         cap.forward(args)
-        return cap.static_out.clone()
+        return cap.static_out.clone()  # at once: another no-grad capture of the pool may overwrite it
 
 
 #: the process-wide cache of :func:`netspace_fast.batched_forward`'s GPU program (a Multi space's step

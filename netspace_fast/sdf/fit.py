@@ -236,9 +236,21 @@ class SirenFitter:
         return self.lr * self.lr_decay ** (t // self.decay_every)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's points (K, N, 3) and distances (K, N), each network from its own generator."""
-        xs, ys = zip(*(self.shapes.sample(i, self.points, g) for i, g in zip(self.indices, self.gens)))
-        return torch.stack(xs).to(self.device), torch.stack(ys).to(self.device)
+        """This step's points (K, N, 3) and distances (K, N), each network from its own generator.
+
+        Drawn on the CPU (each network's generator) straight into one host buffer each, sent in one
+        copy each; on CUDA the buffers are pinned and the copies non-blocking, so a step never waits
+        for the device (a pageable ``.to('cuda')`` synchronizes the stream)."""
+        cuda = self.device.type == "cuda"
+        xs = ys = None
+        for k, (i, g) in enumerate(zip(self.indices, self.gens)):
+            pts, sdf = self.shapes.sample(i, self.points, g)
+            if xs is None:
+                xs = torch.empty((self.K, *pts.shape), dtype=pts.dtype, pin_memory=cuda)
+                ys = torch.empty((self.K, *sdf.shape), dtype=sdf.dtype, pin_memory=cuda)
+            xs[k].copy_(pts)
+            ys[k].copy_(sdf)
+        return xs.to(self.device, non_blocking=cuda), ys.to(self.device, non_blocking=cuda)
 
     def train_step(self) -> torch.Tensor:
         """One Adam step of all K networks; returns each network's MSE (K,) before the step."""

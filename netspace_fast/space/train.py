@@ -238,7 +238,7 @@ def augment_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     off, flips = crop_flip_draws(n, pad, gen)
     index = torch.arange(n)[None]
     if x.device.type != "cpu":
-        index, off, flips = index.to(x.device), off.to(x.device), flips.to(x.device)
+        index, off, flips = (_to_device(t, x.device) for t in (index, off, flips))
     return gather_grouped(x, index, off[None], flips[None], pad, list(NORMALIZED_BLACK)).contiguous()
 
 
@@ -329,14 +329,16 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
         order = torch.randperm(M, generator=g)
         if p.images_per_epoch:
             order = order[:p.images_per_epoch]
+        # the step's losses stay on the device (0-d tensors) and are read once, at the end of the epoch:
+        # float() every step would wait for the device each step (up to 4 times with the loss terms)
         losses, terms = [], {}
         pair_order = torch.randperm(len(pairs), generator=g) if pairs is not None else None
         for t, s in enumerate(range(0, len(order), p.image_batch)):
-            idx = order[s:s + p.image_batch].to(x.device)
+            idx = _to_device(order[s:s + p.image_batch], x.device)
             if pairs is not None:  # one pair a step, the pairs in a fresh order each epoch
-                nets = pairs[pair_order[t % len(pairs)]].to(preps.device)
+                nets = _to_device(pairs[pair_order[t % len(pairs)]], preps.device)
             else:
-                nets = torch.randperm(preps.shape[0], generator=g)[:p.meta_batch].to(preps.device)
+                nets = _to_device(torch.randperm(preps.shape[0], generator=g)[:p.meta_batch], preps.device)
             if p.augment:  # the batch augmented, and the teacher's logits on the augmented images
                 xb, yb = augment_images(x[idx], g), y[idx]
                 tb = None
@@ -353,9 +355,10 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
             if p.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(params, p.clip_grad)
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())
             for k, v in _terms(out).items():
                 terms.setdefault(k, []).append(v)
+        losses, terms = _read_once(losses, terms)  # the epoch's one wait for the device
         record = {"epoch": epoch, "loss": sum(losses) / len(losses)}
         record.update({k: sum(v) / len(v) for k, v in terms.items()})
         if epoch % p.val_every == 0 or epoch == n_epochs:
@@ -390,15 +393,41 @@ def _fingerprint(params) -> str:
     return h.hexdigest()
 
 
-def _terms(out) -> dict[str, float]:
-    """The loss terms of a step, for the metrics (Multi: L_class, mixture, L_gamma's parts)."""
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor of a step's draws (image indices, network indices) to ``device`` without waiting
+    for the device: on CUDA through pinned memory, non-blocking (a plain ``.to('cuda')`` from pageable
+    memory synchronizes the stream); elsewhere ``t.to(device)``."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _terms(out) -> dict[str, torch.Tensor]:
+    """The loss terms of a step, for the metrics (Multi: L_class, mixture, L_gamma's parts), as 0-d
+    tensors on the step's device (read by :func:`_read_once`)."""
     if not hasattr(out, "class_loss"):
         return {}
-    t = {"class_loss": float(out.class_loss.detach()), "kd_mixture": float(out.kd.detach().mean())}
+    t = {"class_loss": out.class_loss.detach(), "kd_mixture": out.kd.detach().mean()}
     if out.gamma_kd.numel():
-        t["gamma_class_loss"] = float(out.gamma_class_loss.detach())
-        t["gamma_kd_mixture"] = float(out.gamma_kd.detach().sum())
+        t["gamma_class_loss"] = out.gamma_class_loss.detach()
+        t["gamma_kd_mixture"] = out.gamma_kd.detach().sum()
     return t
+
+
+def _read_once(losses: list[torch.Tensor], terms: dict[str, list[torch.Tensor]]
+               ) -> tuple[list[float], dict[str, list[float]]]:
+    """An epoch's step losses and loss terms (0-d tensors) as Python floats, in one transfer: the same
+    numbers as ``float()`` of each (float32 values, summed afterwards in Python as before)."""
+    keys = list(terms)
+    rows = [losses] + [terms[k] for k in keys]
+    flat = torch.cat([torch.stack([v.reshape(()) for v in row]).double() for row in rows if row]).tolist()
+    out, i = [], 0
+    for row in rows:
+        out.append(flat[i:i + len(row)])
+        i += len(row)
+    return out[0], dict(zip(keys, out[1:]))
 
 
 def _scalars(record: dict) -> dict[str, float]:

@@ -28,7 +28,12 @@ def setup_distributed(device: str):
         torch.cuda.set_device(device)
     owned = not dist.is_initialized()
     if owned:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            # device_id binds the NCCL communicator to this rank's GPU at once (without it NCCL guesses
+            # the device at the first collective, and a barrier may warn or hang on a wrong guess)
+            dist.init_process_group("nccl", device_id=torch.device(device))
+        else:
+            dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size(), device, dist, owned
 
 

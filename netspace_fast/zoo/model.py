@@ -13,6 +13,8 @@ get alone (tested).
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -89,10 +91,14 @@ class BatchedZooNet(nn.Module):
         """``self(x, grouped=grouped)``, on the GPU program replayed from CUDA graphs for shapes seen
         before (:mod:`netspace_fast.engine.graphs`: the stacked parameters are read and the
         BatchNorm statistics updated in place by the replays, the parameters' gradients handed to
-        autograd as usual); elsewhere the plain call."""
+        autograd as usual); elsewhere the plain call.
+
+        The captured function holds the net by a weak reference: the net owns its graph cache, so a
+        strong one would make a cycle (net -> cache -> capture -> function -> net) that keeps a
+        finished job's net, and its graphs' memory pools, alive until the cycle collector runs."""
         if not graphs_enabled(x.device):  # the CPU program: a plain call
             return self(x, grouped=grouped)
-        return self.graphs.call(("zoo", self.training, grouped), lambda xx: self(xx, grouped=grouped), (x,),
+        return self.graphs.call(("zoo", self.training, grouped), _WeakCall(self, grouped), (x,),
                                 params=tuple(self.parameters()), buffers=tuple(self.buffers()))
 
     def _bias(self, layer) -> torch.Tensor | None:
@@ -146,6 +152,21 @@ class BatchedZooNet(nn.Module):
             m.load_state_dict(sd)
             out.append(m.eval())
         return out
+
+
+class _WeakCall:
+    """``net(x, grouped=grouped)`` through a weak reference to ``net`` (see :meth:`BatchedZooNet.graphed`)."""
+
+    __slots__ = ("net", "grouped")
+
+    def __init__(self, net: BatchedZooNet, grouped: bool) -> None:
+        self.net, self.grouped = weakref.ref(net), grouped
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net()
+        if net is None:  # pragma: no cover - the net owns the cache that calls this
+            raise RuntimeError("BatchedZooNet: called after the net was freed")
+        return net(x, grouped=self.grouped)
 
 
 class _StackedWeights(Weights):
