@@ -11,8 +11,13 @@ variable                   values (default first)   effect
                                                     clearly when that kernel cannot run.
 ``NETSPACE_CONV_LAYOUT``   auto, grouped, split,    the batched engine's layout of convolutions
                            rule, tune               (netspace_fast.engine.layout): auto = timed per
-                                                    layer shape on this device (CPU or GPU), once,
-                                                    then cached on disk; tune = the same (kept as a
+                                                    layer shape on this device (CPU or GPU), both
+                                                    layouts interleaved, and the verdict cached on
+                                                    disk: a clear winner on a quiet machine is kept;
+                                                    a close call, noisy rounds or a timing under
+                                                    load take the static rule (the last two are
+                                                    timed again by later runs); ``netspace layout
+                                                    show|clear|retune``; tune = the same (kept as a
                                                     name); rule = the static threshold rule (no
                                                     timing); grouped / split force one layout.
 ``NETSPACE_CACHE_DIR``     (unset), a folder        where measured choices are cached (the layout

@@ -14,11 +14,13 @@ Scenarios (W = 10,000; peers in pack_peers.py):
   4. the Triton backend (backend='triton') vs the native CUDA backend on scenarios 1 to 3.
 Times are medians of CUDA-event intervals around each call (host work included: the peers are
 launch-bound, and pack_preps' Python side counts too), every provider under torch.no_grad().
-Prints one table (scenario, ours ms, peer ms, ratio = peer / ours, goal, pass/fail); goals are
+Prints one markdown table (scenario, ours, peer, ours ms, peer ms, ratio = peer / ours, goal,
+result), each row as soon as it is measured (a run cut short keeps what it measured); goals are
 reported, never asserted. Exits 1 only when a provider's output disagrees with pack_preps'.
 
 Without a GPU it prints 'skipped: no CUDA' and exits 0. ``--device cpu --quick`` runs the same
-code on CPU with small batches (a smoke test of this script, not a benchmark).
+code on CPU with small batches (a smoke test of this script, not a benchmark; batches / 32 when the
+Triton kernels are interpreted).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from pack_peers import WIDTH, foldpack_fuse_weights, make_models, pack_cat_pad
 
     device = torch.device(args.device)
-    scale = 8 if args.quick else 1
+    scale = (32 if nf_backend.triton_interpreted() else 8) if args.quick else 1
     reps = 3 if args.quick else args.reps
     timer = Timer(device, 1 if args.quick else args.warmup, reps)
     default_backend = nf_backend.select("pack_preps", device)
@@ -114,17 +116,30 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     wrong = False
 
-    def add(scenario, ours_label, peer_label, ours_ms, peer_ms, goal, ok=True):
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    def show(r):
+        goal = f">= {r['goal']:g}x" if r["goal"] else "-"
+        ratio = "-" if r["ours_ms"] is None else f"{r['ratio']:.2f}x"
+        print(f"| {r['scenario']} | {r['ours']} | {r['peer']} | {fmt(r['ours_ms'], '.3f')} | "
+              f"{fmt(r['peer_ms'], '.3f')} | {ratio} | {goal} | {r['status']} |", flush=True)
+
+    def add(scenario, ours_label, peer_label, ours_ms, peer_ms, goal, ok=True, status=None):
         nonlocal wrong
         ratio = peer_ms / ours_ms if ours_ms and peer_ms is not None else float("nan")
-        if not ok:
+        if status is None and not ok:
             status, wrong = "WRONG OUTPUT", True
-        elif goal is None:
+        elif status is None and goal is None:
             status = "info"
-        else:
+        elif status is None:
             status = "pass" if ratio >= goal else "fail"
         rows.append(dict(scenario=scenario, ours=ours_label, peer=peer_label, ours_ms=ours_ms, peer_ms=peer_ms,
                          ratio=ratio, goal=goal, status=status))
+        show(rows[-1])
+
+    print("| scenario | ours | peer | ours ms | peer ms | ratio | goal | result |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | --- |", flush=True)
 
     def pack(models, backend=None):
         return netspace_fast.pack_preps(models, width=WIDTH, backend=backend)
@@ -190,25 +205,12 @@ def main(argv: list[str] | None = None) -> int:
                                      (f"fold+pack resnet56 B={len(r56)}", r56, False)):
             sc = f"triton vs {native}: {label}"
             if not (can_native and can_triton):
-                add(sc, f"pack_preps[{native}]", "pack_preps[triton]", None, None, None)
-                rows[-1]["status"] = "n/a (backend missing)"
+                add(sc, f"pack_preps[{native}]", "pack_preps[triton]", None, None, None, status="n/a (backend missing)")
                 continue
             ok = _same(pack(models, "triton"), pack(models, native), exact=exact)
             add(sc, f"pack_preps[{native}]", "pack_preps[triton]", timer(lambda: pack(models, native)),
                 timer(lambda: pack(models, "triton")), None, ok)
 
-    def fmt(v, spec):
-        return f"{'-':>9}" if v is None else format(v, spec)
-
-    header = (f"{'scenario':<40} | {'ours':<26} | {'peer':<34} | {'ours ms':>9} | {'peer ms':>9} | {'ratio':>7} | "
-              f"{'goal':>7} | result")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        goal = f">={r['goal']:g}x" if r["goal"] else "-"
-        ratio = "-" if r["ours_ms"] is None else f"{r['ratio']:6.2f}x"
-        print(f"{r['scenario']:<40} | {r['ours']:<26} | {r['peer']:<34} | {fmt(r['ours_ms'], '9.3f')} | "
-              f"{fmt(r['peer_ms'], '9.3f')} | {ratio:>7} | {goal:>7} | {r['status']}")
     print(bw_note)
     print("ratio = peer ms / ours ms (for the copy row: the fraction of D2D copy bandwidth reached)")
 

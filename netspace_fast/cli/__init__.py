@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from . import demo as _demo_commands  # noqa: F401  (registers ``netspace demo``)
 from . import explore as _explore_commands  # noqa: F401  (interpolate, sample-unseen, optimize, export, visualize)
+from . import layout as _layout_commands  # noqa: F401  (registers ``netspace layout show|clear|retune``)
 from . import space as _space_commands  # noqa: F401  (registers ``netspace train|eval ...``)
 from . import sdf as _sdf_commands  # noqa: F401  (registers ``netspace train sdf``)
 from . import zoo as _zoo_commands  # noqa: F401  (registers ``netspace zoo ...``)

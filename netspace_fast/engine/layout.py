@@ -29,13 +29,47 @@ choice is measured on the machine that runs it:
 
 The tuner (:class:`LayoutTuner`). The first time a conv layer shape is met, both layouts run one
 forward + backward (weight, bias and input gradients; the shared input of NetSpace evaluation gets
-none) on random tensors of that shape: one warm-up, then up to :data:`MAX_REPS` timed repetitions
-each, alternating, fewer when one repetition is slow (about :data:`TUNE_BUDGET_S` seconds of timed
-work per shape at most), the median of each. The faster layout wins (a tie: grouped). The data
-comes from a private ``torch.Generator`` (the global RNG state is untouched), under its own grad
-mode (the caller's autograd graph and ``no_grad`` / ``inference_mode`` / autocast state are
-untouched); the caller's tensors are never used. A shape whose timing fails (out of memory, an
-unsupported dtype) gets the static rule, in memory only, with a warning.
+none) on random tensors of that shape (:func:`_time_layouts`):
+
+* one warm-up call of each layout first (primitive creation, first-touch memory: never timed);
+* then timed rounds, each ONE call of every layout, interleaved (grouped split, split grouped,
+  grouped split, ...: a slow phase of the machine hits both, and neither always runs first), at
+  least :data:`MIN_REPS` rounds, more (up to :data:`MAX_REPS`) until the rounds have taken
+  :data:`MIN_TIME_S` seconds (but :data:`LOADED_ROUNDS` rounds when the machine is loaded by then:
+  the verdict is ``loaded`` anyway);
+* meanwhile, the load: the CPU time other processes took on the cores this process may use
+  (``/proc/stat`` less this process's own CPU time, over the timing's wall time; steal time of a
+  virtual machine counts as others'), and ``os.getloadavg()`` and the number of cores.
+
+The verdict (:func:`judge`), recorded with the timing in the cache entry (``decision``):
+
+* ``loaded``: other processes kept more than ``cores - threads +`` :data:`LOAD_SLACK` cores busy
+  (threads: torch's intra-op threads; 1 on a GPU, the launching thread). Under contention the
+  layouts do not slow down alike (B small parallel calls wait at B times as many barriers), so an
+  interleaved timing can still be clean and wrong: a loaded timing never decides;
+* ``noisy``: fewer than :data:`MIN_REPS` rounds, or a layout's times spread by more than
+  :data:`NOISE_LIMIT` (median absolute deviation / median);
+* ``close``: a quiet, clean timing where the faster layout's median is less than
+  :data:`CLEAR_MARGIN` ahead, or it won fewer than :data:`CLEAR_ROUNDS` of the rounds, or it is
+  not the static rule's layout and is less than :data:`DEVIATE_MARGIN` ahead or saves less than
+  ``switch_ms``: the time of converting the layer's input and output to the other layout and back
+  (what a layer of the other layout among its neighbours costs on top, forward and backward;
+  timed in the same rounds). The timing of one layer alone sees neither these conversions nor the
+  network-by-network execution of a run of split layers: on a 2-core Xeon (BENCHMARKS.md), one
+  grouped layer among ResNet8's split ones, 8-24% faster alone, ran a zoo epoch at 0.66-0.87x
+  the speed of all split;
+* ``measured``: otherwise: the faster layout.
+
+``measured`` takes the faster layout; ``close``, ``noisy`` and ``loaded`` take the static rule
+(:func:`use_split`). ``measured`` and ``close`` are final: every later run reads them. ``noisy``
+and ``loaded`` entries (and the entries of older cache files, which carry no ``decision``) are
+timed again by the next process that meets the shape, up to :data:`MAX_ATTEMPTS` timings in all;
+after that the rule stays until ``netspace layout retune`` (or ``clear``). One network (B = 1) is
+never timed: both layouts are the same one convolution (grouped). The data comes from a private
+``torch.Generator`` (the global RNG state is untouched), under its own grad mode (the caller's
+autograd graph and ``no_grad`` / ``inference_mode`` / autocast state are untouched); the caller's
+tensors are never used. A shape whose timing fails (out of memory, an unsupported dtype) gets the
+static rule, in memory only, with a warning.
 
 The key of a choice (:meth:`ConvShape.key`) is ``cin=.. cout=.. k=.. stride=.. padding=.. in=HxW
 B=.. N=.. dtype=.. device=..`` plus ``threads=T`` on CPUs (torch's intra-op threads: the crossover
@@ -48,32 +82,44 @@ on disk per device model and torch version, one JSON file per pair::
 ``platform.processor()``; a GPU's ``torch.cuda.get_device_name``; both as file-name slugs), in the
 folder :func:`netspace_fast.settings.cache_dir` names (``NETSPACE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/netspace_fast`` or ``~/.cache/netspace_fast``). The file holds, per key, the
-choice and both measured times::
+layout, the verdict and how it was measured::
 
     {"format": 1, "device": "...", "torch": "2.14.1", "key": "...",
-     "entries": {"cin=16 cout=16 k=3 ... threads=2": {"layout": "split", "grouped_ms": 75.1, "split_ms": 55.0}}}
+     "entries": {"cin=16 cout=16 k=3 ... threads=2": {
+         "layout": "split", "decision": "measured", "grouped_ms": 75.1, "split_ms": 55.0,
+         "switch_ms": 9.2, "reps": 7, "grouped_spread": 0.012, "split_spread": 0.021, "split_won": 7,
+         "load": 0.03, "loadavg": 0.4, "cpus": 2, "attempts": 1, "timed": "2026-12-07T15:00:00Z"}}}
 
-It is written atomically (:func:`netspace_fast.storage.atomic_write_bytes`), read-modify-written
-under the cache folder's lock (concurrent jobs measure a shape once and agree on it: the first
-measurement on disk wins). A corrupt or unreadable file warns once and is measured again and
-rewritten; an unwritable folder warns once and the choices stay in memory for the process. Each
-choice is made once per key per process and then fixed (memoized in memory), so a training run
-never changes layout midway, even if the file is deleted meanwhile; once cached, every later run
-makes the same choices (reproducible training). Under ``torch.compile`` the choice is a constant
-of the graph (made, and if need be measured, while tracing).
+(an entry of an older version has the first three fields only; such a file is still read, its
+entries timed again). It is written atomically (:func:`netspace_fast.storage.atomic_write_bytes`),
+read-modify-written under the cache folder's lock (concurrent jobs time a shape once and agree on
+it: the first final entry on disk wins). A corrupt or unreadable file warns once and is measured
+again and rewritten; an unwritable folder warns once and the choices stay in memory for the
+process. Each choice is made once per key per process and then fixed (memoized in memory), so a
+training run never changes layout midway, even if the file changes meanwhile (a ``noisy`` shape
+re-timed by a later process changes that later process only); once final, every later run makes
+the same choices (reproducible training). Under ``torch.compile`` the choice is a constant of the
+graph (made, and if need be measured, while tracing).
+
+On CUDA the same candidates are timed with ``torch.cuda.synchronize``: cuDNN's grouped
+channels-last kernels against B ordinary channels-last calls (the GPU program measures a shape
+before any CUDA graph of it is captured, so capture never times). Not (yet) candidates there: the
+grouped convolution in NCHW (what ``torch.func.vmap`` gets from cuDNN; the GPU program keeps its
+activations channels-last, so the choice could not be acted on), and the split layout replayed
+from a CUDA graph (it is timed eagerly, launch overhead included, which replay would remove: on a
+GPU the timing favours grouped where the two are close).
 
 ``NETSPACE_CONV_LAYOUT`` (:func:`netspace_fast.settings.conv_layout`) overrides it:
 
-* ``auto`` (default): measured (tuned, cached) on the device that runs it, CPU or GPU (on CUDA
-  timed with ``torch.cuda.synchronize``: cuDNN's grouped kernels against B ordinary calls; the
-  GPU program measures a shape before any CUDA graph of it is captured, so capture never times);
+* ``auto`` (default): measured (tuned, cached) on the device that runs it, CPU or GPU;
 * ``tune``: the same as ``auto`` (an older name, kept);
 * ``rule``: the static threshold rule (:func:`use_split`), no timing: deterministic on any machine
   (what the test suite runs with);
 * ``grouped`` / ``split``: one layout everywhere (benchmarks, A/B measurements on new machines).
 
-The cached choices of this machine: ``python -c "from netspace_fast.engine import layout;
-layout.print_cache()"`` (the file's path, then per key the choice and both times).
+The cached choices of this machine: ``netspace layout show`` (also ``python -m
+netspace_fast.engine.layout``: :func:`print_cache`); ``netspace layout retune`` times the undecided
+entries again now (``--all``: every entry), ``netspace layout clear`` deletes the file.
 """
 
 from __future__ import annotations
@@ -107,12 +153,33 @@ SPLIT_MIN_CHANNELS = 16
 
 LAYOUTS = settings.CONV_LAYOUTS
 
-#: the format number of the cache files (a file of another format is measured again and rewritten)
+#: the format number of the cache files (a file of another format is measured again and rewritten).
+#: Entries of format 1 files written before the verdicts existed lack ``decision``: read, and re-timed.
 CACHE_FORMAT = 1
-#: timed repetitions of each layout per shape, at most (after one warm-up each)
-MAX_REPS = 5
-#: seconds the timed repetitions of one shape may take together, about (at least one repetition runs)
-TUNE_BUDGET_S = 1.0
+#: timed rounds (one call of each layout, interleaved) per shape: at least this many ...
+MIN_REPS = 5
+#: ... and more, up to MAX_REPS, until the rounds have taken MIN_TIME_S seconds (small shapes: a
+#: steadier median, and a window long enough to measure the load over)
+MAX_REPS = 50
+MIN_TIME_S = 0.25
+#: a layout is ahead clearly when the other's median is at least this fraction slower ...
+CLEAR_MARGIN = 0.05
+#: ... and it was the faster in at least this fraction of the interleaved rounds
+CLEAR_ROUNDS = 0.8
+#: leaving the static rule takes more: the other layout at least this fraction faster, and saving
+#: more than the conversions a layout change costs around the layer (``switch_ms``)
+DEVIATE_MARGIN = 0.25
+#: a timing is noisy when a layout's times spread by more than this (median absolute deviation / median)
+NOISE_LIMIT = 0.10
+#: a timing is loaded when other processes kept more than (cores - threads + LOAD_SLACK) cores busy
+LOAD_SLACK = 0.5
+#: a timing stops after this many rounds when the machine is loaded by then (its verdict: loaded)
+LOADED_ROUNDS = 2
+#: a noisy or loaded shape is timed again by later processes, up to this many timings in all
+MAX_ATTEMPTS = 5
+#: the verdicts of a timing (:func:`judge`); FINAL ones are never timed again (but by ``retune``)
+DECISIONS = ("measured", "close", "noisy", "loaded")
+FINAL = ("measured", "close")
 
 KEY_DOC = ("cin cout k stride padding in=HxW (input) B (networks) N (images per network) dtype device "
            "[threads: torch's intra-op threads, CPUs] [shared: one input for all networks]")
@@ -209,6 +276,27 @@ class ConvShape(NamedTuple):
             key += f" threads={self.threads}"
         return key + (" shared" if self.shared else "")
 
+    @classmethod
+    def from_key(cls, key: str) -> "ConvShape":
+        """The shape a :meth:`key` names (``netspace layout retune`` times the cached keys again);
+        ValueError for a string that is no key."""
+        m = _KEY_RE.fullmatch(key) if isinstance(key, str) else None
+        if m is None:
+            raise ValueError(f"not a conv layout key: {key!r} (expected {KEY_DOC})")
+        g = m.groupdict()
+        dev = g["device"]
+        if (dev == "cpu") != (g["threads"] is not None):
+            raise ValueError(f"not a conv layout key: {key!r} (threads=T on CPUs, and only there)")
+        return cls.make(int(g["cin"]), int(g["cout"]), int(g["k"]), int(g["stride"]), int(g["padding"]),
+                        (int(g["h"]), int(g["w"])), int(g["B"]), int(g["n"]), g["dtype"], dev, g["shared"] is not None,
+                        threads=int(g["threads"]) if g["threads"] is not None else 0)
+
+
+_KEY_RE = re.compile(r"cin=(?P<cin>\d+) cout=(?P<cout>\d+) k=(?P<k>\d+) stride=(?P<stride>\d+) "
+                     r"padding=(?P<padding>\d+) in=(?P<h>\d+)x(?P<w>\d+) B=(?P<B>\d+) N=(?P<n>\d+) "
+                     r"dtype=(?P<dtype>\w+) device=(?P<device>[a-z]+)(?: threads=(?P<threads>\d+))?"
+                     r"(?P<shared> shared)?")
+
 
 # ---------------------------------------------------------------------------------------------
 # timing
@@ -223,9 +311,136 @@ def _sync(device: torch.device) -> None:
             sync()
 
 
-def _time_layouts(shape: ConvShape) -> tuple[float, float]:
-    """Milliseconds (grouped, split) of one forward + backward of the conv ``shape`` describes, each
-    the median of its timed repetitions (module docstring). Replaceable (tests inject a fake)."""
+class Timing(NamedTuple):
+    """What a timer measured for one shape: ``samples`` maps each layout ("grouped", "split") to its
+    milliseconds per timed round (round i of every layout ran back to back: :func:`interleave`),
+    and optionally "switch" to the conversions' (module docstring; none: nothing to pay);
+    ``load``: the cores other processes kept busy meanwhile (None: not measurable here);
+    ``loadavg``: ``os.getloadavg()[0]`` then; ``cpus``: the cores this process may use."""
+
+    samples: dict
+    load: float | None = None
+    loadavg: float | None = None
+    cpus: int | None = None
+
+
+def _usable_cpus() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _busy_seconds(cpus: set[int] | None) -> float | None:
+    """Seconds the CPUs ``cpus`` (None: all) have been busy since boot, steal time included
+    (``/proc/stat``; None where there is none)."""
+    try:
+        with open("/proc/stat", encoding="ascii", errors="replace") as f:
+            text = f.read()
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    except (OSError, ValueError):
+        return None
+    busy, seen = 0, False
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit()) or (cpus is not None and int(name[3:]) not in cpus):
+            continue
+        v = [int(x) for x in rest.split()[:8] if x.isdigit()]
+        if len(v) < 7:
+            continue
+        # user nice system idle iowait irq softirq [steal]: guest time is already inside user
+        busy += v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
+        seen = True
+    return busy / tick if seen and tick > 0 else None
+
+
+#: a load window shorter than this is not judged (``/proc/stat`` counts in ticks of 10 ms per core)
+MIN_PROBE_S = 0.1
+
+
+class LoadProbe:
+    """``with LoadProbe() as p: ...`` then ``p.others``: the cores other processes kept busy during
+    the block (busy time of the usable cores, less this process's CPU time, over the wall time;
+    None where ``/proc/stat`` is missing or the block was shorter than :data:`MIN_PROBE_S`),
+    ``p.loadavg`` (1-minute load average at the end, None where unknown) and ``p.cpus``."""
+
+    def __enter__(self) -> "LoadProbe":
+        self._set = _usable_cpus()
+        self.cpus = len(self._set) if self._set else (os.cpu_count() or 1)
+        self.others: float | None = None
+        self.loadavg: float | None = None
+        self._busy0 = _busy_seconds(self._set)
+        self._cpu0 = time.process_time()
+        self._t0 = time.perf_counter()
+        return self
+
+    def current(self) -> float | None:
+        """``others`` so far (None: not measurable, or not yet :data:`MIN_PROBE_S` long)."""
+        wall = time.perf_counter() - self._t0
+        ours = time.process_time() - self._cpu0
+        busy1 = _busy_seconds(self._set)
+        if self._busy0 is None or busy1 is None or wall < MIN_PROBE_S:
+            return None
+        return max(0.0, (busy1 - self._busy0 - ours) / wall)
+
+    def __exit__(self, *exc) -> None:
+        self.others = self.current()
+        try:
+            self.loadavg = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            self.loadavg = None
+
+
+def interleave(fns: dict, sync: Callable[[], None] = lambda: None,
+               clock: Callable[[], float] = time.perf_counter,
+               give_up: Callable[[int], bool] | None = None) -> dict[str, list[float]]:
+    """Milliseconds per call of each of ``fns`` (name -> a callable of no arguments), timed in rounds
+    of one call each: the order alternates (A B, B A, A B, ...) so a slow phase of the machine hits
+    every candidate alike. First one untimed warm-up call of each (one-time costs: primitive
+    creation, first-touch memory); then at least :data:`MIN_REPS` rounds, more (up to
+    :data:`MAX_REPS`) until the rounds have taken :data:`MIN_TIME_S` seconds. ``sync`` waits for
+    the device (around every timed call); ``clock`` in seconds (tests pass a fake); ``give_up(rounds
+    so far)``, asked after each round, ends the rounds early (the real timer: when the machine is
+    loaded, the verdict is "loaded" however many rounds follow)."""
+    names = list(fns)
+    for name in names:
+        fns[name]()
+    sync()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    start = clock()
+    rounds = 0
+    while True:
+        for name in (names if rounds % 2 == 0 else names[::-1]):
+            sync()
+            t0 = clock()
+            fns[name]()
+            sync()
+            samples[name].append((clock() - t0) * 1e3)
+        rounds += 1
+        if rounds >= MAX_REPS or (rounds >= MIN_REPS and clock() - start >= MIN_TIME_S):
+            return samples
+        if give_up is not None and give_up(rounds):
+            return samples
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """torch's intra-op threads set to ``n`` (>= 1) for the block, as before afterwards."""
+    before = torch.get_num_threads()
+    if n < 1 or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_layouts(shape: ConvShape) -> Timing:
+    """The :class:`Timing` of one forward + backward of the conv ``shape`` describes, in each layout
+    (module docstring), with torch's intra-op threads at ``shape.threads`` on CPUs. Replaceable
+    (tests inject a fake)."""
     device = torch.device(shape.device)
     dtype = getattr(torch, shape.dtype)
     B, n, cin, cout, k = shape.B, shape.n, shape.cin, shape.cout, shape.k
@@ -242,6 +457,8 @@ def _time_layouts(shape: ConvShape) -> tuple[float, float]:
         stack.enter_context(torch.enable_grad())
         if device.type in ("cpu", "cuda"):
             stack.enter_context(torch.autocast(device.type, enabled=False))
+        if device.type == "cpu":
+            stack.enter_context(_threads(shape.threads))
         x = rand(n, cin if shape.shared else B * cin, shape.h, shape.w, cl=True).requires_grad_(not shape.shared)
         w = rand(B * cout, cin, k, k).requires_grad_()
         b = rand(B * cout).requires_grad_()
@@ -265,20 +482,95 @@ def _time_layouts(shape: ConvShape) -> tuple[float, float]:
             ys = [F.conv2d(xs[i], ws[i], bs[i], shape.stride, shape.padding) for i in range(B)]
             torch.autograd.grad(ys, s_inputs, gys)
 
-        def timed(fn) -> float:
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            return time.perf_counter() - t0
+        def switch() -> None:  # the conversions around a layer of the other layout, forward and backward
+            if not shape.shared:
+                to_grouped(to_split(x.detach(), B))
+            to_grouped(to_split(gy, B))
 
-        warm = timed(grouped) + timed(split)
-        reps = max(1, min(MAX_REPS, int(TUNE_BUDGET_S / max(warm, 1e-9))))
-        times: tuple[list[float], list[float]] = ([], [])
-        for _ in range(reps):  # alternating: a slow phase of the machine hits both
-            times[0].append(timed(grouped))
-            times[1].append(timed(split))
-    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+        threads = shape.threads if device.type == "cpu" else 1
+
+        def loaded(rounds: int) -> bool:  # the verdict is "loaded" then: spare the remaining rounds
+            return rounds >= LOADED_ROUNDS and is_loaded(probe.current(), None, probe.cpus, threads)
+
+        with LoadProbe() as probe:
+            samples = interleave({"grouped": grouped, "split": split, "switch": switch}, lambda: _sync(device),
+                                 give_up=loaded)
+    return Timing(samples, probe.others, probe.loadavg, probe.cpus)
+
+
+def _rule_layout(shape: ConvShape) -> str:
+    oh, ow = shape.out_hw
+    return "split" if _static_rule(shape.n, shape.cout, oh * ow, shape.device) else "grouped"
+
+
+def _spread(xs: list[float]) -> float:
+    """Median absolute deviation over the median."""
+    med = statistics.median(xs)
+    return statistics.median(abs(x - med) for x in xs) / med
+
+
+def is_loaded(load: float | None, loadavg: float | None, cpus: int | None, threads: int) -> bool:
+    """Whether a timing ran under load: other processes kept more than ``cpus - threads +``
+    :data:`LOAD_SLACK` cores busy (``load``; where it is unknown, the 1-minute load average less
+    this process's ``threads``, a rough estimate; neither known: not loaded). ``threads``: torch's
+    intra-op threads (at least 1: a GPU's launching thread)."""
+    t = max(1, int(threads))
+    if load is not None:
+        others = load
+    elif loadavg is not None:
+        others = max(0.0, loadavg - t)
+    else:
+        return False
+    cores = cpus if cpus else (os.cpu_count() or 1)
+    return others > max(0, cores - t) + LOAD_SLACK
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else float(f"{v:.{digits}g}")
+
+
+def judge(shape: ConvShape, timing: Timing) -> dict:
+    """The cache entry of a timing of ``shape``: its verdict (``decision``: module docstring), the
+    layout it gives (the faster one where ``measured``, the static rule's otherwise) and how it was
+    measured: medians (``grouped_ms``, ``split_ms``, ``switch_ms``), rounds (``reps``), spreads, the
+    rounds split won, the load. ValueError for a timing that is not one (missing layouts, rounds of unequal
+    counts, a time that is not a positive finite number)."""
+    samples = timing.samples
+    if not isinstance(samples, dict) or not {"grouped", "split"} <= set(samples):
+        raise ValueError(f"the timer's samples: expected {{'grouped': [ms, ...], 'split': [ms, ...]}}, got {samples!r}")
+    g = [_finite_ms("grouped_ms", v) for v in samples["grouped"]]
+    s = [_finite_ms("split_ms", v) for v in samples["split"]]
+    sw = [_finite_ms("switch_ms", v) for v in samples.get("switch", ())]
+    if not g or len(g) != len(s) or (sw and len(sw) != len(g)):
+        raise ValueError(f"the timer's samples: expected one time per round of each layout, got {len(g)} grouped "
+                         f"and {len(s)} split" + (f" and {len(sw)} switch" if sw else ""))
+    reps = len(g)
+    gm, sm = statistics.median(g), statistics.median(s)
+    switch_ms = statistics.median(sw) if sw else 0.0
+    gs, ss = _spread(g), _spread(s)
+    split_won = sum(b < a for a, b in zip(g, s))
+    grouped_won = sum(a < b for a, b in zip(g, s))
+    rule = _rule_layout(shape)
+    threads = shape.threads if torch.device(shape.device).type == "cpu" else 1
+    if is_loaded(timing.load, timing.loadavg, timing.cpus, threads):
+        decision, choice = "loaded", rule
+    elif reps < MIN_REPS or max(gs, ss) > NOISE_LIMIT:
+        decision, choice = "noisy", rule
+    else:
+        faster = "split" if sm < gm else "grouped"
+        won = split_won if faster == "split" else grouped_won
+        fast, slow = min(gm, sm), max(gm, sm)
+        clear = slow >= (1 + CLEAR_MARGIN) * fast and won >= CLEAR_ROUNDS * reps
+        if clear and faster != rule:  # leaving the rule must pay for the layout changes around the layer
+            clear = slow >= (1 + DEVIATE_MARGIN) * fast and slow - fast > switch_ms
+        decision, choice = ("measured", faster) if clear else ("close", rule)
+    return {"layout": choice, "decision": decision, "grouped_ms": _round(gm, 6), "split_ms": _round(sm, 6),
+            "switch_ms": _round(switch_ms, 6) if sw else None, "reps": reps, "grouped_spread": _round(gs, 3),
+            "split_spread": _round(ss, 3), "split_won": split_won,
+            "load": None if timing.load is None else round(float(timing.load), 2),
+            "loadavg": None if timing.loadavg is None else round(float(timing.loadavg), 2),
+            "cpus": timing.cpus, "attempts": 1,
+            "timed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +648,37 @@ def _entries_of(data) -> dict[str, dict]:
     return entries
 
 
-Timer = Callable[[ConvShape], "tuple[float, float]"]
+Timer = Callable[[ConvShape], Timing]
+
+
+def _attempts(entry: dict | None) -> int:
+    a = entry.get("attempts") if isinstance(entry, dict) else None
+    return a if isinstance(a, int) and not isinstance(a, bool) and a >= 0 else 0
+
+
+def _final(entry: dict) -> bool:
+    """A cached verdict later runs keep: ``measured`` or ``close`` from at least :data:`MIN_REPS`
+    rounds. Entries of older versions (no ``decision``) are not."""
+    reps = entry.get("reps")
+    return (entry.get("decision") in FINAL and isinstance(reps, int) and not isinstance(reps, bool)
+            and reps >= MIN_REPS)
+
+
+def settled(entry: dict) -> bool:
+    """Whether a cache entry is kept as it is by a process that meets its shape (module docstring):
+    final, or timed noisily :data:`MAX_ATTEMPTS` times (the static rule then, until a retune)."""
+    return _final(entry) or (entry.get("decision") in ("noisy", "loaded") and _attempts(entry) >= MAX_ATTEMPTS)
+
+
+def status(entry: dict) -> str:
+    """One word or two on an entry: ``measured``, ``close``, ``noisy 2/5`` (timings so far / the
+    most), ``loaded 5/5``, ``unjudged`` (written by an older version: timed again when met)."""
+    d = entry.get("decision")
+    if d in FINAL:
+        return d if _final(entry) else f"{d}?"
+    if d in ("noisy", "loaded"):
+        return f"{d} {_attempts(entry)}/{MAX_ATTEMPTS}"
+    return "unjudged"
 
 
 class LayoutTuner:
@@ -364,7 +686,7 @@ class LayoutTuner:
 
     ``device_name``: the model (:func:`device_name`), in the file name; ``torch_version``: torch's
     unless given; ``directory``: the cache folder (:func:`netspace_fast.settings.cache_dir` at
-    construction unless given); ``timer``: ``timer(shape) -> (grouped_ms, split_ms)``, the module's
+    construction unless given); ``timer``: ``timer(shape) -> Timing``, the module's
     :func:`_time_layouts` (looked up at each use) unless given. ``choices`` is the in-memory memo
     (key -> "grouped" or "split"): a key in it is never decided again by this tuner."""
 
@@ -375,8 +697,7 @@ class LayoutTuner:
         if torch_version is not None and (not isinstance(torch_version, str) or not torch_version.strip()):
             raise ValueError(f"torch_version: expected a non-empty str or None, got {torch_version!r}")
         if timer is not None and not callable(timer):
-            raise TypeError(f"timer: expected a callable(shape) -> (grouped_ms, split_ms) or None, got "
-                            f"{type(timer).__name__}")
+            raise TypeError(f"timer: expected a callable(shape) -> Timing or None, got {type(timer).__name__}")
         self.device_name = device_name
         self.torch_version = torch.__version__ if torch_version is None else torch_version
         self.directory = Path(directory) if directory is not None else settings.cache_dir()
@@ -391,8 +712,8 @@ class LayoutTuner:
         return f"LayoutTuner({self.device_name!r}, torch {self.torch_version}, {str(self.path)!r})"
 
     def layout(self, shape: ConvShape) -> str:
-        """"grouped" or "split" for ``shape``: the memo, else the cache file, else measured now
-        (and written to the file)."""
+        """"grouped" or "split" for ``shape``: the memo, else the cache file's final entry, else
+        timed now (and written to the file; module docstring)."""
         if not isinstance(shape, ConvShape):
             raise TypeError(f"shape: expected a ConvShape, got {type(shape).__name__}")
         key = shape.key()
@@ -407,9 +728,48 @@ class LayoutTuner:
     def split(self, shape: ConvShape) -> bool:
         return self.layout(shape) == "split"
 
-    def entries(self) -> dict[str, dict]:
-        """The cache file's entries (empty when it is missing or unreadable, with the warning)."""
-        return self._read()
+    def entries(self, strict: bool = False) -> dict[str, dict]:
+        """The cache file's entries: empty when it is missing; when it is unreadable or corrupt,
+        empty with a warning, or the error (ValueError, OSError) where ``strict``."""
+        return self._read(strict)
+
+    def retune(self, everything: bool = False,
+               report: Callable[[str, dict | None, dict | str], None] | None = None) -> dict[str, dict | str]:
+        """Time the cached shapes again now and write their new entries: every entry without a final
+        verdict (noisy and loaded ones, also those past :data:`MAX_ATTEMPTS`; older versions'
+        entries), ``everything``: every entry. A fresh entry counts its timings from 1. Returns
+        key -> the new entry, or the reason it was left as it was (a key that names no shape, a
+        failed timing); ``report(key, old entry, new entry or reason)`` is called after each. The
+        choices this tuner already made (:attr:`choices`) stay as they are. Raises what
+        :meth:`entries` raises (strict)."""
+        results: dict[str, dict | str] = {}
+        for key, old in self._read(strict=True).items():
+            if _final(old) and not everything:
+                continue
+            try:
+                shape = ConvShape.from_key(key)
+                new = judge(shape, self._measure(shape))
+            except Exception as e:  # one shape's failure must not stop the others
+                results[key] = f"{type(e).__name__}: {e}"
+            else:
+                with self._locked():
+                    entries = self._read(strict=True)
+                    entries[key] = new
+                    self._write(entries, strict=True)
+                results[key] = new
+            if report is not None:
+                report(key, old, results[key])
+        return results
+
+    def clear(self) -> bool:
+        """Delete the cache file (under the folder's lock); whether there was one. The choices this
+        tuner already made stay as they are."""
+        with self._locked():
+            try:
+                self.path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+        return True
 
     # -- internals
 
@@ -418,24 +778,39 @@ class LayoutTuner:
             self._warned.add(what)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
-    def _read(self) -> dict[str, dict]:
+    @contextlib.contextmanager
+    def _locked(self):
+        """The cache folder's lock where the folder can be made and opened (else none: _write warns)."""
+        with contextlib.ExitStack() as stack:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(storage.locked(self.directory))
+            except OSError:
+                pass
+            yield
+
+    def _read(self, strict: bool = False) -> dict[str, dict]:
         try:
             raw = self.path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):  # nothing cached (yet); an unusable folder: _write warns
             return {}
         except OSError as e:
+            if strict:
+                raise
             self._warn_once("read", f"netspace_fast: cannot read the conv layout cache {str(self.path)!r} ({e}); "
                                     f"measuring again")
             return {}
         try:
             return dict(_entries_of(json.loads(raw.decode("utf-8"))))
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError included
+            if strict:
+                raise ValueError(f"the conv layout cache {str(self.path)!r} is corrupt ({e})") from None
             self._warn_once("corrupt", f"netspace_fast: the conv layout cache {str(self.path)!r} is corrupt ({e}); "
                                        f"measuring again and rewriting it")
             return {}
 
-    def _write(self, entries: dict[str, dict]) -> None:
-        if not self._writable:
+    def _write(self, entries: dict[str, dict], strict: bool = False) -> None:
+        if not self._writable and not strict:
             return
         data = {"what": "convolution layouts measured on this device (netspace_fast.engine.layout)",
                 "format": CACHE_FORMAT, "device": self.device_name, "torch": self.torch_version, "key": KEY_DOC,
@@ -444,40 +819,41 @@ class LayoutTuner:
             self.directory.mkdir(parents=True, exist_ok=True)
             storage.atomic_write_bytes(self.path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
         except OSError as e:
+            if strict:
+                raise
             self._writable = False
             self._warn_once("write", f"netspace_fast: cannot write the conv layout cache {str(self.path)!r} ({e}); "
                                      f"keeping the measured choices in memory for this process")
 
-    def _measure(self, shape: ConvShape) -> tuple[float, float]:
+    def _measure(self, shape: ConvShape) -> Timing:
         timer = self.timer if self.timer is not None else _time_layouts
         got = timer(shape)
-        if not (isinstance(got, (tuple, list)) and len(got) == 2):
-            raise ValueError(f"the timer returned {got!r}, expected (grouped_ms, split_ms)")
-        return _finite_ms("grouped_ms", got[0]), _finite_ms("split_ms", got[1])
+        if isinstance(got, dict):
+            got = Timing(got)
+        if not isinstance(got, Timing):
+            raise ValueError(f"the timer returned {got!r}, expected a Timing")
+        return got
 
     def _decide(self, shape: ConvShape, key: str) -> str:
-        with contextlib.ExitStack() as stack:
-            try:  # one process measures a shape at a time: the others then read its result
-                self.directory.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(storage.locked(self.directory))
-            except OSError:
-                pass  # no lock where the folder cannot be made or opened; _write warns
+        if shape.B == 1:  # one network: both layouts are the same one convolution
+            return "grouped"
+        with self._locked():  # one process times a shape at a time: the others then read its result
             entries = self._read()
-            if key in entries:
-                return entries[key]["layout"]
+            old = entries.get(key)
+            if old is not None and settled(old):
+                return old["layout"] if _final(old) else _rule_layout(shape)
             try:
-                grouped_ms, split_ms = self._measure(shape)
+                entry = judge(shape, self._measure(shape))
             except Exception as e:  # timing must never stop a run
-                oh, ow = shape.out_hw
                 self._warn_once("measure", f"netspace_fast: timing the conv layouts of {key} failed "
                                            f"({type(e).__name__}: {e}); using the static rule for such shapes "
                                            f"in this process")
-                return "split" if _static_rule(shape.n, shape.cout, oh * ow, shape.device) else "grouped"
-            choice = "split" if split_ms < grouped_ms else "grouped"
-            entries[key] = {"layout": choice, "grouped_ms": float(f"{grouped_ms:.6g}"),
-                            "split_ms": float(f"{split_ms:.6g}")}
+                return _rule_layout(shape)
+            if old is not None and old.get("decision") in ("noisy", "loaded"):
+                entry["attempts"] = _attempts(old) + 1
+            entries[key] = entry
             self._write(entries)
-            return choice
+            return entry["layout"]
 
 
 _TUNERS: dict[tuple[str, str], LayoutTuner] = {}
@@ -577,18 +953,32 @@ def plan_blocks(layers, n: int, hw0: tuple[int, int], device, B: int | None = No
     return blocks
 
 
-def describe_cache(device: torch.device | str = "cpu") -> str:
-    """The cache file of ``device``'s model under this torch (its path), then per key the choice and
-    both times; and the other conv layout caches in the folder (other devices, other torch versions)."""
+def _fmt(v, spec: str, missing: str = "-") -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else missing
+
+
+def describe_cache(device: torch.device | str = "cpu", strict: bool = False) -> str:
+    """The cache file of ``device``'s model under this torch (its path), then per key the layout, the
+    verdict (:func:`status`), the medians (both layouts, the conversions between them), the rounds,
+    the larger spread, the load when timed (cores
+    other processes kept busy / the cores) and the key; and the other conv layout caches in the
+    folder (other devices, other torch versions). ``strict``: an unreadable or corrupt file raises
+    (ValueError, OSError) instead of warning."""
     t = LayoutTuner(device_name(device))
     lines = [f"{t.path}  ({t.device_name}, torch {t.torch_version})"]
-    if not t.path.exists():
+    entries = t.entries(strict)
+    if not entries:
         lines.append("  no choices measured yet on this device model with this torch version")
     else:
-        entries = t.entries()
-        lines.append(f"  {'layout':8} {'grouped ms':>11} {'split ms':>11}  key ({len(entries)} shapes)")
+        lines.append(f"  {'layout':8} {'decision':12} {'grouped ms':>10} {'split ms':>10} {'switch ms':>9} {'reps':>4} "
+                     f"{'spread':>6} {'load':>9}  key ({len(entries)} shapes)")
         for key, e in entries.items():
-            lines.append(f"  {e['layout']:8} {e['grouped_ms']:11.4g} {e['split_ms']:11.4g}  {key}")
+            spreads = [v for v in (e.get("grouped_spread"), e.get("split_spread")) if isinstance(v, (int, float))]
+            spread = f"{max(spreads):.1%}" if spreads else "-"
+            load = f"{_fmt(e.get('load'), '.2f', '?')}/{_fmt(e.get('cpus'), 'd', '?')}" if "decision" in e else "-"
+            lines.append(f"  {e['layout']:8} {status(e):12} {e['grouped_ms']:10.4g} {e['split_ms']:10.4g} "
+                         f"{_fmt(e.get('switch_ms'), '9.4g'):>9} {_fmt(e.get('reps'), 'd'):>4} {spread:>6} {load:>9}  "
+                         f"{key}")
     others = []
     if t.directory.is_dir():
         others = sorted(p.name for p in t.directory.glob("conv_layout-*.json") if p != t.path)
@@ -600,6 +990,30 @@ def describe_cache(device: torch.device | str = "cpu") -> str:
 def print_cache(device: torch.device | str = "cpu") -> None:
     """Prints :func:`describe_cache` (for BENCHMARKS notes: which layout each measured shape got)."""
     print(describe_cache(device))
+
+
+def cache_files(directory: str | os.PathLike | None = None) -> list[Path]:
+    """The conv layout cache files in ``directory`` (the cache folder setting unless given), sorted."""
+    d = Path(directory) if directory is not None else settings.cache_dir()
+    return sorted(d.glob("conv_layout-*.json")) if d.is_dir() else []
+
+
+def clear_caches(directory: str | os.PathLike | None = None) -> list[Path]:
+    """Delete every conv layout cache file in ``directory`` (the cache folder setting unless given;
+    every device model and torch version), under the folder's lock; returns the files deleted. The
+    choices this process's tuners already made stay as they are."""
+    d = Path(directory) if directory is not None else settings.cache_dir()
+    if not d.is_dir():
+        return []
+    removed = []
+    with storage.locked(d):
+        for p in cache_files(d):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+    return removed
 
 
 def to_split(v, B: int) -> list[torch.Tensor]:
@@ -650,9 +1064,12 @@ def flatten(v, B: int) -> torch.Tensor:
 
 
 
-__all__ = ["CACHE_FORMAT", "ConvShape", "LAYOUTS", "LayoutTuner", "MAX_REPS", "SPLIT_MIN_CHANNELS", "SPLIT_MIN_PIXELS",
-           "TUNE_BUDGET_S", "cache_file_name", "conv_split", "describe_cache", "device_name", "flatten", "plan_blocks",
-           "print_cache", "reset_tuners", "to_grouped", "to_split", "tuner", "use_split"]
+__all__ = ["CACHE_FORMAT", "CLEAR_MARGIN", "CLEAR_ROUNDS", "ConvShape", "DECISIONS", "DEVIATE_MARGIN", "FINAL",
+           "LAYOUTS", "LOAD_SLACK", "LOADED_ROUNDS", "LayoutTuner", "LoadProbe", "MAX_ATTEMPTS", "MAX_REPS", "MIN_REPS",
+           "MIN_TIME_S", "NOISE_LIMIT", "SPLIT_MIN_CHANNELS", "SPLIT_MIN_PIXELS", "Timing", "cache_file_name",
+           "cache_files", "clear_caches", "conv_split", "describe_cache", "device_name", "flatten", "interleave",
+           "is_loaded", "judge", "plan_blocks", "print_cache", "reset_tuners", "settled", "status", "to_grouped",
+           "to_split", "tuner", "use_split"]
 
 if __name__ == "__main__":
     print_cache(*sys.argv[1:2])  # python -m netspace_fast.engine.layout [device]

@@ -1,10 +1,11 @@
 """The measured choice of convolution layouts (netspace_fast/engine/layout.py): the tuner times both
-layouts once per layer shape, caches the choice per device model and torch version in a JSON file,
-and keeps it fixed for the process; ``NETSPACE_CONV_LAYOUT`` overrides it.
+layouts once per layer shape, interleaved, judges the timing (measured, close, noisy, loaded),
+caches the verdict per device model and torch version in a JSON file, and keeps the choice fixed
+for the process; ``NETSPACE_CONV_LAYOUT`` overrides it.
 
-Every test but the real-timer ones injects a fake timer (deterministic, counts its calls). The
-engine's results are the same (float32 reference tolerance, tests/conftest.py) whichever layout
-the tuner picks.
+Every test but the real-timer ones injects a fake timer (deterministic, counts its calls; a quiet
+machine unless told otherwise). The engine's results are the same (float32 reference tolerance,
+tests/conftest.py) whichever layout the tuner picks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from netspace_fast import archs, storage
 from netspace_fast.engine import layout
-from netspace_fast.engine.layout import ConvShape, LayoutTuner
+from netspace_fast.engine.layout import ConvShape, LayoutTuner, Timing
 from conftest import requires_cuda
 from test_batched_forward import check_network, make_preps, native
 
@@ -29,16 +30,26 @@ def shape(**kw) -> ConvShape:
     return ConvShape.make(**{**TINY, "threads": 1, **kw})
 
 
+BIG = shape(cin=16, cout=16, hw=(32, 32), n=128)  # the static rule: split (TINY: grouped)
+
+
+def quiet(grouped_ms: float, split_ms: float, reps: int = layout.MIN_REPS, **load) -> Timing:
+    """A clean timing on an idle 2-core machine: every round the same times."""
+    return Timing({"grouped": [grouped_ms] * reps, "split": [split_ms] * reps},
+                  **{"load": 0.0, "loadavg": 0.1, "cpus": 2, **load})
+
+
 class FakeTimer:
-    """``(grouped_ms, split_ms)`` from ``pick(shape)`` ("grouped" or "split" faster); counts calls."""
+    """A quiet timing where ``pick(shape)`` ("grouped" or "split") takes 1 ms and the other 2 ms;
+    counts calls."""
 
     def __init__(self, pick="split"):
         self.pick = pick if callable(pick) else (lambda s: pick)
         self.calls: list[str] = []
 
-    def __call__(self, s: ConvShape) -> tuple[float, float]:
+    def __call__(self, s: ConvShape) -> Timing:
         self.calls.append(s.key())
-        return (2.0, 1.0) if self.pick(s) == "split" else (1.0, 2.0)
+        return quiet(2.0, 1.0) if self.pick(s) == "split" else quiet(1.0, 2.0)
 
 
 def make_tuner(tmp_path, timer, name="Test CPU 9000", version="2.99.0") -> LayoutTuner:
@@ -65,9 +76,11 @@ def test_the_faster_layout_is_chosen(tmp_path, pick):
     assert timer.calls == [shape().key()]  # once: memoized
 
 
-def test_a_tie_keeps_the_grouped_call(tmp_path):
-    t = make_tuner(tmp_path, lambda s: (1.5, 1.5))
-    assert t.layout(shape()) == "grouped"
+def test_a_tie_takes_the_static_rule(tmp_path):
+    t = make_tuner(tmp_path, lambda s: quiet(1.5, 1.5))
+    assert t.layout(shape()) == "grouped"  # the rule: grouped for a small conv ...
+    assert t.layout(BIG) == "split"  # ... split for a large one
+    assert {e["decision"] for e in t.entries().values()} == {"close"}
 
 
 def test_the_key_names_the_shape():
@@ -168,14 +181,16 @@ def test_a_failing_timer_falls_back_to_the_static_rule(tmp_path):
         raise RuntimeError("out of memory")
 
     t = make_tuner(tmp_path, broken)
-    big = shape(cin=16, cout=16, hw=(32, 32), n=128)  # the rule: split
     with pytest.warns(RuntimeWarning, match="timing the conv layouts of .* failed .*out of memory"):
-        assert t.layout(big) == "split"
+        assert t.layout(BIG) == "split"
     assert t.layout(shape()) == "grouped"
     assert not t.path.exists()  # nothing measured: nothing cached
-    bad = make_tuner(tmp_path, lambda s: (float("nan"), 1.0))
+    bad = make_tuner(tmp_path, lambda s: quiet(float("nan"), 1.0))
     with pytest.warns(RuntimeWarning, match="grouped_ms: expected a positive finite number"):
         assert bad.layout(shape()) == "grouped"
+    legacy = make_tuner(tmp_path, lambda s: (2.0, 1.0))  # a timer of the older interface
+    with pytest.warns(RuntimeWarning, match=r"the timer returned \(2.0, 1.0\), expected a Timing"):
+        assert legacy.layout(BIG) == "split"
 
 
 def test_bad_arguments():
@@ -323,7 +338,8 @@ def test_describe_cache(tmp_path, monkeypatch):
     LayoutTuner("Test CPU 9000", torch_version="2.99.0", directory=tmp_path, timer=FakeTimer()).layout(shape())
     lines = layout.describe_cache().splitlines()
     assert lines[0].startswith(str(t.path))
-    assert lines[2].split() == ["split", "2", "1", *shape().key().split()]  # layout, grouped ms, split ms, key
+    # layout, verdict, grouped ms, split ms, switch ms (none timed), rounds, the larger spread, load / cores, key
+    assert lines[2].split() == ["split", "measured", "2", "1", "-", "5", "0.0%", "0.00/2", *shape().key().split()]
     assert lines[3] == f"other conv layout caches in {tmp_path}: conv_layout-test-cpu-9000-torch2.99.0.json"
 
 
@@ -331,8 +347,13 @@ def test_describe_cache(tmp_path, monkeypatch):
 # the real timer
 
 
-def _check_times(times):
-    assert len(times) == 2 and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in times), times
+def _check_times(timing):
+    assert isinstance(timing, Timing) and set(timing.samples) == {"grouped", "split", "switch"}, timing
+    reps = len(timing.samples["grouped"])
+    assert layout.MIN_REPS <= reps <= layout.MAX_REPS
+    assert len(timing.samples["split"]) == len(timing.samples["switch"]) == reps
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in sum(timing.samples.values(), [])), timing
+    assert timing.cpus >= 1 and (timing.load is None or timing.load >= 0)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per_network", "shared"])
@@ -358,7 +379,8 @@ def test_real_timer_through_a_tuner(tmp_path):
     t = LayoutTuner("Test CPU", directory=tmp_path)
     assert t.layout(ConvShape.make(**TINY)) in ("grouped", "split")
     e = json.loads(t.path.read_text())["entries"][ConvShape.make(**TINY).key()]
-    _check_times((e["grouped_ms"], e["split_ms"]))
+    assert e["decision"] in layout.DECISIONS and layout.MIN_REPS <= e["reps"] <= layout.MAX_REPS
+    assert all(isinstance(e[f], float) and e[f] > 0 for f in ("grouped_ms", "split_ms"))
 
 
 @pytest.mark.gpu
