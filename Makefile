@@ -27,24 +27,55 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m netspace_fast.cli demo --out runs/demo
 
-test-python: install
-	$(PY) -m pytest -q -m "not triton and not accept" tests
+# Two pytest workers (pytest-xdist) for the Python and Triton parts: every test runs with one torch
+# thread (tests/conftest.py), so two workers keep both cores of the 2-core CI machine busy. A file's
+# tests stay on one worker (--dist loadfile: its module fixtures are built once). PYTEST_WORKERS=0
+# runs them in one process; PYTEST_WORKERS=auto, one worker per core.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
+# OMP_WAIT_POLICY=PASSIVE: an OpenMP thread waiting for work sleeps instead of spinning. The numerics
+# part runs 2 threads and some tests' subprocesses run torch's default thread count: spinning threads
+# take the cores from the other worker or job (measured under load: the numerics tests of two files
+# 11-14 s passive, 47-80 s spinning). How sums are split depends on the thread count, not on this.
+TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
-# The tests that compare floats across kernels (marked `numerics`, tests/conftest.py) once more on
-# another MKL sgemm code path and thread count: a tolerance that encodes one machine's rounding
-# fails here, on any x86 machine (COMPATIBLE where the CPU has no AVX2)
+test-python: install
+	$(TEST_ENV) $(PY) -m pytest -q $(XDIST) -m "not triton and not accept" tests
+
+# The tests that compare float32 sums across kernels (the named set NUMERICS in tests/conftest.py,
+# marked `numerics`) once more on another MKL sgemm code path and thread count: a tolerance that
+# encodes one machine's rounding fails here, on any x86 machine (COMPATIBLE where the CPU has no
+# AVX2). One pytest process: its tests use both cores.
 MKL_BRANCH := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo AVX2 || echo COMPATIBLE)
 test-numerics: install
-	MKL_CBWR=$(MKL_BRANCH) NETSPACE_TEST_THREADS=2 $(PY) -m pytest -q -m "numerics and not triton and not accept" tests
+	$(TEST_ENV) MKL_CBWR=$(MKL_BRANCH) NETSPACE_TEST_THREADS=2 \
+	  $(PY) -m pytest -q -m "numerics and not triton and not accept" tests
 
 # Triton kernels on CPU tensors: the interpreter must be on before triton is imported
 test-triton: install
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m triton tests
+	$(TEST_ENV) TRITON_INTERPRET=1 $(PY) -m pytest -q $(XDIST) -m triton tests
 
 test-cpp: install
 	PYTHON=$(PY) bash scripts/cmake_test.sh
 
-test: test-python test-numerics test-triton test-cpp
+# `make test`: install, then every part, each timed; the parts run even after one failed (all failures
+# in one run), then a table of the times (seconds; also written to $(TEST_TIMES): part, seconds, exit
+# status), and make test fails if any part did. A failed install stops it.
+TEST_PARTS := test-python test-numerics test-triton test-cpp
+TEST_TIMES := build/test-times.tsv
+test:
+	@mkdir -p $(dir $(TEST_TIMES)) && : > $(TEST_TIMES); \
+	ms() { echo $$(( $$(date +%s%N) / 1000000 )); }; \
+	record() { printf '%s\t%d.%d\t%d\n' $$1 $$(( $$2 / 1000 )) $$(( $$2 % 1000 / 100 )) $$3 >> $(TEST_TIMES); }; \
+	t0=$$(ms); status=0; \
+	for part in install $(TEST_PARTS); do \
+	  t=$$(ms); rc=0; $(MAKE) --no-print-directory $$part || rc=$$?; record $$part $$(( $$(ms) - t )) $$rc; \
+	  if [ $$rc != 0 ]; then status=1; [ $$part != install ] || break; fi; \
+	done; \
+	record total $$(( $$(ms) - t0 )) $$status; \
+	echo; echo "make test: seconds per part (in $(TEST_TIMES) too)"; \
+	awk -F'\t' '{ printf "  %-14s %8s s  %s\n", $$1, $$2, $$3 == 0 ? "ok" : "FAILED (exit " $$3 ")" }' $(TEST_TIMES); \
+	exit $$status
 
 sanitize: install
 	PYTHON=$(PY) bash scripts/cmake_test.sh sanitize

@@ -131,9 +131,16 @@ def test_unsupported_factory_is_refused_before_training(on_path, tmp_path, monke
     archs._REGISTRY.pop("with_norm", None)
 
 
-def test_multi_space_with_a_user_architecture_next_to_built_in_ones(on_path, tmp_path):
+def test_multi_space_with_a_user_architecture_next_to_built_in_ones(on_path, tmp_path, monkeypatch):
     """The zoo holds LeNetLike, ResNet32 and the user's VGG (and the ResNet56 teacher): the space's
     ClassIds are the four built-in ones, then the VGG's (4); the ClassId head has 5 outputs."""
+    from netspace_fast.space import presets as space_presets
+
+    # the tiny Multi preset, its epoch one step on 128 images (the preset's: 3 steps on 512 each, 16 of
+    # this test's 35 s): the ClassId bookkeeping checked here does not depend on how long it trains
+    base = space_presets.SPACE_PRESETS["digits-tiny-multi"]
+    monkeypatch.setitem(space_presets.SPACE_PRESETS, "digits-tiny-multi",
+                        space_presets.SpacePreset(**{**base.__dict__, "image_batch": 128, "images_per_epoch": 128}))
     name = archs.resolve(FACTORY)
     zoo = tmp_path / "zoo"
     init_zoo(zoo, {"seed": 0, "dataset": "digits", "user_archs": {

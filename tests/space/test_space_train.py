@@ -119,7 +119,8 @@ def multi_zoo(tmp_path_factory):
 def test_multi_run(multi_zoo, tmp_path, monkeypatch):
     preset = space_presets.SPACE_PRESETS["digits-tiny-multi"]
     monkeypatch.setitem(space_presets.SPACE_PRESETS, "digits-tiny-multi",
-                        space_presets.SpacePreset(**{**preset.__dict__, "epochs": 1, "clip_grad": 0.5}))
+                        space_presets.SpacePreset(**{**preset.__dict__, "epochs": 1, "clip_grad": 0.5,
+                                                     "images_per_epoch": 256, "image_batch": 128}))  # 2 steps
     clipped = []
     real_clip = torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
@@ -370,7 +371,7 @@ def test_augmented_multi_training_distills_on_the_augmented_images(multi_zoo, tm
     base = space_presets.SPACE_PRESETS["digits-tiny-multi"]
     monkeypatch.setitem(space_presets.SPACE_PRESETS, "digits-tiny-aug",
                         space_presets.SpacePreset(**{**base.__dict__, "epochs": 1, "image_batch": 96,
-                                                     "augment": True}))
+                                                     "images_per_epoch": 192, "augment": True}))  # 2 steps
     seen = []
     real = space_train.rank_loss
 
@@ -381,6 +382,7 @@ def test_augmented_multi_training_distills_on_the_augmented_images(multi_zoo, tm
     monkeypatch.setattr(space_train, "rank_loss", spy)
     train_space(tmp_path / "run", multi_zoo, "multi", "digits-tiny-aug", progress=False)
     d = space_train.load_space_data(multi_zoo, space_presets.SPACE_PRESETS["digits-tiny-aug"])
+    assert len(seen) == 2
     for xb, tb in seen:
         torch.testing.assert_close(tb, d.teacher(xb), rtol=1e-5, atol=1e-5)
         assert not any(torch.equal(xb[0], x0) for x0 in d.images["train"][0])  # augmented (shifted or flipped)
