@@ -100,6 +100,7 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
     user = user_archs([a[0] for a in p.archs], p.dataset)
     if user:
         config["user_archs"] = user
+    _refuse_other_rank_count(out, p, world)  # checkpoints of another rank count: refused before any work
     # the inputs first (the dataset's files, the device): a start that fails on them writes nothing
     splits = {s: data.tensors(p.dataset, s, root=root, seed=seed) for s in ("train", "val", "test")}
     splits = {s: (x.to(device), y.to(device)) for s, (x, y) in splits.items()}
@@ -107,7 +108,6 @@ def train_zoo(out_dir, preset: str, *, root=None, seed: int = 0, device: str = "
     with locked(out):  # every writer of the zoo's files writes under this lock: a temporary file seen
         for tmp in out.glob(f"{TMP_PREFIX}*"):  # here is a killed writer's (zoo verify would report it)
             tmp.unlink(missing_ok=True)
-    _refuse_other_rank_count(out, p, world)
     if p.eval_images:  # accuracies of train/val on a fixed subset; training still draws from all of train
         g = torch.Generator().manual_seed(int(seed) + 7)
         sub = {s: torch.randperm(len(splits[s][1]), generator=g)[:p.eval_images].sort().values for s in ("train", "val")}
@@ -184,7 +184,8 @@ def _checkpoint(out: Path, job: int, arch: str, mine: range, B: int) -> Path:
 def _refuse_other_rank_count(out: Path, p: Preset, world: int) -> None:
     """ValueError (one line) if a job's checkpoint was written for another number of ranks and holds
     instances not yet in the zoo: this run would silently train them again from epoch 0."""
-    done = {e["id"] for e in zoo_format.Zoo.open(out).instances()}
+    has_zoo = (out / zoo_format.MANIFEST_NAME).is_file()  # read before the zoo is created or resumed
+    done = {e["id"] for e in zoo_format.Zoo.open(out).instances()} if has_zoo else set()
     for job, (arch, n_train, n_val, n_test) in enumerate(p.archs):
         B = p.runs if p.protocol == "single" else n_train + n_val + n_test
         blocks = {(b.start, b.stop) for b in (shard(B, r, world) for r in range(world)) if len(b)}
