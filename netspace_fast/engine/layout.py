@@ -31,9 +31,10 @@ The tuner (:class:`LayoutTuner`). The first time a conv layer shape is met, both
 forward + backward (weight, bias and input gradients; the shared input of NetSpace evaluation gets
 none) on random tensors of that shape (:func:`_time_layouts`):
 
-* one warm-up call of each layout first (primitive creation, first-touch memory: never timed);
-* then timed rounds, each ONE call of every layout, interleaved (grouped split, split grouped,
-  grouped split, ...: a slow phase of the machine hits both, and neither always runs first), at
+* one warm-up call of each candidate first (primitive creation, first-touch memory: never timed);
+  the candidates: both layouts, and the conversions between them (``switch``, below);
+* then timed rounds, each ONE call of every candidate, interleaved (grouped split switch, switch
+  split grouped, ...: a slow phase of the machine hits all, and none always runs first), at
   least :data:`MIN_REPS` rounds, more (up to :data:`MAX_REPS`) until the rounds have taken
   :data:`MIN_TIME_S` seconds (but :data:`LOADED_ROUNDS` rounds when the machine is loaded by then:
   the verdict is ``loaded`` anyway);
@@ -45,8 +46,8 @@ The verdict (:func:`judge`), recorded with the timing in the cache entry (``deci
 
 * ``loaded``: other processes kept more than ``cores - threads +`` :data:`LOAD_SLACK` cores busy
   (threads: torch's intra-op threads; 1 on a GPU, the launching thread). Under contention the
-  layouts do not slow down alike (B small parallel calls wait at B times as many barriers), so an
-  interleaved timing can still be clean and wrong: a loaded timing never decides;
+  layouts do not slow down alike (B small parallel calls meet B times as many thread barriers), so
+  an interleaved timing can be clean and still wrong: a loaded timing never decides;
 * ``noisy``: fewer than :data:`MIN_REPS` rounds, or a layout's times spread by more than
   :data:`NOISE_LIMIT` (median absolute deviation / median);
 * ``close``: a quiet, clean timing where the faster layout's median is less than
