@@ -67,12 +67,7 @@ def describe(kind: str, folder: Path) -> str:
         return "a NetSpace run" if kind == "run" else "a model zoo"
 
 
-def _shown(path, given) -> str:
-    return repr(str(given if given is not None else path))
-
-
-def check_output(path, *, folder: bool, name: str = "out", may_be: tuple[str, ...] = (), sub: str = "outputs",
-                 given=None) -> Path:
+def check_output(path, *, folder: bool, name: str = "out", may_be: tuple[str, ...] = (), sub: str = "outputs") -> Path:
     """``path`` (an output ``folder`` or file), or a ValueError of one line when writing there would
     write over a run or a zoo (module doc). ``name``: the argument, for the message (``--out``);
     ``may_be``: the kinds of folder this command creates or resumes (``("run",)`` for ``train``);
@@ -84,22 +79,19 @@ def check_output(path, *, folder: bool, name: str = "out", may_be: tuple[str, ..
     if found is None:
         return Path(path)
     kind, root = found
-    p = _absolute(path)
-    what = f"{_shown(root, None)} is {describe(kind, root)}"
-    if p == root:
+    given, what = Path(os.fspath(path)), describe(kind, root)
+    rel = _absolute(path).relative_to(root).parts
+    if not rel:  # the run or zoo folder itself
         if folder and kind in may_be:
-            return Path(path)
+            return given
         if folder:
-            raise ValueError(f"{name}: {_shown(path, given)} is {describe(kind, root)}, which no other command "
-                             f"writes into; give a new folder (a subfolder such as "
-                             f"{str(Path(os.fspath(path)) / sub)!r} is fine)")
-        raise ValueError(f"{name}: {_shown(path, given)} is {describe(kind, root)}; expected a file path outside it")
-    rel = p.relative_to(root).parts
+            raise ValueError(f"{name}: {str(given)!r} is {what}, which no other command writes into; give a new "
+                             f"folder (a subfolder such as {str(given / sub)!r} is fine)")
+        raise ValueError(f"{name}: {str(given)!r} is {what}; expected a file path outside it")
     hidden = rel[0].startswith(".")
-    if hidden or (not folder and len(rel) == 1) or (folder and len(rel) == 1 and (root / rel[0]).is_file()):
+    if hidden or (len(rel) == 1 and (not folder or (root / rel[0]).is_file())):
         where = "a hidden folder of" if hidden else "a file of"
-        suggestion = (str(Path(os.fspath(path)).parent / sub / Path(os.fspath(path)).name)
-                      if not hidden else f"a folder outside {str(root)!r}")
-        raise ValueError(f"{name}: {_shown(path, given)} is {where} {what}, which only its own command writes; "
-                         f"write elsewhere (e.g. {suggestion!r})")
-    return Path(path)
+        suggestion = f"a folder outside {str(root)!r}" if hidden else str(given.parent / sub / given.name)
+        raise ValueError(f"{name}: {str(given)!r} is {where} {str(root)!r}, {what}, which only its own command "
+                         f"writes; write elsewhere (e.g. {suggestion!r})")
+    return given
