@@ -66,7 +66,7 @@ from pathlib import Path
 # while parsing arguments, before any library module is loaded
 
 BACKENDS = ("auto", "cpp", "cuda", "triton", "torch")
-CONV_LAYOUTS = ("auto", "grouped", "split", "rule", "tune")
+CONV_LAYOUTS = ("auto", "grouped", "split", "nchw", "rule", "tune")
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str:
@@ -91,7 +91,8 @@ def backend() -> str:
 
 
 def conv_layout() -> str:
-    """NETSPACE_CONV_LAYOUT: 'auto' (unless set), 'grouped', 'split', 'rule' or 'tune'."""
+    """NETSPACE_CONV_LAYOUT: 'auto' (unless set), 'grouped', 'split', 'nchw' (grouped, in NCHW), 'rule' or
+    'tune'."""
     return _choice("NETSPACE_CONV_LAYOUT", CONV_LAYOUTS)
 
 
@@ -134,6 +135,40 @@ def cuda_graphs() -> bool:
     """NETSPACE_CUDA_GRAPHS: whether the GPU program replays fixed-shape calls from CUDA graphs
     (default on)."""
     return _flag("NETSPACE_CUDA_GRAPHS", True)
+
+
+CUDNN_BENCHMARK = ("1", "0", "keep")
+
+
+def cudnn_benchmark() -> bool | None:
+    """The one rule for cuDNN's autotuner (``torch.backends.cudnn.benchmark``) in the GPU program, the
+    CLI and the GPU benchmarks alike: on, unless ``NETSPACE_CUDNN_BENCHMARK=0`` (off) or ``keep``
+    (torch's flag as the caller set it: None here), and off while torch's deterministic algorithms
+    are on (``torch.use_deterministic_algorithms(True)``: the autotuner may pick another algorithm
+    in every process). On by default: every call of the GPU program has a fixed shape per signature
+    (CUDA graphs capture after eager warm-ups, the layout tuner times after an untimed warm-up), so
+    the autotuning happens once per shape, never inside a timing or a capture."""
+    value = os.environ.get("NETSPACE_CUDNN_BENCHMARK") or "1"
+    if value not in CUDNN_BENCHMARK:
+        raise ValueError(f"NETSPACE_CUDNN_BENCHMARK: expected one of {CUDNN_BENCHMARK}, got {value!r}")
+    if value == "keep":
+        return None
+    import torch
+
+    return value == "1" and not torch.are_deterministic_algorithms_enabled()
+
+
+def apply_cudnn_benchmark() -> bool:
+    """Sets ``torch.backends.cudnn.benchmark`` by :func:`cudnn_benchmark` (nothing under ``keep``) and
+    returns the flag now in force. Called where CUDA work starts: the GPU program's every call
+    (:meth:`netspace_fast.engine.graphs.GraphCache.call`), the CLI's ``--device cuda``, the GPU
+    benchmarks (for ours and the peers alike)."""
+    import torch
+
+    want = cudnn_benchmark()
+    if want is not None and torch.backends.cudnn.benchmark != want:
+        torch.backends.cudnn.benchmark = want
+    return bool(torch.backends.cudnn.benchmark)
 
 
 def tune_malloc_in_cli() -> bool:
@@ -185,5 +220,5 @@ def tune_malloc(trim_threshold: int = 1 << 34) -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
 
 
-__all__ = ["BACKENDS", "CONV_LAYOUTS", "backend", "check_device", "cache_dir", "conv_layout", "cuda_graphs", "gpu_rehearsal", "tf32",
+__all__ = ["BACKENDS", "CONV_LAYOUTS", "CUDNN_BENCHMARK", "apply_cudnn_benchmark", "backend", "check_device", "cache_dir", "conv_layout", "cuda_graphs", "cudnn_benchmark", "gpu_rehearsal", "tf32",
            "tune_malloc", "tune_malloc_in_cli"]

@@ -38,7 +38,8 @@
 # short keeps the stages it completed: build.log (build_fallback.log), bench.log (each benchmark's
 # output appended when it ends), graphs.log and tests.log (every test file in its own pytest process;
 # failures summarized with their messages), commands.log and commands/ (one log per command,
-# table.md), and cache/ (NETSPACE_CACHE_DIR: the layout tuner's measured choices on this GPU).
+# table.md), and cache/ (NETSPACE_CACHE_DIR: the layout tuner's measured choices on this GPU; listed at
+# the end in layouts.txt). cuDNN's autotuner follows the one rule (NETSPACE_CUDNN_BENCHMARK, default on).
 #
 # Knobs: NETSPACE_DEVICE_BUILD=0 skips the build; NETSPACE_DEVICE_BENCHES (default "space batched zoo")
 # and NETSPACE_DEVICE_MORE_BENCHES (default "pack dsconv") pick benchmarks ("" none; names: space,
@@ -230,6 +231,10 @@ fi
 
 echo
 echo "== results"
+# the conv layouts the tuner measured on this device (grouped / split / NCHW, replayed from CUDA graphs):
+# also in cache/, as JSON
+"$PY" -m netspace_fast.engine.layout "$DEV" >"$OUT_DIR/layouts.txt" 2>&1 || true
+cat "$OUT_DIR/layouts.txt"
 [ -n "${commands_ran:-}" ] && { grep -hE "^\|" "$OUT_DIR/commands/table.md" 2>/dev/null || true; }  # a row per command
 grep -hE "^\|" "$OUT_DIR/bench.log" 2>/dev/null || true  # every table row of the benchmarks
 table

@@ -70,10 +70,12 @@ def _preps(spec, B, width=1024, seed=0):
 
 @pytest.mark.parametrize("name,shared,layout", [("lenetlike", True, "rule"), ("resnet8", True, "rule"),
                                                 ("resnet8", False, "rule"), ("resnet8", True, "split"),
+                                                ("resnet8", False, "nchw"),
                                                 ("vanillacnn", False, "rule"), ("siren", True, "rule")])
 def test_batched_forward_matches_the_cpu_program(name, shared, layout, rehearsal, monkeypatch):
     """Forward, PRep and input gradients of three calls (eager, captured, replayed); ``split``: every
-    conv per network (the split blocks of the executor inside the GPU program)."""
+    conv per network (the split blocks of the executor inside the GPU program); ``nchw``: every conv
+    grouped in NCHW (its output back in channels-last before the fused epilogue)."""
     monkeypatch.setenv("NETSPACE_CONV_LAYOUT", layout)
     spec = archs.spec(name, "sdf" if name == "siren" else "digits")
     B, N = 2, 3

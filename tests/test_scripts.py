@@ -93,6 +93,8 @@ def _stage(call: str) -> str:
         return "build (fallback)" if "skip=1" in call else "build"
     if args.startswith("-c "):
         return "info"
+    if args.startswith("-m netspace_fast.engine.layout"):
+        return "layouts"
     if "netspace_fast.cli" in args or "torch.distributed.run" in args or "make_zoos.py" in args:
         return "commands"
     if args.startswith("-m pytest"):
@@ -113,8 +115,10 @@ def test_device_check_dry_run_measures_first_and_falls_back_to_the_cpp_build(tmp
     stages = [_stage(c) for c in calls]
     order = list(dict.fromkeys(stages))  # first appearances
     assert order == ["build", "build (fallback)", "info", "bench space", "bench batched", "bench zoo", "graph tests",
-                     "commands", "bench pack", "bench dsconv", "op tests"], order
-    assert stages.index("op tests") > max(i for i, s in enumerate(stages) if s != "op tests")  # all of them last
+                     "commands", "bench pack", "bench dsconv", "op tests", "layouts"], order
+    assert stages.index("op tests") > max(i for i, s in enumerate(stages) if s not in ("op tests", "layouts"))
+    assert stages[-1] == "layouts" and stages.count("layouts") == 1  # the measured layouts, listed at the end
+    assert calls[-1].startswith("-m netspace_fast.engine.layout cpu ")
     assert [c.split(" | ")[0] for c in calls if _stage(c) == "graph tests"] == [
         f"-m pytest -q -m gpu or triton {f} -p no:cacheprovider -rfE --tb=short"
         for f in ("tests/engine/test_graphs.py", "tests/zoo/test_zoo_gpu.py")]
@@ -139,7 +143,7 @@ def test_device_check_dry_run_past_the_deadline_skips_and_says_so(tmp_path):
     else is run, and the table is printed."""
     r, calls, _ = _dry_run(tmp_path, NETSPACE_DEVICE_DEADLINE="0")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert [_stage(c) for c in calls] == ["build", "info"]
+    assert [_stage(c) for c in calls] == ["build", "info", "layouts"]
     table = r.stdout[r.stdout.rindex("CHECK"):]
     skipped = [line for line in table.splitlines() if " skipped " in line]
     names = [line.split()[0] for line in skipped]

@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        from netspace_fast import settings
+        print(f"cudnn.benchmark={settings.apply_cudnn_benchmark()} (the GPU program's rule, for ours and the peers alike)")
         name = torch.cuda.get_device_name(device)
     else:
         name = "CPU (smoke test)"

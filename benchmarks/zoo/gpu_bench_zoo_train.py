@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
+    from netspace_fast import settings
+    print(f"cudnn.benchmark={settings.apply_cudnn_benchmark()} (the GPU program's rule, for ours and the peer alike)")
 
     from netspace_fast import archs
     from test_bench_zoo_train import one_at_a_time as peer  # the CPU benchmark's peer, the same code

@@ -110,13 +110,18 @@ def config_option(f):
 
 
 def check_device(device: str) -> str:
-    """``device`` if usable here: 'cuda' without a CUDA device is a CliError (exit 2)."""
-    from ..settings import check_device as _check
+    """``device`` if usable here: 'cuda' without a CUDA device is a CliError (exit 2). A CUDA device
+    gets cuDNN's autotuner by the one rule (:func:`netspace_fast.settings.cudnn_benchmark`)."""
+    from ..settings import apply_cudnn_benchmark, check_device as _check
 
     try:
-        return _check(device)
+        name = _check(device)
+        if name != "cpu":
+            apply_cudnn_benchmark()
+        return name
     except ValueError as e:
-        raise CliError(f"--{e}", 2) from None
+        msg = str(e)
+        raise CliError(msg if msg.startswith("NETSPACE_") else f"--{msg}", 2) from None
 
 
 def download_option(f):

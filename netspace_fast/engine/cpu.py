@@ -39,7 +39,9 @@ class PRepWeights(Weights):
         w_off, b_off, cout, cin, k, stride, padding = step[5]
         B = self.B
         w = self.preps2d[:, w_off:w_off + cout * cin * k * k].reshape(B * cout, cin, k, k)
-        w = w.contiguous(memory_format=CL)
+        # the filters in the input's layout: channels-last, or NCHW where the layer runs so (cuDNN and
+        # oneDNN pick the channels-last kernels when either operand is channels-last)
+        w = w.contiguous(memory_format=CL if h.is_contiguous(memory_format=CL) else torch.contiguous_format)
         b = self.conv_bias(i, step) if with_bias else None
         return F.conv2d(h, w, b, stride, padding, 1, groups), w
 
@@ -100,7 +102,7 @@ def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Ten
         else:
             cur.add_(to_grouped(g) if isinstance(g, list) else g)
 
-    for start, stop, split in reversed(blocks):
+    for start, stop, split, _ in reversed(blocks):
         if split:
             _split_block_backward(preps2d, program, saved, start, stop, grads, acc, shared, need_x, grad_preps, B)
             continue
@@ -117,8 +119,8 @@ def grouped_backward(grad_out: torch.Tensor, preps2d: torch.Tensor, x: torch.Ten
             grad_preps[:, w_off:w_off + cout * cin * k * k].view(B, cout, cin, k, k).copy_(
                 gw.view(B, cout, cin, k, k))
             grad_preps[:, b_off:b_off + cout].copy_(gb.view(B, cout))
-            if want_x:
-                acc(src, gx)
+            if want_x:  # a layer run in NCHW: its input's gradient back in channels-last, as the rest
+                acc(src, gx.contiguous(memory_format=CL))
         elif kind == "linear" and fused:
             gx, gz = cuda_layer_backward("linear", g.contiguous(), h, preps2d, y, z, geom, act, grad_preps, want_x)
             if residual is not None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..ops.batched_layers_ref import ACT_NONE, ACT_SIN, apply_act
 from ..ops.epilogue import conv_epilogue
-from .layout import flatten, plan_blocks, to_grouped, to_split
+from .layout import Block, flatten, plan_blocks, to_grouped, to_split
 
 CL = torch.channels_last
 
@@ -73,12 +73,12 @@ class Weights:
 
 
 def plan(program, x0: torch.Tensor, n: int, B: int, *, shared: bool = False,
-         grouped_input: bool = False) -> list[tuple[int, int, bool]]:
+         grouped_input: bool = False) -> list:
     """The program cut into blocks (see :func:`netspace_fast.engine.layout.plan_blocks`); ``x0`` the
     image input as :func:`run` takes it (any memory layout; only its shape, dtype and device are
     read), ``n`` images per network, ``B`` networks."""
     if x0.dim() < 4:  # no image input, no convolutions
-        return [(i, i + 1, False) for i in range(len(program))]
+        return [Block(i, i + 1, False) for i in range(len(program))]
     c0 = x0.shape[1] // max(B, 1) if grouped_input else x0.shape[-3]  # channels per network
     geoms = [(kind, src, dst, geom[2], geom[4], geom[5], geom[6]) if kind == "conv" else
              (kind, src, dst, None, geom[0], geom[1], 0) if kind == "avgpool" else (kind, src, dst, None, 0, 1, 0)
@@ -122,12 +122,12 @@ def run(program, x: torch.Tensor, B: int, weights: Weights, *, shared: bool = Fa
             cache[(v, form)] = to_split(h, B) if form == "split" else to_grouped(h)
         return cache[(v, form)]
 
-    for k, (start, stop, split) in enumerate(blocks):
+    for k, (start, stop, split, nchw) in enumerate(blocks):
         if split:
             _split_block(program, start, stop, values, value, weights, saved, B,
                          None if dead is None else dead[k])
         else:
-            _block(program, start, values, value, weights, saved, B, shared, grouped_input, record, fused)
+            _block(program, start, values, value, weights, saved, B, shared, grouped_input, record, fused, nchw)
         if dead is not None:
             for v in dead[k]:
                 values.pop(v, None)
@@ -141,7 +141,7 @@ def last_uses(program, blocks) -> list[set[int]]:
     """For each block, the values that no later block reads (made or last read there), the
     network's output excepted: what :func:`run` drops after the block when it does not record."""
     last: dict[int, int] = {}
-    for k, (start, stop, _) in enumerate(blocks):
+    for k, (start, stop, *_) in enumerate(blocks):
         for kind, src, dst, residual, act, geom in program[start:stop]:
             for v in (src, dst, residual):
                 if v is not None:
@@ -153,14 +153,19 @@ def last_uses(program, blocks) -> list[set[int]]:
     return dead
 
 
-def _block(program, start, values, value, weights: Weights, saved, B, shared, grouped_input, record, fused) -> None:
-    """Step ``start``, for all networks at once."""
+def _block(program, start, values, value, weights: Weights, saved, B, shared, grouped_input, record, fused,
+           nchw=False) -> None:
+    """Step ``start``, for all networks at once (``nchw``: a conv in NCHW, its output back in
+    channels-last)."""
     kind, src, dst, residual, act, geom = program[start]
     if kind == "conv":
         groups = 1 if (src == 0 and shared) else B
         hin = value(src, "grouped")
+        if nchw:
+            hin = hin.contiguous()
         if fused:
             z, w = weights.conv(start, program[start], hin, groups, with_bias=False)
+            z = z.contiguous(memory_format=CL)
             res = value(residual, "grouped") if residual is not None else None
             bias = weights.conv_bias(start, program[start])
             if bias is None and res is None and act == ACT_NONE:  # nothing to do after the conv
@@ -170,6 +175,7 @@ def _block(program, start, values, value, weights: Weights, saved, B, shared, gr
                 pre = pre if (record and act == ACT_SIN) else None
         else:
             z, w = weights.conv(start, program[start], hin, groups)
+            z = z.contiguous(memory_format=CL)
             if residual is not None:
                 z.add_(value(residual, "grouped"))
             pre = z.clone() if (record and act == ACT_SIN) else None

@@ -4,9 +4,11 @@ On CUDA tensors :func:`netspace_fast.batched_forward` and the zoo trainer run th
 
 * convolutions through cuDNN, grouped over the B networks exactly as the CPU program does through
   oneDNN: ONE (N, B*C, H, W) channels-last tensor, a conv is ONE grouped call (a shared input: ONE
-  ordinary conv with the B networks' filters stacked, B x C_out outputs); or per network where the
-  layout rule measured on this GPU says so (:mod:`netspace_fast.engine.layout`: measured the first
-  time a layer shape is seen, cached on disk per GPU model and torch version);
+  ordinary conv with the B networks' filters stacked, B x C_out outputs); or per network, or grouped
+  in NCHW, where the layout tuner measured on this GPU says so (:mod:`netspace_fast.engine.layout`:
+  each candidate replayed from a CUDA graph, the first time a layer shape is seen, cached on disk
+  per GPU model and torch version); cuDNN's autotuner by the one rule of
+  :func:`netspace_fast.settings.cudnn_benchmark`;
 * each conv's epilogue (bias, residual, LeakyReLU or sin(30x)) as ONE fused elementwise kernel
   (:func:`netspace_fast.ops.epilogue.conv_epilogue`), its backward likewise;
 * linear layers through the batched linear op's Triton kernel (bias, residual and activation fused

@@ -267,6 +267,7 @@ class GraphCache:
         args = tuple(args)
         if not args or not enabled(args[0].device):
             return fn(*args)
+        settings.apply_cudnn_benchmark()  # the one rule of the GPU program, its rehearsal included
         sig = self._signature(key, args, params)
         if sig in self._failed:
             self._stats["eager"] += 1

@@ -3,6 +3,8 @@
 * grouped: ONE (N, B*C, H, W) channels-last tensor, network-major channels; a conv is ONE grouped
   call (groups = B; a shared input: ONE ordinary conv with the B networks' filters stacked).
 * split: a list of B (N, C, H, W) channels-last tensors; a conv is B ordinary calls.
+* nchw (a candidate on CUDA): the grouped call on the input converted to NCHW, with NCHW filters;
+  its output converted back to channels-last.
 
 Which is faster depends on the work per network and on the machine. One machine's measurements
 (2-core Xeon, oneDNN via torch 2.14, forward + backward of one conv, ms grouped vs split)::
@@ -102,13 +104,18 @@ re-timed by a later process changes that later process only); once final, every 
 the same choices (reproducible training). Under ``torch.compile`` the choice is a constant of the
 graph (made, and if need be measured, while tracing).
 
-On CUDA the same candidates are timed with ``torch.cuda.synchronize``: cuDNN's grouped
-channels-last kernels against B ordinary channels-last calls (the GPU program measures a shape
-before any CUDA graph of it is captured, so capture never times). Not (yet) candidates there: the
-grouped convolution in NCHW (what ``torch.func.vmap`` gets from cuDNN; the GPU program keeps its
-activations channels-last, so the choice could not be acted on), and the split layout replayed
-from a CUDA graph (it is timed eagerly, launch overhead included, which replay would remove: on a
-GPU the timing favours grouped where the two are close).
+On CUDA the candidates are three: cuDNN's grouped channels-last kernels, B ordinary channels-last
+calls (split), and the grouped call in NCHW (``nchw``: what ``torch.func.vmap`` gets from cuDNN; the
+GPU program keeps its activations channels-last, so such a layer converts its input to NCHW and its
+output back, and is timed with those conversions). Each candidate is captured in a CUDA graph after
+one eager call and timed by replay (:func:`replay_candidates`), as the GPU program runs it: the
+launch overhead of split's B small calls, which replay removes, is not counted against it. Where a
+capture fails every candidate is timed eagerly (the entry says ``"replayed": false``). The GPU
+program measures a shape before any CUDA graph of it is captured, so a capture never times. cuDNN's
+autotuner follows one rule (:func:`netspace_fast.settings.cudnn_benchmark`: on unless
+``NETSPACE_CUDNN_BENCHMARK`` says otherwise): its autotuning falls in the untimed first call. A
+CPU's candidates are grouped and split (oneDNN's NCHW grouped kernels are not timed there; forcing
+``nchw`` runs them).
 
 ``NETSPACE_CONV_LAYOUT`` (:func:`netspace_fast.settings.conv_layout`) overrides it:
 
@@ -116,7 +123,8 @@ GPU the timing favours grouped where the two are close).
 * ``tune``: the same as ``auto`` (an older name, kept);
 * ``rule``: the static threshold rule (:func:`use_split`), no timing: deterministic on any machine
   (what the test suite runs with);
-* ``grouped`` / ``split``: one layout everywhere (benchmarks, A/B measurements on new machines).
+* ``grouped`` / ``split`` / ``nchw``: one layout everywhere (benchmarks, A/B measurements on new
+  machines; ``nchw``: every conv grouped in NCHW, between channels-last activations).
 
 The cached choices of this machine: ``netspace layout show`` (also ``python -m
 netspace_fast.engine.layout``: :func:`print_cache`); ``netspace layout retune`` times the undecided
@@ -153,6 +161,8 @@ SPLIT_MIN_PIXELS = 8192
 SPLIT_MIN_CHANNELS = 16
 
 LAYOUTS = settings.CONV_LAYOUTS
+#: the layouts a conv can run in (module docstring); ``NETSPACE_CONV_LAYOUT`` names one to force it
+FORCED = ("grouped", "split", "nchw")
 
 #: the format number of the cache files (a file of another format is measured again and rewritten).
 #: Entries of format 1 files written before the verdicts existed lack ``decision``: read, and re-timed.
@@ -200,7 +210,7 @@ def use_split(n: int, cout: int, out_hw: int, device: torch.device | str = "cpu"
     The thresholds come from one CPU's measurements (module docstring); on other devices the rule
     keeps the grouped call. ``NETSPACE_CONV_LAYOUT=grouped|split`` forces one layout here too."""
     choice = settings.conv_layout()
-    if choice in ("grouped", "split"):
+    if choice in FORCED:
         return choice == "split"
     return _static_rule(n, cout, out_hw, device)
 
@@ -317,12 +327,15 @@ class Timing(NamedTuple):
     milliseconds per timed round (round i of every layout ran back to back: :func:`interleave`),
     and optionally "switch" to the conversions' (module docstring; none: nothing to pay);
     ``load``: the cores other processes kept busy meanwhile (None: not measurable here);
-    ``loadavg``: ``os.getloadavg()[0]`` then; ``cpus``: the cores this process may use."""
+    ``loadavg``: ``os.getloadavg()[0]`` then; ``cpus``: the cores this process may use; ``replayed``:
+    on CUDA, whether the layouts were timed replayed from CUDA graphs (None elsewhere). ``samples``
+    may also hold "nchw" (the grouped call in NCHW; CUDA)."""
 
     samples: dict
     load: float | None = None
     loadavg: float | None = None
     cpus: int | None = None
+    replayed: bool | None = None
 
 
 def _usable_cpus() -> set[int] | None:
@@ -438,11 +451,50 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
-def _time_layouts(shape: ConvShape) -> Timing:
-    """The :class:`Timing` of one forward + backward of the conv ``shape`` describes, in each layout
-    (module docstring), with torch's intra-op threads at ``shape.threads`` on CPUs. Replaceable
-    (tests inject a fake)."""
+def candidates(device: torch.device | str) -> tuple[str, ...]:
+    """The layouts the tuner times on ``device``: grouped and split; on CUDA also the grouped call in
+    NCHW (what ``torch.func.vmap`` gets from cuDNN)."""
+    return FORCED if torch.device(device).type == "cuda" else ("grouped", "split")
+
+
+def replay_candidates(fns: dict, device: torch.device, graphs=None) -> tuple[dict, bool]:
+    """On CUDA, each of ``fns`` (name -> a callable of no arguments) captured in a CUDA graph of its
+    own, after one eager call on a side stream (cuDNN's autotuning, the workspaces: never captured);
+    returns (name -> the graph's ``replay``, True): a layout is timed as the GPU program runs it,
+    replayed, without the launch overhead of its B small calls. Elsewhere, or when a capture fails
+    (an operation that cannot be captured: the GPU program then runs that call eagerly too),
+    ``(fns, False)``: every candidate eager, so that they stay comparable. ``graphs``: the API
+    (``torch.cuda``; tests pass a fake)."""
+    if device.type != "cuda" and graphs is None:
+        return fns, False
+    api = torch.cuda if graphs is None else graphs
+    replays = {}
+    try:
+        with (torch.cuda.device(device) if graphs is None else contextlib.nullcontext()):
+            for name, fn in fns.items():
+                side = api.Stream()
+                side.wait_stream(api.current_stream())
+                with api.stream(side):
+                    fn()
+                api.current_stream().wait_stream(side)
+                g = api.CUDAGraph()
+                with api.graph(g):
+                    fn()
+                replays[name] = g.replay
+    except Exception:  # noqa: BLE001 - any failed capture: time every candidate eagerly
+        return fns, False
+    return replays, True
+
+
+def _time_layouts(shape: ConvShape, layouts: tuple[str, ...] | None = None, graphs=None) -> Timing:
+    """The :class:`Timing` of one forward + backward of the conv ``shape`` describes, in each of
+    ``layouts`` (:func:`candidates` of its device unless given; module docstring), with torch's
+    intra-op threads at ``shape.threads`` on CPUs; on CUDA replayed from CUDA graphs
+    (:func:`replay_candidates`; ``graphs``: its API, for tests). Replaceable (tests inject a fake)."""
     device = torch.device(shape.device)
+    layouts = candidates(device) if layouts is None else tuple(layouts)
+    if not {"grouped", "split"} <= set(layouts) or not set(layouts) <= set(FORCED):
+        raise ValueError(f"layouts: expected 'grouped', 'split' and optionally 'nchw', got {layouts!r}")
     dtype = getattr(torch, shape.dtype)
     B, n, cin, cout, k = shape.B, shape.n, shape.cin, shape.cout, shape.k
     oh, ow = shape.out_hw
@@ -474,9 +526,15 @@ def _time_layouts(shape: ConvShape) -> Timing:
         g_inputs = [t for t in (x, w, b) if t.requires_grad]
         s_inputs = [t for t in (*({id(t): t for t in xs}.values()), *ws, *bs) if t.requires_grad]
         groups = 1 if shape.shared else B
+        w_cl = w.detach().contiguous(memory_format=CL).requires_grad_()
+        cl_inputs = [t for t in (x, w_cl, b) if t.requires_grad]
 
         def grouped() -> None:
-            y = F.conv2d(x, w, b, shape.stride, shape.padding, 1, groups)
+            y = F.conv2d(x, w_cl, b, shape.stride, shape.padding, 1, groups)
+            torch.autograd.grad(y, cl_inputs, gy)
+
+        def nchw() -> None:  # as the GPU program runs it among channels-last layers: converted in and out
+            y = F.conv2d(x.contiguous(), w, b, shape.stride, shape.padding, 1, groups).contiguous(memory_format=CL)
             torch.autograd.grad(y, g_inputs, gy)
 
         def split() -> None:
@@ -493,10 +551,13 @@ def _time_layouts(shape: ConvShape) -> Timing:
         def loaded(rounds: int) -> bool:  # the verdict is "loaded" then: spare the remaining rounds
             return rounds >= LOADED_ROUNDS and is_loaded(probe.current(), None, probe.cpus, threads)
 
+        fns = {"grouped": grouped, "split": split, "nchw": nchw}
+        fns = {name: fns[name] for name in layouts}
+        fns["switch"] = switch
+        fns, replayed = replay_candidates(fns, device, graphs)
         with LoadProbe() as probe:
-            samples = interleave({"grouped": grouped, "split": split, "switch": switch}, lambda: _sync(device),
-                                 give_up=loaded)
-    return Timing(samples, probe.others, probe.loadavg, probe.cpus)
+            samples = interleave(fns, lambda: _sync(device), give_up=loaded)
+    return Timing(samples, probe.others, probe.loadavg, probe.cpus, replayed if device.type == "cuda" else None)
 
 
 def _rule_layout(shape: ConvShape) -> str:
@@ -532,46 +593,60 @@ def _round(v: float | None, digits: int) -> float | None:
 
 def judge(shape: ConvShape, timing: Timing) -> dict:
     """The cache entry of a timing of ``shape``: its verdict (``decision``: module docstring), the
-    layout it gives (the faster one where ``measured``, the static rule's otherwise) and how it was
-    measured: medians (``grouped_ms``, ``split_ms``, ``switch_ms``), rounds (``reps``), spreads, the
-    rounds split won, the load. ValueError for a timing that is not one (missing layouts, rounds of unequal
-    counts, a time that is not a positive finite number)."""
+    layout it gives (the fastest one where ``measured``, the static rule's otherwise) and how it was
+    measured: medians (``grouped_ms``, ``split_ms``, ``nchw_ms`` where timed, ``switch_ms``), rounds
+    (``reps``), spreads, the rounds split won against grouped (``split_won``) and the fastest won
+    against every other (``won``), the load, and on CUDA whether the layouts were replayed from
+    CUDA graphs (``replayed``). ValueError for a timing that is not one (missing layouts, rounds of
+    unequal counts, a time that is not a positive finite number)."""
     samples = timing.samples
     if not isinstance(samples, dict) or not {"grouped", "split"} <= set(samples):
         raise ValueError(f"the timer's samples: expected {{'grouped': [ms, ...], 'split': [ms, ...]}}, got {samples!r}")
-    g = [_finite_ms("grouped_ms", v) for v in samples["grouped"]]
-    s = [_finite_ms("split_ms", v) for v in samples["split"]]
+    names = [name for name in FORCED if name in samples]
+    times = {name: [_finite_ms(f"{name}_ms", v) for v in samples[name]] for name in names}
     sw = [_finite_ms("switch_ms", v) for v in samples.get("switch", ())]
-    if not g or len(g) != len(s) or (sw and len(sw) != len(g)):
-        raise ValueError(f"the timer's samples: expected one time per round of each layout, got {len(g)} grouped "
-                         f"and {len(s)} split" + (f" and {len(sw)} switch" if sw else ""))
-    reps = len(g)
-    gm, sm = statistics.median(g), statistics.median(s)
+    reps = len(times["grouped"])
+    if not reps or any(len(t) != reps for t in times.values()) or (sw and len(sw) != reps):
+        raise ValueError("the timer's samples: expected one time per round of each layout, got "
+                         + " and ".join(f"{len(t)} {name}" for name, t in times.items())
+                         + (f" and {len(sw)} switch" if sw else ""))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    spread = {name: _spread(t) for name, t in times.items()}
     switch_ms = statistics.median(sw) if sw else 0.0
-    gs, ss = _spread(g), _spread(s)
-    split_won = sum(b < a for a, b in zip(g, s))
-    grouped_won = sum(a < b for a, b in zip(g, s))
+    split_won = sum(b < a for a, b in zip(times["grouped"], times["split"]))
+    faster = min(names, key=lambda name: (med[name], names.index(name)))
+    won = sum(all(times[faster][r] < times[o][r] for o in names if o != faster) for r in range(reps))
     rule = _rule_layout(shape)
     threads = shape.threads if torch.device(shape.device).type == "cpu" else 1
     if is_loaded(timing.load, timing.loadavg, timing.cpus, threads):
         decision, choice = "loaded", rule
-    elif reps < MIN_REPS or max(gs, ss) > NOISE_LIMIT:
+    elif reps < MIN_REPS or max(spread.values()) > NOISE_LIMIT:
         decision, choice = "noisy", rule
     else:
-        faster = "split" if sm < gm else "grouped"
-        won = split_won if faster == "split" else grouped_won
-        fast, slow = min(gm, sm), max(gm, sm)
-        clear = slow >= (1 + CLEAR_MARGIN) * fast and won >= CLEAR_ROUNDS * reps
+        fast = med[faster]
+        runner_up = min(med[name] for name in names if name != faster)
+        clear = runner_up >= (1 + CLEAR_MARGIN) * fast and won >= CLEAR_ROUNDS * reps
         if clear and faster != rule:  # leaving the rule must pay for the layout changes around the layer
-            clear = slow >= (1 + DEVIATE_MARGIN) * fast and slow - fast > switch_ms
+            # (NCHW is timed with its conversions from and to channels-last; split <-> grouped is switch_ms)
+            cost = switch_ms if "split" in (faster, rule) else 0.0
+            clear = med[rule] >= (1 + DEVIATE_MARGIN) * fast and med[rule] - fast > cost
         decision, choice = ("measured", faster) if clear else ("close", rule)
-    return {"layout": choice, "decision": decision, "grouped_ms": _round(gm, 6), "split_ms": _round(sm, 6),
-            "switch_ms": _round(switch_ms, 6) if sw else None, "reps": reps, "grouped_spread": _round(gs, 3),
-            "split_spread": _round(ss, 3), "split_won": split_won,
-            "load": None if timing.load is None else round(float(timing.load), 2),
-            "loadavg": None if timing.loadavg is None else round(float(timing.loadavg), 2),
-            "cpus": timing.cpus, "attempts": 1,
-            "timed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    entry = {"layout": choice, "decision": decision, "grouped_ms": _round(med["grouped"], 6),
+             "split_ms": _round(med["split"], 6)}
+    if "nchw" in med:
+        entry["nchw_ms"] = _round(med["nchw"], 6)
+    entry.update({"switch_ms": _round(switch_ms, 6) if sw else None, "reps": reps,
+                  "grouped_spread": _round(spread["grouped"], 3), "split_spread": _round(spread["split"], 3)})
+    if "nchw" in spread:
+        entry["nchw_spread"] = _round(spread["nchw"], 3)
+    entry.update({"split_won": split_won, "won": won,
+                  "load": None if timing.load is None else round(float(timing.load), 2),
+                  "loadavg": None if timing.loadavg is None else round(float(timing.loadavg), 2),
+                  "cpus": timing.cpus, "attempts": 1})
+    if timing.replayed is not None:
+        entry["replayed"] = bool(timing.replayed)
+    entry["timed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return entry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,10 +717,12 @@ def _entries_of(data) -> dict[str, dict]:
     if not isinstance(entries, dict):
         raise ValueError("expected an object 'entries'")
     for key, e in entries.items():
-        if not isinstance(e, dict) or e.get("layout") not in ("grouped", "split"):
-            raise ValueError(f"entry {key!r}: expected {{'layout': 'grouped' or 'split', ...}}, got {e!r}")
+        if not isinstance(e, dict) or e.get("layout") not in FORCED:
+            raise ValueError(f"entry {key!r}: expected {{'layout': 'grouped', 'split' or 'nchw', ...}}, got {e!r}")
         _finite_ms(f"entry {key!r} grouped_ms", e.get("grouped_ms"))
         _finite_ms(f"entry {key!r} split_ms", e.get("split_ms"))
+        if "nchw_ms" in e or e["layout"] == "nchw":
+            _finite_ms(f"entry {key!r} nchw_ms", e.get("nchw_ms"))
     return entries
 
 
@@ -689,7 +766,7 @@ class LayoutTuner:
     unless given; ``directory``: the cache folder (:func:`netspace_fast.settings.cache_dir` at
     construction unless given); ``timer``: ``timer(shape) -> Timing``, the module's
     :func:`_time_layouts` (looked up at each use) unless given. ``choices`` is the in-memory memo
-    (key -> "grouped" or "split"): a key in it is never decided again by this tuner."""
+    (key -> "grouped", "split" or "nchw"): a key in it is never decided again by this tuner."""
 
     def __init__(self, device_name: str, *, torch_version: str | None = None,
                  directory: str | os.PathLike | None = None, timer: Timer | None = None) -> None:
@@ -713,8 +790,8 @@ class LayoutTuner:
         return f"LayoutTuner({self.device_name!r}, torch {self.torch_version}, {str(self.path)!r})"
 
     def layout(self, shape: ConvShape) -> str:
-        """"grouped" or "split" for ``shape``: the memo, else the cache file's final entry, else
-        timed now (and written to the file; module docstring)."""
+        """"grouped", "split" or "nchw" (CUDA) for ``shape``: the memo, else the cache file's final
+        entry, else timed now (and written to the file; module docstring)."""
         if not isinstance(shape, ConvShape):
             raise TypeError(f"shape: expected a ConvShape, got {type(shape).__name__}")
         key = shape.key()
@@ -880,38 +957,56 @@ def reset_tuners() -> None:
 
 
 @torch.compiler.assume_constant_result
-def _tuned_split(cin: int, cout: int, k: int, stride: int, padding: int, h: int, w: int, B: int, n: int,
-                 dtype: torch.dtype, device: str, shared: bool) -> bool:
-    """The tuner's choice; a constant of the graph under torch.compile (made while tracing)."""
+def _tuned_layout(cin: int, cout: int, k: int, stride: int, padding: int, h: int, w: int, B: int, n: int,
+                  dtype: torch.dtype, device: str, shared: bool) -> int:
+    """The tuner's choice (its index in :data:`FORCED`); a constant of the graph under torch.compile
+    (made while tracing)."""
     shape = ConvShape.make(cin, cout, k, stride, padding, (h, w), B, n, dtype, device, shared)
-    return tuner(shape.device).split(shape)
+    return FORCED.index(tuner(shape.device).layout(shape))
 
 
-def conv_split(mode: str, n: int, cin: int | None, cout: int, k: int, stride: int, padding: int,
-               hw: tuple[int, int], B: int | None, dtype: torch.dtype, device, shared: bool = False) -> bool:
-    """Whether one conv runs split under layout ``mode`` (a value of ``NETSPACE_CONV_LAYOUT``);
-    ``hw`` is its input's spatial size."""
-    if mode in ("grouped", "split"):
-        return mode == "split"
+def conv_layout(mode: str, n: int, cin: int | None, cout: int, k: int, stride: int, padding: int,
+                hw: tuple[int, int], B: int | None, dtype: torch.dtype, device, shared: bool = False) -> str:
+    """The layout ("grouped", "split" or "nchw") of one conv under layout ``mode`` (a value of
+    ``NETSPACE_CONV_LAYOUT``); ``hw`` is its input's spatial size."""
+    if mode in FORCED:
+        return mode
     dev = torch.device(device)
     oh = (hw[0] + 2 * padding - k) // stride + 1
     ow = (hw[1] + 2 * padding - k) // stride + 1
     if mode == "rule":
-        return use_split(n, cout, oh * ow, dev)
+        return "split" if use_split(n, cout, oh * ow, dev) else "grouped"
     if mode not in ("auto", "tune"):
         raise ValueError(f"mode: expected one of {LAYOUTS}, got {mode!r}")
     if B is None or cin is None:
         raise ValueError(f"B and the input's channels are needed to time layouts (NETSPACE_CONV_LAYOUT={mode}), "
                          f"got B={B!r}, cin={cin!r}")
     if n < 1 or B < 1 or oh < 1 or ow < 1:  # nothing to run
-        return False
-    return _tuned_split(int(cin), int(cout), int(k), int(stride), int(padding), int(hw[0]), int(hw[1]), int(B),
-                        int(n), dtype, str(dev), bool(shared))
+        return "grouped"
+    return FORCED[_tuned_layout(int(cin), int(cout), int(k), int(stride), int(padding), int(hw[0]), int(hw[1]),
+                                int(B), int(n), dtype, str(dev), bool(shared))]
+
+
+def conv_split(mode: str, n: int, cin: int | None, cout: int, k: int, stride: int, padding: int,
+               hw: tuple[int, int], B: int | None, dtype: torch.dtype, device, shared: bool = False) -> bool:
+    """Whether one conv runs split under layout ``mode`` (:func:`conv_layout`)."""
+    return conv_layout(mode, n, cin, cout, k, stride, padding, hw, B, dtype, device, shared) == "split"
+
+
+class Block(NamedTuple):
+    """Steps ``start`` to ``stop - 1`` of a program: per network (``split``) or for all networks at
+    once; ``nchw``: a grouped conv run in NCHW (its input converted from channels-last, its output
+    back)."""
+
+    start: int
+    stop: int
+    split: bool
+    nchw: bool = False
 
 
 def plan_blocks(layers, n: int, hw0: tuple[int, int], device, B: int | None = None, c0: int | None = None,
-                dtype: torch.dtype = torch.float32, shared: bool = False) -> list[tuple[int, int, bool]]:
-    """Cut a network into blocks ``(start, stop, split)``.
+                dtype: torch.dtype = torch.float32, shared: bool = False) -> list[Block]:
+    """Cut a network into :class:`Block` s ``(start, stop, split, nchw)``.
 
     ``layers``: per layer ``(kind, src, dst, cout, k, stride, padding)`` (value ids as in
     :class:`netspace_fast.archs.LayerSpec`; for an "avgpool" k and stride are the pool's); ``n``
@@ -922,34 +1017,36 @@ def plan_blocks(layers, n: int, hw0: tuple[int, int], device, B: int | None = No
     maximal run of convs sent per network, plus the pools between them: callers run it network by
     network (each network's activations flow from layer to layer while still in cache: ResNet8's
     forward, B=8, N=128, 98 ms against 126 ms layer by layer). Every other layer is a block of its
-    own, run for all networks at once."""
+    own, run for all networks at once (a conv the tuner or ``NETSPACE_CONV_LAYOUT=nchw`` puts in NCHW:
+    ``nchw``)."""
     mode = settings.conv_layout()
     hw = {0: tuple(hw0)}
     ch = {0: c0}
     split_vals: set[int] = set()
-    flags = []
+    flags, nchw = [], []
     for kind, src, dst, cout, k, stride, padding in layers:
-        flag = False
+        choice = "grouped"
         if kind in ("conv", "avgpool") and src in hw:
             H, W = hw[src]
             hw[dst] = ((H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1)
             if kind == "conv":
                 ch[dst] = cout
-                flag = conv_split(mode, n, ch.get(src), cout, k, stride, padding, (H, W), B, dtype, device,
-                                  shared and src == 0)
+                choice = conv_layout(mode, n, ch.get(src), cout, k, stride, padding, (H, W), B, dtype, device,
+                                     shared and src == 0)
             else:
                 ch[dst] = ch.get(src)
-                flag = src in split_vals
-        if flag:
+                choice = "split" if src in split_vals else "grouped"
+        if choice == "split":
             split_vals.add(dst)
-        flags.append(flag)
+        flags.append(choice == "split")
+        nchw.append(choice == "nchw")
     blocks, i = [], 0
     while i < len(flags):
         j = i + 1
         if flags[i]:
             while j < len(flags) and flags[j]:
                 j += 1
-        blocks.append((i, j, flags[i]))
+        blocks.append(Block(i, j, flags[i], nchw[i]))
         i = j
     return blocks
 
@@ -971,15 +1068,19 @@ def describe_cache(device: torch.device | str = "cpu", strict: bool = False) -> 
     if not entries:
         lines.append("  no choices measured yet on this device model with this torch version")
     else:
-        lines.append(f"  {'layout':8} {'decision':12} {'grouped ms':>10} {'split ms':>10} {'switch ms':>9} {'reps':>4} "
-                     f"{'spread':>6} {'load':>9}  key ({len(entries)} shapes)")
+        nchw = any("nchw_ms" in e for e in entries.values())  # a column of its own where timed (CUDA)
+        lines.append(f"  {'layout':8} {'decision':12} {'grouped ms':>10} {'split ms':>10} "
+                     + (f"{'nchw ms':>10} " if nchw else "")
+                     + f"{'switch ms':>9} {'reps':>4} {'spread':>6} {'load':>9}  key ({len(entries)} shapes)")
         for key, e in entries.items():
-            spreads = [v for v in (e.get("grouped_spread"), e.get("split_spread")) if isinstance(v, (int, float))]
+            spreads = [v for v in (e.get("grouped_spread"), e.get("split_spread"), e.get("nchw_spread"))
+                       if isinstance(v, (int, float))]
             spread = f"{max(spreads):.1%}" if spreads else "-"
             load = f"{_fmt(e.get('load'), '.2f', '?')}/{_fmt(e.get('cpus'), 'd', '?')}" if "decision" in e else "-"
             lines.append(f"  {e['layout']:8} {status(e):12} {e['grouped_ms']:10.4g} {e['split_ms']:10.4g} "
-                         f"{_fmt(e.get('switch_ms'), '9.4g'):>9} {_fmt(e.get('reps'), 'd'):>4} {spread:>6} {load:>9}  "
-                         f"{key}")
+                         + (f"{_fmt(e.get('nchw_ms'), '10.4g'):>10} " if nchw else "")
+                         + f"{_fmt(e.get('switch_ms'), '9.4g'):>9} {_fmt(e.get('reps'), 'd'):>4} {spread:>6} "
+                         f"{load:>9}  {key}")
     others = []
     if t.directory.is_dir():
         others = sorted(p.name for p in t.directory.glob("conv_layout-*.json") if p != t.path)
@@ -1065,11 +1166,11 @@ def flatten(v, B: int) -> torch.Tensor:
 
 
 
-__all__ = ["CACHE_FORMAT", "CLEAR_MARGIN", "CLEAR_ROUNDS", "ConvShape", "DECISIONS", "DEVIATE_MARGIN", "FINAL",
+__all__ = ["Block", "CACHE_FORMAT", "CLEAR_MARGIN", "CLEAR_ROUNDS", "ConvShape", "DECISIONS", "DEVIATE_MARGIN", "FINAL", "FORCED",
            "LAYOUTS", "LOAD_SLACK", "LOADED_ROUNDS", "LayoutTuner", "LoadProbe", "MAX_ATTEMPTS", "MAX_REPS", "MIN_REPS",
            "MIN_TIME_S", "NOISE_LIMIT", "SPLIT_MIN_CHANNELS", "SPLIT_MIN_PIXELS", "Timing", "cache_file_name",
-           "cache_files", "clear_caches", "conv_split", "describe_cache", "device_name", "flatten", "interleave",
-           "is_loaded", "judge", "plan_blocks", "print_cache", "reset_tuners", "settled", "status", "to_grouped",
+           "cache_files", "candidates", "clear_caches", "conv_layout", "conv_split", "describe_cache", "device_name", "flatten", "interleave",
+           "is_loaded", "judge", "plan_blocks", "print_cache", "replay_candidates", "reset_tuners", "settled", "status", "to_grouped",
            "to_split", "tuner", "use_split"]
 
 if __name__ == "__main__":

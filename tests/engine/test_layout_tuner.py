@@ -218,8 +218,14 @@ LAYERS = [("conv", 0, 1, 4, 3, 1, 1), ("conv", 1, 2, 8, 3, 2, 1), ("avgpool", 2,
           ("flatten", 3, 4, None, 0, 1, 0)]
 
 
+def short(blocks):
+    """Blocks as (start, stop, split), with "nchw" appended where a grouped conv runs in NCHW."""
+    assert all(isinstance(b, layout.Block) for b in blocks)
+    return [(b.start, b.stop, b.split) + (("nchw",) if b.nchw else ()) for b in blocks]
+
+
 def plan(device="cpu", B=2, shared=False):
-    return layout.plan_blocks(LAYERS, 2, (8, 8), device, B, 3, torch.float32, shared)
+    return short(layout.plan_blocks(LAYERS, 2, (8, 8), device, B, 3, torch.float32, shared))
 
 
 @pytest.fixture

@@ -314,9 +314,9 @@ def test_one_network_is_never_timed(tmp_path, monkeypatch):
     monkeypatch.setattr(layout, "tuner", lambda device: t)
     monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "auto")
     layers = [("conv", 0, 1, 16, 3, 1, 1), ("conv", 1, 2, 16, 3, 1, 1)]
-    assert layout.plan_blocks(layers, 128, (32, 32), "cpu", 1, 3) == [(0, 1, False), (1, 2, False)]
+    assert layout.plan_blocks(layers, 128, (32, 32), "cpu", 1, 3) == [(0, 1, False, False), (1, 2, False, False)]
     assert timer.calls == []
-    assert layout.plan_blocks(layers, 128, (32, 32), "cpu", 2, 3) == [(0, 2, True)] and len(timer.calls) == 2
+    assert layout.plan_blocks(layers, 128, (32, 32), "cpu", 2, 3) == [(0, 2, True, False)] and len(timer.calls) == 2
 
 
 def test_a_failed_or_malformed_timing_takes_the_rule_without_caching(tmp_path):

@@ -27,7 +27,7 @@ def test_gather_on_cuda_equals_cpu():
 
 
 @pytest.mark.parametrize("name", ["lenetlike", "resnet8"])
-@pytest.mark.parametrize("layout", ["grouped", "split"])
+@pytest.mark.parametrize("layout", ["grouped", "split", "nchw"])
 def test_epoch_on_cuda_matches_cpu(monkeypatch, name, layout):
     monkeypatch.setenv("NETSPACE_CONV_LAYOUT", layout)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

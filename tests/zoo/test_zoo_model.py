@@ -182,10 +182,11 @@ def test_make_optimizer_is_the_protocol_optimizer(digits, protocol):
 
 
 @pytest.mark.parametrize("name", ["lenetlike", "vanillacnn", "resnet8"])
-@pytest.mark.parametrize("rule", ["all split", "all grouped", "mixed"])
+@pytest.mark.parametrize("rule", ["all split", "all grouped", "mixed", "all nchw", "nchw and split"])
 def test_split_and_grouped_layouts_agree(digits, monkeypatch, name, rule):
-    """Every conv run per instance, all as one grouped call, or a mix (the layout changes inside
-    the network, residual branches included): same outputs, gradients and BN statistics (float64)."""
+    """Every conv run per instance, all as one grouped call (channels-last, or NCHW), or a mix (the
+    layout changes inside the network, residual branches included): same outputs, gradients and BN
+    statistics (float64)."""
     from netspace_fast.engine import layout
 
     x = digits[0][:24].double().view(3, 8, 3, 32, 32)
@@ -200,6 +201,11 @@ def test_split_and_grouped_layouts_agree(digits, monkeypatch, name, rule):
         elif r == "mixed":  # 32x32 and 16x16 outputs split, 8x8 grouped (N = 8)
             monkeypatch.setattr(layout, "SPLIT_MIN_PIXELS", 8 * 256)
             monkeypatch.setattr(layout, "SPLIT_MIN_CHANNELS", 1)
+        elif r == "all nchw":
+            monkeypatch.setenv("NETSPACE_CONV_LAYOUT", "nchw")
+        elif r == "nchw and split":  # 32x32 inputs split, smaller ones grouped in NCHW
+            monkeypatch.setattr(layout, "conv_layout", lambda mode, n, cin, cout, k, stride, padding, hw, *a, **kw:
+                                "split" if hw[0] * hw[1] >= 1024 else "nchw")
         net = BatchedZooNet([m.double() for m in make(name, [1, 2, 3])])
         net.train()
         out = net(x)
