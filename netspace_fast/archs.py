@@ -436,8 +436,10 @@ def register(name: str, factory, *, datasets=None) -> str:
     ``factory`` returns the network (an ``nn.Module`` in its trained form, BatchNorm included),
     called as ``factory(dataset=name)`` if it has a parameter ``dataset``, else ``factory()``. ``datasets``: the
     dataset names it is made for (default: every one of :data:`DATASETS`). Its spec is traced
-    (:func:`spec_from_module`) on an input of the dataset's geometry; the first trace refuses an
-    unsupported network. Registering a name again replaces it; built-in names cannot be taken.
+    (:func:`spec_from_module`) on an input of the dataset's geometry, or of the geometry the module
+    declares in an ``input_shape`` attribute, (C, H, W) (a network made for its own images, e.g. a public
+    zoo's 1x28x28 CNN: :mod:`netspace_fast.zoo.public`); the first trace refuses an unsupported network.
+    Registering a name again replaces it; built-in names cannot be taken.
     Returns the name (lower case).
     """
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-" for c in name):
@@ -543,13 +545,29 @@ def _check_name(name: object, dataset: object) -> tuple[str, str | None]:
     return key, ds
 
 
+def _declared_input_shape(module: nn.Module, name: str) -> tuple[int, ...] | None:
+    """The input shape (C, H, W) a factory's module declares in its ``input_shape`` attribute (a network
+    made for one image geometry, such as a public zoo's 1x28x28 CNN), or None: the dataset's geometry."""
+    shape = getattr(module, "input_shape", None)
+    if shape is None:
+        return None
+    if (not isinstance(shape, (tuple, list)) or len(shape) != 3
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise ValueError(f"arch: {name!r}: the module's input_shape must be (channels, height, width) of positive "
+                         f"ints, got {shape!r}")
+    return tuple(shape)
+
+
 @lru_cache(maxsize=None)
 def _spec_cached(name: str, dataset: str | None) -> ArchSpec:
     if name in _REGISTRY:
-        cin, size, _ = DATASETS[dataset]
         with torch.random.fork_rng(devices=[]):
             module = _REGISTRY[name].make(dataset)
-        x = torch.randn(2, cin, size, size, generator=torch.Generator().manual_seed(0))  # the global RNG untouched
+        shape = _declared_input_shape(module, name)
+        if shape is None:
+            cin, size, _ = DATASETS[dataset]
+            shape = (cin, size, size)
+        x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))  # the global RNG untouched
         return spec_from_module(module, x, name=name, dataset=dataset)
     if name == "siren":
         return _siren()

@@ -36,14 +36,26 @@ Every split of every dataset (the grayscale ones after replication) is normalize
 ``augment=True`` the train split (only) also gets the standard augmentation: random crop with
 padding ``S // 8`` (4 for 32 px, 8 for 64 px) and a random horizontal flip.
 
-Public API: :data:`DATASETS`, :data:`DOWNLOADABLE`, :func:`dataset_info`, :func:`download`,
-:func:`load_splits`, :func:`tensors`, :func:`read_idx`.
+A zoo imported from elsewhere (:mod:`netspace_fast.zoo.public`) saw its images its own way: 28x28
+grayscale, normalized with its own mean and std. Such a zoo records an :class:`ImageGeometry` in its
+config (:func:`geometry_of`), and :func:`tensors` given that geometry returns the images as those
+networks were trained on them: the dataset's own images in [0, 1] made ``channels`` channels (a
+grayscale image replicated, a colour image averaged over its channels), ``size`` pixels a side (a
+smaller image padded with black, centred; a larger one resized, bilinear with antialiasing) and
+normalized with the geometry's per-channel mean and std. Without one, every dataset keeps the geometry
+above (:func:`default_geometry`). :func:`zoo_tensors` gives a zoo's images either way.
+
+Public API: :data:`DATASETS`, :data:`DOWNLOADABLE`, :class:`ImageGeometry`, :func:`dataset_info`,
+:func:`default_geometry`, :func:`download`, :func:`geometry_of`, :func:`load_splits`, :func:`tensors`,
+:func:`zoo_tensors`, :func:`read_idx`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -55,8 +67,8 @@ from torchvision import transforms as T
 
 from . import archs
 
-__all__ = ["DATASETS", "DOWNLOADABLE", "IDX_FILES", "MEAN", "STD", "dataset_info", "download", "fetch", "load_splits",
-           "read_idx", "tensors"]
+__all__ = ["DATASETS", "DOWNLOADABLE", "IDX_FILES", "MEAN", "STD", "ImageGeometry", "dataset_info", "default_geometry",
+           "download", "fetch", "geometry_of", "load_splits", "read_idx", "tensors", "zoo_tensors"]
 
 DATASETS = ("digits", "cifar10", "tinyimagenet", "fashion-mnist", "mnist")
 DOWNLOADABLE = ("cifar10", "fashion-mnist", "mnist")
@@ -119,11 +131,83 @@ def _transform(size: int, augment: bool, pil: bool) -> Callable:
     return T.Compose(steps)
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    """Normalize a batch (M, 3, S, S) of float images in [0, 1]."""
-    mean = torch.tensor(MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+# ----------------------------------------------------------------------------------------------
+# image geometry: how a zoo's networks see their images
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """The images a zoo's networks take: ``channels`` (1 or 3), ``size`` (pixels a side) and the
+    per-channel ``mean`` and ``std`` the [0, 1] pixels are normalized with (one value per channel).
+    Recorded in a zoo's config under ``"geometry"`` (:meth:`to_json`, :func:`geometry_of`)."""
+
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise ValueError(f"geometry: channels must be 1 or 3, got {self.channels!r}")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 1 <= self.size <= 1024:
+            raise ValueError(f"geometry: size must be an int in [1, 1024], got {self.size!r}")
+        for field, low in (("mean", -math.inf), ("std", 0.0)):
+            values = getattr(self, field)
+            if (not isinstance(values, (tuple, list)) or len(values) != self.channels
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               and v > low for v in values)):
+                what = "positive finite numbers" if field == "std" else "finite numbers"
+                raise ValueError(f"geometry: {field} must be {self.channels} {what} (one per channel), got {values!r}")
+            object.__setattr__(self, field, tuple(float(v) for v in values))
+
+    def to_json(self) -> dict:
+        return {"channels": self.channels, "size": self.size, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_json(cls, d, where: str = "geometry") -> "ImageGeometry":
+        keys = ("channels", "size", "mean", "std")
+        if not isinstance(d, dict) or set(d) != set(keys):
+            raise ValueError(f"{where}: expected an object with exactly the keys {', '.join(keys)}, got {d!r}")
+        try:
+            return cls(d["channels"], d["size"], tuple(d["mean"]) if isinstance(d["mean"], list) else d["mean"],
+                       tuple(d["std"]) if isinstance(d["std"], list) else d["std"])
+        except ValueError as e:
+            raise ValueError(f"{where}: {str(e).removeprefix('geometry: ')}") from None
+
+
+def default_geometry(name: str) -> ImageGeometry:
+    """The geometry of dataset ``name`` here: 3 channels, :func:`dataset_info`'s size, :data:`MEAN` / :data:`STD`."""
+    channels, size, _ = dataset_info(name)
+    return ImageGeometry(channels, size, MEAN, STD)
+
+
+def geometry_of(config) -> ImageGeometry | None:
+    """The geometry a zoo's config records (``config["geometry"]``), or None: the dataset's own."""
+    if not isinstance(config, dict) or config.get("geometry") is None:
+        return None
+    return ImageGeometry.from_json(config["geometry"], "zoo config geometry")
+
+
+def zoo_tensors(config, name: str, split: str, root=None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`tensors` as the networks of a zoo whose config is ``config`` see them: in the geometry it
+    records (:func:`geometry_of`; an imported zoo), else in the dataset's own."""
+    g = geometry_of(config)
+    return tensors(name, split, root, seed) if g is None else tensors(name, split, root, seed, geometry=g)
+
+
+def _to_geometry(x: torch.Tensor, g: ImageGeometry) -> torch.Tensor:
+    """Float images (M, C, S, S) in [0, 1] as the geometry ``g`` sees them (module doc)."""
+    if x.shape[1] != g.channels:
+        x = x.mean(1, keepdim=True) if g.channels == 1 else x.expand(-1, g.channels, -1, -1)
+    side = x.shape[-1]
+    if side < g.size:
+        a = (g.size - side) // 2
+        x = F.pad(x, (a, g.size - side - a, a, g.size - side - a))
+    elif side > g.size:
+        x = F.interpolate(x, size=(g.size, g.size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(g.mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(g.std, dtype=x.dtype).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,7 +629,8 @@ def load_splits(
 
 
 def tensors(
-    name: str, split: str, root: Optional[str | os.PathLike] = None, seed: int = 0
+    name: str, split: str, root: Optional[str | os.PathLike] = None, seed: int = 0,
+    geometry: ImageGeometry | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Materialize one split without augmentation: ``(images (M, 3, S, S) float32, labels (M,) int64)``.
 
@@ -553,23 +638,34 @@ def tensors(
     ``seed``). Digits and CIFAR-10 are vectorized (CIFAR-10's 40k train split is ~490 MB of
     float32); Tiny-ImageNet decodes every JPEG one by one and is slow (minutes, ~3.9 GB of float32
     for the 80k train split) -- prefer a DataLoader over :func:`load_splits` there.
+
+    ``geometry``: the images as a zoo with its own geometry sees them (module doc): (M, channels,
+    size, size), normalized with its mean and std; the same images and split otherwise. Not for
+    Tiny-ImageNet.
     """
     _check_name(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split={split!r}; valid splits: {', '.join(SPLITS)}")
+    if geometry is not None and not isinstance(geometry, ImageGeometry):
+        raise TypeError(f"geometry: expected an ImageGeometry or None, got {type(geometry).__name__}")
     if name == "digits":
         x, y = _digits_images()
         idx = torch.from_numpy(dict(zip(SPLITS, _split_train_val_test(len(y), seed)))[split])
-        return _normalize(x[idx]), y[idx]
-    if name in _IDX_NAMES:
+        x, y = x[idx], y[idx]
+    elif name in _IDX_NAMES:
         x, y = _idx_arrays(name, root, seed)[split]
-        return _normalize(_gray_to_rgb32(x)), torch.from_numpy(y)
-    if name == "cifar10":
+        x = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(255.0).unsqueeze(1)  # (M, 1, 28, 28)
+        y = torch.from_numpy(y)
+    elif name == "cifar10":
         xtr, ytr, tr_idx, va_idx, xte, yte = _cifar_raw(root, seed)
         data, labels = (xte, yte) if split == "test" else (xtr, ytr)
         idx = {"train": tr_idx, "val": va_idx, "test": np.arange(len(yte))}[split]
         x = torch.from_numpy(np.ascontiguousarray(data[idx])).permute(0, 3, 1, 2).float() / 255.0
-        return _normalize(x).contiguous(), torch.from_numpy(labels[idx])
+        y = torch.from_numpy(labels[idx])
+    elif geometry is not None:
+        raise ValueError(f"geometry: images of another geometry than the dataset's are not made for {name!r}")
+    if name != "tinyimagenet":
+        return _to_geometry(x, geometry or default_geometry(name)), y
     ds = load_splits(name, root, seed=seed, augment=False)[split]
     items = [ds[i] for i in range(len(ds))]
     size = dataset_info(name)[1]

@@ -140,6 +140,26 @@ def config_differences(old, new, whose: str = "the existing", prefix: str = "") 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes in torch's messages
 
 
+def load_state_dict_file(path, where: str) -> dict:
+    """A state dict saved with ``torch.save`` (a mapping of names to tensors), read with
+    ``torch.load(..., weights_only=True)``: nothing is unpickled. Anything else is a ValueError of one
+    line starting with ``where`` (the file and what it is for), and why (:func:`load_error_reason`)."""
+    from collections.abc import Mapping
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the unpickler's refusals come in many types
+        raise ValueError(f"{where} is not a state dict torch.load(..., weights_only=True) can read "
+                         f"({load_error_reason(e)})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in state.items()):
+        raise ValueError(f"{where}: expected a state dict (a mapping of names to tensors), found "
+                         f"{type(state).__name__}")
+    return dict(state)
+
+
 def load_error_reason(e: Exception) -> str:
     """Why ``torch.load(..., weights_only=True)`` refused a file, on one line (at most 300 characters):
     the unpickler's own words (which global, which opcode), without torch's advice to trust the file."""

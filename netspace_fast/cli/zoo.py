@@ -188,28 +188,74 @@ def zoo_train(preset: str, out_dir: Path, root: Path | None, download: bool, see
         click.echo(f"done: zoo written to {str(out_dir)!r}")
 
 
+_PUBLIC_OPTIONS = ("epochs", "split", "seed", "max_weight", "dataset")  # --format modelzoo|smallcnnzoo only
+_NETSPACE_OPTIONS = ("root", "download", "base")  # --format netspace only
+
+
 @zoo.command("import")
-@click.argument("lists", metavar="LIST [LIST ...]", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", metavar="LIST [LIST ...] | SRC", nargs=-1, required=True, type=click.Path(path_type=Path))
 @output_option("--out", "out_dir", folder=True, may_be=("zoo",), required=True,
                help="Zoo directory to create (or to resume an interrupted import into).")
+@click.option("--format", "fmt", type=click.Choice(["netspace", "modelzoo", "smallcnnzoo"]), default="netspace",
+              show_default=True,
+              help="netspace: the original NetSpace code's list files; modelzoo: an HSG-AIML Model Zoo folder (Ray "
+                   "Tune trial folders); smallcnnzoo: a Small CNN Zoo folder (weights.npy, metrics.csv.gz, "
+                   "layout.csv).")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="Dataset root folder: evaluate train/val/test accuracy (default: not recorded).")
+              help="netspace: dataset root folder: evaluate train/val/test accuracy (default: not recorded).")
 @download_option
 @click.option("--base", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory that relative .pt paths resolve against (default: the current directory).")
-def zoo_import(lists: tuple[Path, ...], out_dir: Path, root: Path | None, download: bool, base: Path | None) -> None:
-    """Import the original NetSpace code's zoo: its list files (train.txt, val.txt, test.txt; one
-    network a line, 'class;<typed params>;path/to/file.pt') and the state dicts they name.
+              help="netspace: directory that relative .pt paths resolve against (default: the current directory).")
+@click.option("--epochs", default=None, metavar="last|all|E,E,...",
+              help="modelzoo/smallcnnzoo: which checkpoints of each trial or run (default: last).")
+@click.option("--split", type=click.Choice(["theirs", "ours"]), default=None,
+              help="modelzoo/smallcnnzoo: the source's split (Model Zoos: 70/15/15 of the trials; Small CNN Zoo: "
+                   "NFN's) or ours (100:16:16 of the networks, from --seed). Default: theirs.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="modelzoo/smallcnnzoo: seed of --split ours.")
+@click.option("--max-weight", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="modelzoo/smallcnnzoo: leave out checkpoints with a weight of larger magnitude (diverged).")
+@click.option("--dataset", type=click.Choice(["fashion-mnist", "mnist", "cifar10"]), default=None,
+              help="modelzoo/smallcnnzoo: our dataset for theirs, where the source does not tell it.")
+def zoo_import(sources: tuple[Path, ...], out_dir: Path, fmt: str, root: Path | None, download: bool,
+               base: Path | None, **public) -> None:
+    """Import a zoo made elsewhere: the original NetSpace code's list files (train.txt, val.txt,
+    test.txt; one network a line, 'class;<typed params>;path/to/file.pt'), an HSG-AIML Model Zoo or
+    the Small CNN Zoo (the folder SRC).
 
-    The split of each network is its list file's name. Everything is validated before anything
-    is written; a problem is one error line naming the list file and line."""
-    from ..zoo.importer import import_original_zoo
+    Everything is validated before anything is written; a problem is one error line naming the file
+    (and line). State dicts are read with torch.load(weights_only=True): nothing is unpickled."""
+    given = {"root": root is not None, "download": download, "base": base is not None,
+             **{k: v is not None for k, v in public.items()}}
+    wrong = [k for k in (_PUBLIC_OPTIONS if fmt == "netspace" else _NETSPACE_OPTIONS) if given[k]]
+    if wrong:
+        other = "modelzoo and smallcnnzoo" if fmt == "netspace" else "netspace"
+        raise CliError(f"--{wrong[0].replace('_', '-')}: applies to --format {other}, not {fmt}", exit_code=2)
 
-    with user_errors():
-        if download and root is None:
-            raise ValueError("download: --download needs --root (the folder to fetch the dataset into)")
-        z = import_original_zoo(list(lists), out_dir, root=root, base=base, download=download,
-                                log=lambda msg: click.echo(msg, err=True))
+    def log(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    if fmt == "netspace":
+        from ..zoo.importer import import_original_zoo
+
+        with user_errors():
+            if download and root is None:
+                raise ValueError("download: --download needs --root (the folder to fetch the dataset into)")
+            z = import_original_zoo(list(sources), out_dir, root=root, base=base, download=download, log=log)
+    else:
+        if len(sources) != 1:
+            raise CliError(f"SRC: --format {fmt} imports one zoo folder, got {len(sources)} paths", exit_code=2)
+        from ..zoo.public import FORMATS
+        from ..zoo.public.members import check_options
+
+        options = {k: v for k, v in public.items() if v is not None}
+        try:  # a bad option value is a bad argument: exit 2, before any work
+            check_options(options.get("epochs", "last"), options.get("split", "theirs"), options.get("seed", 0),
+                          options.get("max_weight"), options.get("dataset"))
+        except ValueError as e:
+            name, _, why = str(e).partition(":")
+            raise CliError(f"--{name.replace('_', '-')}:{why}", exit_code=2) from None
+        with user_errors():
+            z = FORMATS[fmt](sources[0], out_dir, log=log, **options)
     counts = ", ".join(f"{s} {len(v)}" for s, v in z.splits.items())
     click.echo(f"done: {len(z)} networks in zoo {str(out_dir)!r} ({counts})")
 

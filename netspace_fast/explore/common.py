@@ -105,7 +105,7 @@ class Explorer:
     def images(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
         """The dataset's images and labels of ``split`` (the zoo's seed: the same split as training)."""
         root = self.space.run.config.get("root")
-        x, y = data.tensors(self.dataset, split, root=root, seed=self.seed)
+        x, y = data.zoo_tensors(self.zoo.config, self.dataset, split, root=root, seed=self.seed)
         return x.to(self.device), y.to(self.device)
 
     def class_ids(self, z: torch.Tensor) -> torch.Tensor:

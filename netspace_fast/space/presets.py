@@ -4,6 +4,7 @@ paper's (E = 4096, PRep width 10,000, Adam lr 1e-4, about 1k epochs) for GPUs.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 __all__ = ["SPACE_PRESETS", "SpacePreset", "default_preset"]
@@ -42,6 +43,25 @@ class SpacePreset:
     #: images); validation and test images never
     augment: bool = False
     kd_temperature: float = 4.0  #: the distillation temperature T (the paper's 4)
+    #: the learning rate's schedule (the paper: constant): "step" (x0.1 after each of ``lr_milestones``),
+    #: "cosine" (from ``lr`` down to ``lr * lr_final`` at the last epoch) or "exp" (geometric, the same ends)
+    lr_schedule: str = "step"
+    lr_final: float = 0.0  #: cosine / exp: the last epoch's rate as a fraction of the first (exp: > 0)
+    warmup_epochs: int = 0  #: > 0: the rate rises linearly over these first epochs (epoch e: e / warmup of it)
+    #: > 0: the decoder's scale layer (whose bias is every decoded weight) learns at this rate, on the same
+    #: schedule (0: ``lr``, the paper)
+    prep_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.lr_final <= 1.0 or (self.lr_schedule == "exp" and self.lr_final <= 0.0):
+            raise ValueError(f"lr_final: expected a fraction in {'(0' if self.lr_schedule == 'exp' else '[0'}, 1], "
+                             f"got {self.lr_final!r}")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs: expected an int >= 0, got {self.warmup_epochs!r}")
+        if not self.prep_lr >= 0.0:
+            raise ValueError(f"prep_lr: expected a rate >= 0, got {self.prep_lr!r}")
 
     @classmethod
     def from_json(cls, d: dict) -> "SpacePreset":
@@ -49,16 +69,40 @@ class SpacePreset:
         return cls(**{**d, "archs": tuple(d["archs"]), "lr_milestones": tuple(d.get("lr_milestones", ())),
                       "train_archs": tuple(d.get("train_archs", ()))})
 
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of ``epoch`` (1-based): ``lr`` times 0.1 per milestone already passed."""
-        return self.lr * 0.1 ** sum(epoch > m for m in self.lr_milestones)
+    def lr_factor(self, epoch: int, epochs: int | None = None) -> float:
+        """The schedule's factor on the rates in ``epoch`` (1-based) of a run of ``epochs`` (the preset's
+        unless given): a function of the epoch alone, so a resumed run continues the same schedule."""
+        last = self.epochs if epochs is None else epochs
+        w = self.warmup_epochs
+        warm = min(1.0, epoch / w) if w else 1.0
+        if self.lr_schedule == "step":
+            return warm * 0.1 ** sum(epoch > m for m in self.lr_milestones)
+        t = min(1.0, max(0.0, (epoch - w - 1) / max(1, last - w - 1)))  # 0 after the warm-up .. 1 at the end
+        if self.lr_schedule == "cosine":
+            return warm * (self.lr_final + (1.0 - self.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t)))
+        return warm * self.lr_final ** t
+
+    def lr_at(self, epoch: int, epochs: int | None = None) -> float:
+        """The learning rate of ``epoch`` (1-based; see :meth:`lr_factor`)."""
+        return self.lr * self.lr_factor(epoch, epochs)
+
+    def prep_lr_at(self, epoch: int, epochs: int | None = None) -> float:
+        """The scale layer's rate in ``epoch``: ``prep_lr`` (else ``lr``) on the same schedule."""
+        return (self.prep_lr or self.lr) * self.lr_factor(epoch, epochs)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["archs"] = list(self.archs)
         d["lr_milestones"] = list(self.lr_milestones)
         d["train_archs"] = list(self.train_archs)
+        for name, default in _SCHEDULE_DEFAULTS.items():  # recorded where set: older runs' records stay equal
+            if d[name] == default:
+                del d[name]
         return d
+
+
+LR_SCHEDULES = ("step", "cosine", "exp")
+_SCHEDULE_DEFAULTS = {"lr_schedule": "step", "lr_final": 0.0, "warmup_epochs": 0, "prep_lr": 0.0}
 
 
 _SMALL = {"embed": 1024, "view": 32, "dec_a": 16, "dec_b": 64, "dec_c": 32, "prep_scale": 30.0}
@@ -102,6 +146,12 @@ SPACE_PRESETS: dict[str, SpacePreset] = {
     "fmnist-single": SpacePreset("Single-Architecture on an fmnist-single zoo (CPU, ~20 min)", "fashion-mnist",
                                  "single", 1024, epochs=600, meta_batch=8, image_batch=128, lr=1e-3, val_every=5,
                                  space=_SMALL, images_per_epoch=1152, val_images=2000, kd_temperature=1.0),
+    # MNIST (an imported zoo's, e.g. the Model Zoos' MNIST CNNs): the Fashion-MNIST Single recipe
+    "mnist-single": SpacePreset("Single-Architecture on an MNIST zoo (CPU, ~20 min)", "mnist", "single", 1024,
+                                epochs=600, meta_batch=8, image_batch=128, lr=1e-3, val_every=5, space=_SMALL,
+                                images_per_epoch=1152, val_images=2000, kd_temperature=1.0),
+    "mnist-tiny-single": SpacePreset("smoke test: a tiny Single space on an MNIST zoo, 3 epochs", "mnist", "single",
+                                     1024, epochs=3, meta_batch=2, image_batch=512, lr=1e-3, space=_TINY),
     "fmnist-multi": SpacePreset("Multi-Architecture on an fmnist-multi zoo (CPU, ~15 min)", "fashion-mnist", "multi",
                                 1024, epochs=150, meta_batch=2, image_batch=128, lr=3e-4, val_every=10, clip_grad=1.0,
                                 space={**_SMALL, "bias_init": "centered"}, archs=MULTI_ARCHS, images_per_epoch=1152,

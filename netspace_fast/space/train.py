@@ -123,8 +123,8 @@ def load_space_data(zoo_dir, preset: SpacePreset, *, root=None, splits=("train",
         groups[split] = gs
     seed = int((zoo.config or {}).get("seed", 0)) if isinstance(zoo.config, dict) else 0
     images = {}
-    for split in splits:
-        x, y = data.tensors(preset.dataset, images_split or split, root=root, seed=seed)
+    for split in splits:  # as the zoo's networks see them (an imported zoo: in its own geometry)
+        x, y = data.zoo_tensors(zoo.config, preset.dataset, images_split or split, root=root, seed=seed)
         images[split] = (x.to(device), y.to(device))
     teacher_logits = teacher = None
     if preset.protocol == "multi" and "train" in splits:
@@ -295,6 +295,17 @@ def _ddp(enc: Encoder, dec: Decoder, device) -> torch.nn.Module:
                                    find_unused_parameters=True)
 
 
+def param_groups(enc: Encoder, dec: Decoder, p: SpacePreset) -> list[dict]:
+    """Adam's parameter groups: everything at ``lr``; with ``prep_lr`` set, the decoder's scale layer in a
+    second group of its own (one group otherwise: the optimizer state of runs before ``prep_lr``)."""
+    params = list(enc.parameters()) + list(dec.parameters())
+    if not p.prep_lr:
+        return [{"params": params, "lr": p.lr}]
+    scale = list(dec.scalelayer.parameters())
+    rest = [q for q in params if all(q is not t for t in scale)]
+    return [{"params": rest, "lr": p.lr}, {"params": scale, "lr": p.prep_lr}]
+
+
 def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_epochs: int, device: str, root,
                 progress: bool, writer, rank: int, world: int, dist) -> None:
     """The epochs. Under torchrun (``world`` > 1) every rank draws the same images and meta-batch;
@@ -307,7 +318,7 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
     d = load_space_data(zoo_dir, p, root=root, device=device)
     enc, dec = build_space(p, d.height, seed, device)
     params = list(enc.parameters()) + list(dec.parameters())
-    opt = torch.optim.Adam(params, lr=p.lr)
+    opt = torch.optim.Adam(param_groups(enc, dec, p), lr=p.lr)
     state = {"epoch": 0, "best_score": None, "history": []}
     if run.state() is not None:
         state = run.load_checkpoint(enc, dec, opt)
@@ -323,8 +334,8 @@ def _train_loop(run: Run, zoo_dir, p: SpacePreset, protocol: str, seed: int, n_e
                        state["epoch"], n_epochs)
     for epoch in range(state["epoch"] + 1, n_epochs + 1):
         enc.train(), dec.train()
-        for group in opt.param_groups:  # a function of the epoch alone: a resumed run gets the same
-            group["lr"] = p.lr_at(epoch)
+        for group, lr in zip(opt.param_groups, (p.lr_at(epoch, n_epochs), p.prep_lr_at(epoch, n_epochs))):
+            group["lr"] = lr  # a function of the epoch alone: a resumed run gets the same
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(M, generator=g)
         if p.images_per_epoch:

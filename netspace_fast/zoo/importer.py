@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from .. import archs
-from ..storage import load_error_reason
+from ..storage import load_state_dict_file
 
 __all__ = ["ORIGINAL_CLASSES", "ORIGINAL_DATASETS", "OriginalEntry", "import_original_zoo", "load_original",
            "parse_list", "split_of_list"]
@@ -208,15 +208,7 @@ def _names(keys: Sequence[str], limit: int = 4) -> str:
 def load_original(entry: OriginalEntry) -> archs.SpecNet:
     """The network of ``entry`` (BN form, eval mode), its state dict loaded strictly."""
     where = f"{entry.where}: {str(entry.path)!r}"
-    try:
-        state = torch.load(entry.path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise ValueError(f"{where} is not a state dict torch.load(..., weights_only=True) can read "
-                         f"({load_error_reason(e)})") from None
-    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                 for k, v in state.items()):
-        raise ValueError(f"{where}: expected a state dict (a mapping of names to tensors), found "
-                         f"{type(state).__name__}")
+    state = load_state_dict_file(entry.path, where)
     model = archs.build(entry.arch, entry.dataset)
     expected = model.state_dict()
     missing = set(expected) - set(state)

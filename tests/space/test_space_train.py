@@ -4,6 +4,8 @@ weights, evaluation rows and CSV, and the bad inputs the issue names."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import json
 import os
@@ -241,6 +243,14 @@ def test_space_presets_follow_the_issue():
         if p.protocol == "multi":
             assert p.archs == ("lenetlike", "vanillacnn", "resnet8", "resnet32"), name
     assert {"digits-single", "digits-multi", "digits-unseen", "cifar10-unseen"} <= set(P)
+    # every dataset a zoo can hold (an imported one too) has a Single preset its zoos default to
+    from netspace_fast import data
+
+    for ds in data.DATASETS:
+        name = space_presets.default_preset("single", ds)
+        assert P[name].dataset == ds and P[name].protocol == "single", ds
+    assert P["mnist-single"] == dataclasses.replace(P["fmnist-single"], description=P["mnist-single"].description,
+                                                    dataset="mnist")
 
 
 def test_lr_milestones_are_a_function_of_the_epoch():
@@ -252,6 +262,54 @@ def test_lr_milestones_are_a_function_of_the_epoch():
     assert space_presets.SpacePreset.from_json(p.to_json()) == p
     old = {k: v for k, v in p.to_json().items() if k != "lr_milestones"}
     assert space_presets.SpacePreset.from_json(old).lr_milestones == ()
+
+
+def test_lr_schedules():
+    """Warm-up, cosine and exponential decay: a function of the epoch and the run's length alone; the
+    scale layer's rate on the same schedule; recorded only where set (older records stay equal)."""
+    import math
+
+    P = space_presets.SpacePreset
+    base = dict(description="t", dataset="digits", protocol="single", width=1024, epochs=11, meta_batch=8,
+                image_batch=8, lr=1e-3)
+    cos = P(**base, lr_schedule="cosine", lr_final=0.1, warmup_epochs=2, prep_lr=5e-3)
+    # warm-up: epoch 1 half the rate, epoch 2 all of it; then cosine from 1 (epoch 3) to 0.1 (epoch 11)
+    got = [cos.lr_factor(e) for e in range(1, 12)]
+    want = [0.5, 1.0] + [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (e - 3) / 8)) for e in range(3, 12)]
+    assert got == pytest.approx(want, abs=1e-12) and got[-1] == pytest.approx(0.1)
+    assert cos.lr_at(6) == pytest.approx(1e-3 * got[5]) and cos.prep_lr_at(6) == pytest.approx(5e-3 * got[5])
+    assert cos.lr_factor(21, epochs=21) == pytest.approx(0.1)  # a run of --epochs 21 ends at lr_final too
+    exp = P(**base, lr_schedule="exp", lr_final=0.01)
+    assert [exp.lr_factor(e) for e in (1, 6, 11)] == pytest.approx([1.0, 0.1, 0.01])
+    assert P(**base).prep_lr_at(3) == 1e-3  # no prep_lr: the scale layer at lr
+    for q in (cos, exp):
+        assert P.from_json(q.to_json()) == q
+    assert not {"lr_schedule", "lr_final", "warmup_epochs", "prep_lr"} & set(P(**base).to_json())
+    for bad, msg in (({"lr_schedule": "linear"}, "lr_schedule: expected one of"),
+                     ({"lr_schedule": "exp"}, r"lr_final: expected a fraction in \(0, 1\], got 0.0"),
+                     ({"lr_final": 2.0}, "lr_final: expected a fraction in"),
+                     ({"warmup_epochs": -1}, "warmup_epochs: expected an int >= 0"),
+                     ({"prep_lr": -1.0}, "prep_lr: expected a rate >= 0")):
+        with pytest.raises(ValueError, match=msg):
+            P(**base, **bad)
+
+
+def test_the_scale_layer_gets_its_own_rate():
+    """With prep_lr the scale layer is Adam's second group (and only then: older runs' optimizer state
+    has one group)."""
+    from netspace_fast.space.nets import Decoder, Encoder, SpaceConfig
+    from netspace_fast.space.train import param_groups
+
+    P = space_presets.SpacePreset
+    c = SpaceConfig(height=4, width=1024, **space_presets._TINY)
+    enc, dec = Encoder(c), Decoder(c)
+    base = dict(description="t", dataset="digits", protocol="single", width=1024, epochs=3, meta_batch=2,
+                image_batch=8, lr=1e-3)
+    (one,) = param_groups(enc, dec, P(**base))
+    assert len(one["params"]) == len(list(enc.parameters())) + len(list(dec.parameters()))
+    rest, scale = param_groups(enc, dec, P(**base, prep_lr=1e-2))
+    assert {id(t) for t in scale["params"]} == {id(t) for t in dec.scalelayer.parameters()} and scale["lr"] == 1e-2
+    assert len(rest["params"]) + len(scale["params"]) == len(one["params"]) and rest["lr"] == 1e-3
 
 
 def test_bad_zoos_and_sizes(tiny_zoo, multi_zoo, tmp_path):
