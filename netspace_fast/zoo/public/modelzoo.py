@@ -160,14 +160,23 @@ def _read_results(trial: Path) -> dict[int, tuple[dict, str]]:
     return out
 
 
+#: what their trainable records for a metric it has not measured (the training metrics of
+#: ``training_iteration`` 0, the untrained network): not recorded here
+_NOT_MEASURED = -999
+
+
 def _recorded(row: dict, where: str) -> tuple[dict[str, float | None], bool]:
-    """(train / val / test accuracy, diverged) of a result line: a non-finite loss or accuracy is diverged."""
+    """(train / val / test accuracy, diverged) of a result line: a non-finite loss or accuracy is diverged;
+    their ``-999`` (not measured) is not recorded (None)."""
     acc: dict[str, float | None] = {}
     diverged = False
     for split, key in (("train", "train_acc"), ("val", "val_acc"), ("test", "test_acc")):
         v = row.get(key)
         if v is None and split != "val":
             raise ValueError(f"{where}: no {key!r} (the accuracies their trainable records every epoch)")
+        if v == _NOT_MEASURED and not isinstance(v, bool):
+            acc[split] = None
+            continue
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise ValueError(f"{where}: {key} must be a number, found {v!r}")
         if v is not None and math.isfinite(v) and not 0 <= v <= 1:
