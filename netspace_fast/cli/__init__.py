@@ -15,6 +15,7 @@
     netspace optimize RUN (--from ID | --random) [--arch NAME] [--steps N] [--lr 1e-4] --out DIR
     netspace export RUN (--id ID | --embedding FILE) --out FILE.safetensors
     netspace visualize RUN --id ID --out FILE.png
+    netspace probe RUN [--target test_acc|gap|epoch|...] --out DIR   predict a network's accuracy from its embedding
     netspace demo [--out runs/demo] [--seed S] [--fresh]   the whole story on digits, with a report
 
 Every command of ``train`` and the exploration commands takes ``--config FILE``: a YAML mapping of
@@ -25,7 +26,7 @@ unknown preset, a ValueError / OSError raised by the library) is reported as one
 line on stderr with a non-zero exit status, never a traceback: exit 1 for a failed operation,
 exit 2 for a bad argument (click's convention). Library modules are imported inside the commands,
 so ``netspace --help`` stays cheap and a broken optional module only affects its own command.
-One module per command group: :mod:`.zoo`, :mod:`.space`, :mod:`.explore` (next: ``sdf``).
+One module per command group: :mod:`.zoo`, :mod:`.space`, :mod:`.explore`, :mod:`.probe` (next: ``sdf``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 from . import demo as _demo_commands  # noqa: F401  (registers ``netspace demo``)
 from . import explore as _explore_commands  # noqa: F401  (interpolate, sample-unseen, optimize, export, visualize)
 from . import layout as _layout_commands  # noqa: F401  (registers ``netspace layout show|clear|retune``)
+from . import probe as _probe_commands  # noqa: F401  (registers ``netspace probe``)
 from . import space as _space_commands  # noqa: F401  (registers ``netspace train|eval ...``)
 from . import sdf as _sdf_commands  # noqa: F401  (registers ``netspace train sdf``)
 from . import zoo as _zoo_commands  # noqa: F401  (registers ``netspace zoo ...``)

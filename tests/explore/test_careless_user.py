@@ -89,6 +89,7 @@ def _writing_commands(run: Path, zoo: Path, tmp: Path):
         ("interpolate --out ZOO", ["interpolate", run, "--a", "lenetlike-0", "--b", "lenetlike-1", "--out", zoo], zoo),
         ("sample-unseen --out RUN", ["sample-unseen", run, "--out", run], run),
         ("audit --out RUN", ["audit", run, "--out", run], run),
+        ("probe --out RUN", ["probe", run, "--out", run], run),
         ("train single --out ZOO", ["train", "single", "--zoo", zoo, "--out", zoo], zoo),
         ("train multi --tensorboard RUN", ["train", "multi", "--zoo", zoo, "--out", tmp / "new",
                                            "--tensorboard", run], run),
