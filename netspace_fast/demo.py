@@ -10,8 +10,8 @@ Stages, each timed and written into ``OUT/report.md`` (every number in it is mea
    ``digits-demo``).
 3. ``space``: NetSpace Single-Architecture trained on it (space preset ``digits-demo``).
 4. ``evaluate``: every test network encoded, decoded and evaluated next to its input.
-5. ``interpolate``: embedding vs raw-weight interpolation between the weakest and the strongest test
-   network.
+5. ``interpolate``: embedding vs raw-weight interpolation between the weakest test network and the
+   strongest of another training run.
 6. ``optimize``: latent optimization from a random embedding (decoder frozen, distillation).
 7. ``images``: input and decoded PReps as images.
 8. ``audit``: the memorization audit (``netspace audit``): are the decoded networks copies of
@@ -26,33 +26,41 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from .monitor import log
 
-__all__ = ["DEMO_DATASETS", "DemoSettings", "SETTINGS", "demo_settings", "run_demo", "summary_table"]
+__all__ = ["DEMO_DATASETS", "DemoSettings", "KEEPS_SLOPE", "KEEPS_SPEARMAN", "SETTINGS", "demo_settings",
+           "keeps_differences", "run_demo", "summary_table"]
 
 
 class DemoSettings:
     """What one demo size runs: zoo and space presets and the exploration budgets."""
 
     def __init__(self, zoo_preset: str, space_preset: str, interp_steps: int, opt_steps: int, opt_eval_every: int,
-                 selfcheck_width: int, audit_steps: int = 5, audit_images: int = 2000) -> None:
+                 selfcheck_width: int, audit_steps: int = 5, audit_images: int = 2000, opt_lr: float = 1e-4) -> None:
         self.zoo_preset, self.space_preset = zoo_preset, space_preset
         self.interp_steps, self.opt_steps, self.opt_eval_every = interp_steps, opt_steps, opt_eval_every
+        self.opt_lr = opt_lr
         self.selfcheck_width = selfcheck_width
         self.audit_steps, self.audit_images = audit_steps, audit_images
 
 
 SETTINGS = {
-    "full": DemoSettings("digits-demo", "digits-demo", interp_steps=100, opt_steps=3000, opt_eval_every=150,
-                         selfcheck_width=10_000),
+    # latent optimization: 1,000 Adam steps at lr 1e-2 (measured on seed 0's space: at the CLI's 1e-4 a random
+    # embedding hardly moves, 86.6% test accuracy at step 0, 86.9% after 1,000 steps; at 1e-3 91.6%; at 1e-2
+    # 93.0% after 200 steps, 92.8% at 1,000)
+    "full": DemoSettings("digits-demo", "digits-demo", interp_steps=100, opt_steps=1000, opt_eval_every=50,
+                         selfcheck_width=10_000, opt_lr=1e-2),
     # CI: every stage at its smallest (seconds); the numbers mean nothing
     "smoke": DemoSettings("digits-demo-smoke", "digits-tiny-single", interp_steps=5, opt_steps=4, opt_eval_every=2,
                           selfcheck_width=1024, audit_steps=2, audit_images=64),
@@ -98,8 +106,8 @@ def _pct(v: float) -> str:
 
 
 #: what a demo writes into its folder (``--fresh`` deletes a folder holding nothing else)
-DEMO_ENTRIES = ("selfcheck", "zoo", "space", "evaluate.csv", "interpolate", "optimize", "prep_images.png", "audit",
-                "summary.json", "report.md")
+DEMO_ENTRIES = ("selfcheck", "zoo", "space", "evaluate.csv", "evaluate.png", "interpolate", "optimize",
+                "prep_images.png", "audit", "summary.json", "report.md")
 
 
 def _check_demo_folder(out: Path) -> None:
@@ -165,7 +173,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     log(progress, f"[2/8] zoo (preset {s.zoo_preset}) -> {zoo_dir}")
     t0 = time.perf_counter()
     reused["zoo"] = _zoo_complete(zoo_dir, s.zoo_preset)
-    train_zoo(zoo_dir, s.zoo_preset, root=root, seed=seed, device=device, progress=progress)
+    with _fresh_hint(zoo_dir / "manifest.json", out):
+        train_zoo(zoo_dir, s.zoo_preset, root=root, seed=seed, device=device, progress=progress)
     times["zoo"] = time.perf_counter() - t0
     zoo = Zoo.open(zoo_dir)
     zoo_rows = {sp: [e for e in zoo.instances(sp)] for sp in ("train", "val", "test")}
@@ -173,7 +182,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     log(progress, f"[3/8] NetSpace Single-Architecture (preset {s.space_preset}) -> {run_dir}")
     t0 = time.perf_counter()
     reused["space"] = _run_complete(run_dir)
-    train_space(run_dir, zoo_dir, "single", s.space_preset, seed=seed, device=device, root=root, progress=progress)
+    with _fresh_hint(run_dir / "run.json", out):
+        train_space(run_dir, zoo_dir, "single", s.space_preset, seed=seed, device=device, root=root,
+                    progress=progress)
     times["space"] = time.perf_counter() - t0
     space = Space.load(run_dir, device=device)
 
@@ -182,10 +193,10 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
     rows = space.evaluate("test")
     stats = summarize(rows)
     _write_csv(out / "evaluate.csv", rows)
+    scatter_png = _plot_scatter(rows, stats, out / "evaluate.png")
     times["evaluate"] = time.perf_counter() - t0
 
-    test = sorted(rows, key=lambda r: r["input_acc"])
-    weakest, strongest = test[0]["network"], test[-1]["network"]
+    weakest, strongest = _interpolation_ends(rows, {e["id"]: e.get("seed") for e in zoo_rows["test"]})
     log(progress, f"[5/8] interpolation {weakest} -> {strongest} ({s.interp_steps} steps)")
     t0 = time.perf_counter()
     it = interpolate(run_dir, weakest, strongest, steps=s.interp_steps, out=out / "interpolate", device=device,
@@ -200,9 +211,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
 
     log(progress, f"[6/8] latent optimization from a random embedding ({s.opt_steps} steps)")
     t0 = time.perf_counter()
-    o = optimize(run_dir, start="random", steps=s.opt_steps, lr=1e-4, eval_every=s.opt_eval_every, seed=seed,
+    o = optimize(run_dir, start="random", steps=s.opt_steps, lr=s.opt_lr, eval_every=s.opt_eval_every, seed=seed,
                  out=out / "optimize", device=device, progress=progress)
-    opt = {"steps": s.opt_steps, "lr": 1e-4, "teacher": o.teacher, "first": o.rows[0], "best": o.best,
+    opt = {"steps": s.opt_steps, "lr": s.opt_lr, "teacher": o.teacher, "first": o.rows[0], "best": o.best,
            "last": o.rows[-1], "best_acc": o.best["test_acc"], "csv": os.path.relpath(o.files["csv"], out),
            "png": os.path.relpath(o.files["png"], out), "network": os.path.relpath(o.files["network"], out)}
     times["optimize"] = time.perf_counter() - t0
@@ -231,7 +242,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
                      "spearman": stats.get("spearman"), "slope": stats.get("slope"),
                      "intercept": stats.get("intercept"), "span_ratio": stats.get("span_ratio"),
                      "mean_input_acc": _mean(r["input_acc"] for r in rows),
-                     "mean_decoded_acc": stats.get("mean_decoded_acc")},
+                     "mean_decoded_acc": stats.get("mean_decoded_acc"), "keeps_differences": keeps_differences(stats),
+                     "png": os.path.relpath(scatter_png, out)},
         "interpolate": interp, "optimize": opt, "audit": audit_summary, "images": {k: (os.path.relpath(v, out) if k == "path" else v) for k, v in image.items()},
         "selfcheck_png": None if check_png is None else os.path.relpath(check_png, out),
     })
@@ -239,6 +251,31 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, fresh: bool
                        .encode())
     atomic_write_bytes(out / "report.md", _report(summary, rows, check_text).encode())
     return summary
+
+
+def _interpolation_ends(rows: list[dict], run_of: dict) -> tuple[str, str]:
+    """The weakest test network and the strongest test network of another training run (``run_of``: network
+    -> its run's seed) where there is one: two runs' raw weights are not linearly connected, one run's
+    snapshots are (their straight line is close to the training path between them)."""
+    test = sorted(rows, key=lambda r: r["input_acc"])
+    weakest = test[0]["network"]
+    others = [r for r in test if run_of.get(r["network"]) != run_of.get(weakest)] or test
+    return weakest, others[-1]["network"]
+
+
+@contextmanager
+def _fresh_hint(owned: Path, out: Path) -> Iterator[None]:
+    """A ValueError from resuming what an earlier demo left (``owned``: its zoo's manifest or its run's
+    record; e.g. a zoo of another seed or of the demo's earlier recipe, which is not resumed) also says
+    how to start over."""
+    earlier = owned.exists()
+    try:
+        yield
+    except ValueError as e:
+        if not earlier:
+            raise
+        raise ValueError(f"{e}; {str(out)!r} holds an earlier demo: `netspace demo --fresh --out {out}` starts "
+                         f"over") from e
 
 
 def _zoo_complete(zoo_dir: Path, preset: str) -> bool:
@@ -307,19 +344,22 @@ def _report(s: dict, rows: list[dict], check_text: str) -> str:
         lines.append(f"| {sp} | {z[sp]['networks']} | {_pct(lo) if lo is not None else '-'} | "
                      f"{_pct(hi) if hi is not None else '-'} |")
     lines += ["", "## Decoded vs input networks (test split)", "",
-              f"Mean absolute accuracy gap **{100 * ev['mean_abs_gap']:.2f} points** over {ev['networks']} test "
-              f"networks; Spearman correlation of input and decoded accuracy {ev['spearman']:.3f}; least-squares "
-              f"slope of decoded on input accuracy {ev.get('slope', float('nan')):.2f} (1: decoded networks track "
-              f"their inputs, 0: one network for all; span ratio {ev.get('span_ratio', float('nan')):.2f}); mean "
-              f"input accuracy {_pct(ev['mean_input_acc'])}, mean decoded {_pct(ev['mean_decoded_acc'])}.", "",
-              _eval_verdict(rows), "",
+              f"Does the space keep its inputs' differences? Over {ev['networks']} test networks, each encoded, "
+              f"decoded and evaluated next to its input: least-squares slope of decoded on input accuracy "
+              f"**{_num(ev.get('slope'), 2)}** (1: decoded networks track their inputs, 0: one network for all; "
+              f"span ratio {_num(ev.get('span_ratio'), 2)}), Spearman correlation of input and decoded accuracy "
+              f"**{_num(ev.get('spearman'), 3)}** (1: the inputs' ranking kept), mean absolute accuracy gap "
+              f"**{100 * ev['mean_abs_gap']:.2f} points**; mean input accuracy {_pct(ev['mean_input_acc'])}, mean "
+              f"decoded {_pct(ev['mean_decoded_acc'])}.", "",
+              _eval_verdict(rows, ev), "", f"![decoded vs input accuracy]({ev['png']})", "",
               "| network | input | decoded | gap (points) |", "|---|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: r["input_acc"]):
         lines.append(f"| {r['network']} | {_pct(r['input_acc'])} | {_pct(r['decoded_acc'])} | "
                      f"{100 * (r['decoded_acc'] - r['input_acc']):+.1f} |")
     lines += ["", "CSV: `evaluate.csv`.", "", "## Interpolation", "",
               f"{it['steps']} evenly spaced embeddings between the weakest test network `{it['a']}` "
-              f"({_pct(it['a_acc'])}) and the strongest `{it['b']}` ({_pct(it['b_acc'])}), each decoded and "
+              f"({_pct(it['a_acc'])}) and the strongest of another training run `{it['b']}` "
+              f"({_pct(it['b_acc'])}), each decoded and "
               f"evaluated; next to it, linear interpolation of the two input PReps (raw weights).", "",
               "| path | min accuracy | mean accuracy |", "|---|---:|---:|",
               f"| decoded embeddings | {_pct(it['min_embedding_acc'])} | {_pct(it['mean_embedding_acc'])} |",
@@ -354,7 +394,24 @@ def _report(s: dict, rows: list[dict], check_text: str) -> str:
     return "\n".join(lines)
 
 
-def _eval_verdict(rows: list[dict]) -> str:
+#: the slope and Spearman correlation (decoded on input test accuracy) from which the report says that the
+#: space keeps its inputs' differences
+KEEPS_SLOPE, KEEPS_SPEARMAN = 0.6, 0.9
+
+
+def keeps_differences(ev: dict) -> bool:
+    """Whether decoded networks keep their inputs' differences: slope >= :data:`KEEPS_SLOPE` and Spearman >=
+    :data:`KEEPS_SPEARMAN` (False when either is undefined)."""
+    slope, rho = ev.get("slope"), ev.get("spearman")
+    return slope is not None and rho is not None and slope >= KEEPS_SLOPE and rho >= KEEPS_SPEARMAN
+
+
+def _num(v, digits: int) -> str:
+    """A figure of the report; 'undefined' for None or NaN (e.g. Spearman when every decoded network is alike)."""
+    return "undefined" if v is None or math.isnan(v) else f"{v:.{digits}f}"
+
+
+def _eval_verdict(rows: list[dict], ev: dict) -> str:
     """How the decoded accuracies spread compared with the inputs' (whatever they show)."""
     if not rows:
         return ""
@@ -362,11 +419,44 @@ def _eval_verdict(rows: list[dict]) -> str:
     d = [r["decoded_acc"] for r in rows]
     text = (f"Input accuracies span {_pct(min(i))}-{_pct(max(i))} ({100 * (max(i) - min(i)):.1f} points), decoded "
             f"ones {_pct(min(d))}-{_pct(max(d))} ({100 * (max(d) - min(d)):.1f} points).")
-    if max(d) - min(d) < 0.5 * (max(i) - min(i)):
-        text += (" The decoded networks are closer to each other than their inputs are: weak inputs come out "
-                 "better, strong ones slightly worse (the space pulls towards the zoo's typical network), so the "
-                 "ranking of the inputs is only partly kept.")
+    if keeps_differences(ev):
+        text += (f" The space keeps its inputs' differences (slope >= {KEEPS_SLOPE}, Spearman >= {KEEPS_SPEARMAN}): "
+                 "a stronger input decodes to a stronger network, as the scatter below shows.")
+    elif max(d) - min(d) < 0.5 * (max(i) - min(i)):
+        text += (" The decoded networks are closer to each other than their inputs are (the space pulls them "
+                 "towards one typical network), so the inputs' differences are only partly kept.")
+    else:
+        text += (f" The space keeps its inputs' differences only in part (slope below {KEEPS_SLOPE} or Spearman "
+                 f"below {KEEPS_SPEARMAN}).")
     return text
+
+
+def _plot_scatter(rows: list[dict], stats: dict, path: Path) -> Path:
+    """Decoded against input test accuracy, one point per test network, with the diagonal (decoded = input) and
+    the least-squares line whose slope the report states."""
+    from .explore.common import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    x = [r["input_acc"] for r in rows]
+    y = [r["decoded_acc"] for r in rows]
+    lo, hi = min(x + y, default=0.0) - 0.02, max(x + y, default=1.0) + 0.02
+    ax.plot([lo, hi], [lo, hi], color="gray", lw=0.8, ls="--", label="decoded = input")
+    slope, intercept = stats.get("slope"), stats.get("intercept")
+    if slope is not None and not math.isnan(slope):
+        ax.plot([lo, hi], [slope * lo + intercept, slope * hi + intercept], color="tab:red", lw=1,
+                label=f"least squares (slope {slope:.2f})")
+    ax.scatter(x, y, s=22, color="tab:blue", zorder=3, label=f"{len(rows)} test networks")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel("input network: test accuracy")
+    ax.set_ylabel("decoded network: test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"slope {_num(slope, 2)}, Spearman {_num(stats.get('spearman'), 3)}, mean |gap| "
+                 f"{100 * stats.get('mean_abs_gap', math.nan):.2f} points", fontsize=9)
+    return save_figure(fig, path)
 
 
 def _opt_verdict(op: dict) -> str:
@@ -402,8 +492,8 @@ def summary_table(s: dict) -> str:
     """The summary table printed at the end."""
     ev, op, it, t = s["evaluate"], s["optimize"], s["interpolate"], s["times_s"]
     rows = [("decoded vs input: mean |gap| (test)", f"{100 * ev['mean_abs_gap']:.2f} points"),
-            ("decoded vs input: Spearman", f"{ev['spearman']:.3f}"),
-            ("decoded vs input: slope", f"{ev.get('slope', float('nan')):.2f}"),
+            ("decoded vs input: slope", _num(ev.get("slope"), 2)),
+            ("decoded vs input: Spearman", _num(ev.get("spearman"), 3)),
             ("interpolation: min accuracy, embeddings", _pct(it["min_embedding_acc"])),
             ("interpolation: min accuracy, raw weights", _pct(it["min_weight_acc"])),
             ("latent optimization from random: best test acc", _pct(op["best_acc"])),

@@ -2,9 +2,13 @@
 (`make accept`, not `make test`: minutes to tens of minutes on 2 CPU cores). Times are printed and
 recorded in BENCHMARKS.md, never asserted.
 
-- ``make demo`` as a user runs it (``netspace demo``, fresh): the decoded vs input networks' mean
-  absolute accuracy gap <= 2 points; latent optimization from a random embedding >= 90% test
+- ``make demo`` as a user runs it (``netspace demo``, fresh, seed 0: the seed its recipe was tuned
+  on): the space keeps its inputs' differences (least-squares slope of decoded on input test
+  accuracy >= 0.6 and Spearman >= 0.9); latent optimization from a random embedding >= 90% test
   accuracy; the interpolation's CSV and plot for both curves and the report's statement of them.
+- The same goal on demo seeds the recipe was not tuned on (``netspace demo --seed 2`` and ``3``).
+  The mean |gap| is printed, not asserted: the demo's zoo spans ~15-97% (snapshots from epoch 2 on),
+  and its goal is the scatter's slope and ranking (BENCHMARKS.md, "Demo").
 - Unseen-architecture sampling (zoo preset ``digits-unseen``, space preset ``digits-unseen``): the
   decoded VanillaCNN and ResNet8 instances reach >= 80% test accuracy on average.
 
@@ -35,22 +39,33 @@ def _dir(tmp_path) -> Path:
     return Path(d) if d else tmp_path
 
 
-def test_demo_acceptance(tmp_path):
-    out = _dir(tmp_path) / "demo"
+def _demo(out: Path, *args: str) -> dict:
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "netspace_fast.cli", "demo", "--out", str(out), "--fresh",
-                        "--no-progress"], capture_output=True, text=True)
+                        "--no-progress", *args], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     assert r.returncode == 0, r.stdout + r.stderr
     print(r.stdout)
-    print(f"demo: {wall:.0f} s wall")
+    print(f"demo {' '.join(args)}: {wall:.0f} s wall")
     s = json.loads((out / "summary.json").read_text())
-    assert s["evaluate"]["mean_abs_gap"] <= 0.02, s["evaluate"]
+    ev = s["evaluate"]
+    assert ev["slope"] >= 0.6 and ev["spearman"] >= 0.9 and ev["keeps_differences"], ev
+    return s
+
+
+def test_demo_acceptance(tmp_path):
+    out = _dir(tmp_path) / "demo"
+    s = _demo(out)
     assert s["optimize"]["best_acc"] >= 0.90, s["optimize"]["best"]
     rows = list(csv.DictReader((out / "interpolate" / "interpolation.csv").open()))
     assert len(rows) == 100 and all(r["embedding_acc"] and r["weights_acc"] for r in rows)
     assert (out / "interpolate" / "interpolation.png").stat().st_size > 0
     assert "## Interpolation" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_demo_untuned_seed_keeps_differences(tmp_path, seed):
+    _demo(_dir(tmp_path) / f"demo-seed{seed}", "--seed", str(seed))
 
 
 def test_unseen_acceptance(tmp_path):
