@@ -34,7 +34,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ __all__ = [
     "Zoo",
     "init_zoo",
     "write_instance",
+    "write_instances",
 ]
 
 SCHEMA_VERSION = 2
@@ -381,8 +382,53 @@ def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arc
     the manifest is updated atomically. The zoo directory and manifest are created (config None)
     if absent. An id already in the manifest is refused with ValueError unless the new entry is
     identical (same file sha256 and metadata): then nothing changes and the entry is returned.
+    Many instances at once: :func:`write_instances` (one manifest update for all).
     """
     zoo = Path(zoo_dir)
+    entry, data = _prepared(model, id=id, arch=arch, dataset=dataset, protocol=protocol, seed=seed, epoch=epoch,
+                            acc=acc, split=split, sdf=sdf)
+    return _record(zoo, [(entry, data)])[0]
+
+
+def write_instances(zoo_dir: str | os.PathLike, instances: Iterable[Mapping[str, Any]], *,
+                    batch_bytes: int = 256 << 20) -> list[dict]:
+    """Write many instances, each a mapping of :func:`write_instance`'s keyword arguments (``model``
+    included), with one manifest update per batch instead of one per instance; returns their entries
+    in order. What :func:`write_instance` checks is checked for each, and an id already in the zoo is
+    refused or kept as there. A batch holds instances until their files reach ``batch_bytes`` (the
+    serialized weights are kept in memory until the batch is recorded); within a batch every instance
+    is checked against the manifest before any file is written, then the files are written
+    (atomically, each), then the manifest once. A crash mid-batch leaves files the manifest does not
+    name (a resume writes them again, the same bytes), never an entry without its file.
+
+    An import of tens of thousands of small networks is bound by the manifest's rewrite and
+    validation when each member updates it (both grow with the zoo): batches make it linear."""
+    if isinstance(batch_bytes, bool) or not isinstance(batch_bytes, int) or batch_bytes < 1:
+        raise ValueError(f"batch_bytes: expected a positive int, got {batch_bytes!r}")
+    zoo = Path(zoo_dir)
+    out: list[dict] = []
+    batch: list[tuple[dict, bytes]] = []
+    size = 0
+    for kw in instances:
+        if not isinstance(kw, Mapping) or "model" not in kw:
+            raise TypeError(f"instances: expected mappings of write_instance's arguments (model, id, arch, ...), "
+                            f"got {type(kw).__name__}")
+        kw = dict(kw)
+        entry, data = _prepared(kw.pop("model"), **kw)
+        batch.append((entry, data))
+        size += len(data)
+        if size >= batch_bytes:
+            out += _record(zoo, batch)
+            batch, size = [], 0
+    if batch:
+        out += _record(zoo, batch)
+    return out
+
+
+def _prepared(model: nn.Module, *, id: str, arch: str, dataset: str, protocol: str, seed: int | None,
+              epoch: int | None, acc: Mapping[str, float | None], split: str,
+              sdf: Mapping[str, Any] | None = None) -> tuple[dict, bytes]:
+    """One instance checked and serialized: its manifest entry and its file's bytes."""
     if not isinstance(id, str) or not _ID_RE.match(id):
         raise ValueError(f"id: {id!r} is not a valid instance id (letters, digits, '.', '_', '-'; starting with a "
                          f"letter or digit; at most 200 characters)")
@@ -445,32 +491,54 @@ def write_instance(zoo_dir: str | os.PathLike, model: nn.Module, *, id: str, arc
     problems = _entry_field_problems(entry)  # what opening the zoo would refuse
     if problems:
         raise ValueError(f"instance {id!r}: {problems[0]}")
+    return entry, data
 
+
+def _record(zoo: Path, prepared: list[tuple[dict, bytes]]) -> list[dict]:
+    """Record checked instances (:func:`_prepared`) in the zoo under its lock: every id checked against
+    the manifest (and the earlier ones of ``prepared``) first, then the new files, then one manifest
+    update (none when nothing is new); an id already there with the same file and metadata is kept
+    (its file repaired if lost or damaged)."""
     zoo.mkdir(parents=True, exist_ok=True)
     with locked(zoo):
         manifest = _writable_manifest(zoo)
         if manifest is None:
             manifest = _empty_manifest(None)
-        existing = next((e for e in manifest["instances"] if e["id"] == id), None)
-        if existing is not None:
-            if existing["sha256"] != sha:
-                raise ValueError(f"instance {id!r} is already in zoo {str(zoo)!r} with different weights "
-                                 f"(sha256 {existing['sha256']} != {sha}); refusing to overwrite it")
-            if existing != entry:
-                diff = sorted(k for k in entry if existing.get(k) != entry[k])
-                raise ValueError(f"instance {id!r} is already in zoo {str(zoo)!r} with the same weights but "
-                                 f"different metadata ({', '.join(diff)}); refusing to overwrite it")
-            path = zoo / entry["file"]
-            if not path.is_file() or sha256_file(path) != sha:  # repair a lost/damaged file
+        index = {e["id"]: e for e in manifest["instances"]}
+        result, new, repair, fresh = [], [], [], set()
+        for entry, data in prepared:
+            id, sha = entry["id"], entry["sha256"]
+            existing = index.get(id)
+            if existing is not None:
+                if existing["sha256"] != sha:
+                    raise ValueError(f"instance {id!r} is already in zoo {str(zoo)!r} with different weights "
+                                     f"(sha256 {existing['sha256']} != {sha}); refusing to overwrite it")
+                if existing != entry:
+                    diff = sorted(k for k in entry if existing.get(k) != entry[k])
+                    raise ValueError(f"instance {id!r} is already in zoo {str(zoo)!r} with the same weights but "
+                                     f"different metadata ({', '.join(diff)}); refusing to overwrite it")
+                if id not in fresh:  # in the zoo before this call (else written below)
+                    repair.append((existing, data))
+                result.append(dict(existing))
+                continue
+            index[id] = entry
+            fresh.add(id)
+            new.append((entry, data))
+            result.append(dict(entry))
+        for existing, data in repair:
+            path = zoo / existing["file"]
+            if not path.is_file() or sha256_file(path) != existing["sha256"]:  # repair a lost/damaged file
                 atomic_write_bytes(path, data)
-            return dict(existing)
-        # the weights first: a crash before the manifest update leaves an orphan file, never an
-        # entry without its file
-        atomic_write_bytes(zoo / entry["file"], data)
-        manifest["instances"].append(entry)
-        manifest["splits"][split].append(id)
+        if not new:
+            return result
+        # the weights first: a crash before the manifest update leaves orphan files, never an entry
+        # without its file
+        for entry, data in new:
+            atomic_write_bytes(zoo / entry["file"], data)
+            manifest["instances"].append(entry)
+            manifest["splits"][entry["split"]].append(entry["id"])
         atomic_write_bytes(zoo / MANIFEST_NAME, _manifest_bytes(manifest))
-    return dict(entry)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -320,7 +320,7 @@ def import_original_zoo(lists, out, *, root=None, base=None, seed: int = 0, devi
     list format, ids, accuracies (evaluated only with ``root``) and resuming. ``download``: fetch the
     datasets the lists name (CIFAR-10) into ``root`` before evaluating.
     """
-    from .format import MANIFEST_NAME, Zoo, init_zoo, write_instance
+    from .format import MANIFEST_NAME, Zoo, init_zoo, write_instances
 
     list_files = _lists(lists)
     if not isinstance(out, (str, os.PathLike)):
@@ -369,10 +369,7 @@ def import_original_zoo(lists, out, *, root=None, base=None, seed: int = 0, devi
         for k, a in zip(pending, _evaluate([entries[k] for k in pending], root, seed, device, chunk, log)):
             accs[k] = a
     init_zoo(out, config)
-    for n, k in enumerate(pending, 1):
-        e = entries[k]
-        write_instance(out, load_original(e), id=ids[k], arch=e.arch, dataset=e.dataset, protocol=_PROTOCOL,
-                       seed=None, epoch=None, acc=accs[k], split=e.split)
-        if n % 100 == 0:
-            log(f"{n} of {len(pending)} networks written")
+    write_instances(out, ({"model": load_original(entries[k]), "id": ids[k], "arch": entries[k].arch,
+                           "dataset": entries[k].dataset, "protocol": _PROTOCOL, "seed": None, "epoch": None,
+                           "acc": accs[k], "split": entries[k].split} for k in pending))
     return Zoo.open(out)

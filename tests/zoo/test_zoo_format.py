@@ -287,3 +287,109 @@ def test_open_errors(tmp_path):
     (z / "manifest.json").write_text(json.dumps({**good, "instances": [bad_entry]}))
     with pytest.raises(ValueError, match="sha256"):
         Zoo.open(z)
+
+
+# ---------------------------------------------------------------------------------------------
+# many instances at once (write_instances): one manifest update per batch
+
+
+def _kw(arch="lenetlike", seed=0, split="train", id=None, **kw):
+    args = dict(model=_trained_like(arch, seed), id=id or f"{arch}-{seed}", arch=arch, dataset=DS, protocol="p1",
+                seed=seed, epoch=3, acc={"train": 0.9, "val": 0.8, "test": 0.75}, split=split)
+    args.update(kw)
+    return args
+
+
+_MIX = [("lenetlike", 0, "train"), ("resnet8", 0, "val"), ("lenetlike", 1, "test"), ("lenetlike", 2, "train"),
+        ("resnet8", 1, "train")]
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 300_000, 256 << 20])  # a batch per instance, a few, one
+def test_write_instances_equals_one_at_a_time(tmp_path, batch_bytes):
+    """The same files and the same manifest, byte for byte, as write_instance called per instance, whatever
+    the batches; the entries returned in order."""
+    one, many = tmp_path / "one", tmp_path / "many"
+    expected = [write_instance(one, **{k: v for k, v in _kw(a, s, sp).items() if k != "model"},
+                               model=_trained_like(a, s)) for a, s, sp in _MIX]
+    got = zoo_format.write_instances(many, (_kw(a, s, sp) for a, s, sp in _MIX), batch_bytes=batch_bytes)
+    assert got == expected
+    assert sorted(os.listdir(many)) == sorted(os.listdir(one))
+    for name in os.listdir(one):
+        assert (many / name).read_bytes() == (one / name).read_bytes(), name
+    assert Zoo.open(many).verify() == []
+
+
+def test_write_instances_updates_the_manifest_once_per_batch(tmp_path, monkeypatch):
+    writes = []
+    real = zoo_format.atomic_write_bytes
+
+    def spy(path, data):
+        writes.append(os.path.basename(path))
+        return real(path, data)
+
+    monkeypatch.setattr(zoo_format, "atomic_write_bytes", spy)
+    zoo_format.write_instances(tmp_path / "z", (_kw("lenetlike", s) for s in range(6)))
+    assert writes.count("manifest.json") == 1 and len(writes) == 7
+    writes.clear()
+    size = len(open(tmp_path / "z" / "lenetlike-0.safetensors", "rb").read())
+    zoo_format.write_instances(tmp_path / "z2", (_kw("lenetlike", s) for s in range(6)), batch_bytes=2 * size)
+    assert writes.count("manifest.json") == 3  # batches of two
+
+
+def test_write_instances_checks_the_whole_batch_before_writing(tmp_path):
+    """A conflicting id (in the zoo, or twice in the batch with other weights or metadata) or a bad instance
+    anywhere in a batch: one ValueError naming it, and nothing of the batch written."""
+    z = tmp_path / "zoo"
+    zoo_format.write_instances(z, [_kw("lenetlike", 0)])
+    before = {p: (z / p).read_bytes() for p in os.listdir(z)}
+    bad_batches = {
+        "different weights": [_kw("lenetlike", 1), _kw("lenetlike", 5, id="lenetlike-0")],
+        "different metadata": [_kw("lenetlike", 1), _kw("lenetlike", 0, epoch=9)],
+        "lenetlike-7.*different weights": [_kw("lenetlike", 1), _kw("lenetlike", 7), _kw("lenetlike", 8, id="lenetlike-7")],
+        "split": [_kw("lenetlike", 1), _kw("lenetlike", 2, split="holdout")],
+    }
+    for match, batch in bad_batches.items():
+        with pytest.raises(ValueError, match=match):
+            zoo_format.write_instances(z, batch)
+        assert {p: (z / p).read_bytes() for p in os.listdir(z)} == before, match
+    with pytest.raises(ValueError, match="batch_bytes"):
+        zoo_format.write_instances(z, [], batch_bytes=0)
+    with pytest.raises(TypeError, match="instances"):
+        zoo_format.write_instances(z, [("lenetlike", 1)])
+
+
+def test_write_instances_keeps_identical_ids_and_repairs_their_files(tmp_path):
+    z = tmp_path / "zoo"
+    first = zoo_format.write_instances(z, [_kw("lenetlike", 0), _kw("lenetlike", 1)])
+    manifest = (z / "manifest.json").read_bytes()
+    (z / "lenetlike-1.safetensors").unlink()  # lost
+    again = zoo_format.write_instances(z, [_kw("lenetlike", 0), _kw("lenetlike", 1), _kw("lenetlike", 0)])
+    assert again == [first[0], first[1], first[0]]
+    assert (z / "manifest.json").read_bytes() == manifest
+    assert Zoo.open(z).verify() == []
+
+
+def test_write_instances_crash_mid_batch_resumes(tmp_path, monkeypatch):
+    """Killed at the manifest update of its second batch: the first batch is recorded, the second's files are
+    orphans; the same call again completes the zoo (the orphans written again, the same bytes)."""
+    z = tmp_path / "zoo"
+    size = len(zoo_format._prepared(**_kw("lenetlike", 0))[1])
+    real, manifests = os.replace, []
+
+    def replace(src, dst):
+        if str(dst).endswith("manifest.json"):
+            manifests.append(dst)
+            if len(manifests) == 2:
+                raise OSError("simulated crash")
+        return real(src, dst)
+
+    monkeypatch.setattr(zoo_format.os, "replace", replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        zoo_format.write_instances(z, (_kw("lenetlike", s) for s in range(4)), batch_bytes=2 * size)
+    monkeypatch.undo()
+    zoo = Zoo.open(z)
+    assert [e["id"] for e in zoo.instances()] == ["lenetlike-0", "lenetlike-1"]
+    assert sorted(zoo.verify()) == [f"lenetlike-{i}.safetensors: not in the manifest (orphan)" for i in (2, 3)]
+    zoo_format.write_instances(z, (_kw("lenetlike", s) for s in range(4)), batch_bytes=2 * size)
+    zoo = Zoo.open(z)
+    assert [e["id"] for e in zoo.instances()] == [f"lenetlike-{i}" for i in range(4)] and zoo.verify() == []

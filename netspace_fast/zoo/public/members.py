@@ -14,12 +14,13 @@ here; the rules below are the ones both document.
   val and test ``max(1, round(n * 16 / 132))`` each (the paper's 100:16:16), the rest train.
 - **Writing**: everything is read and checked first; then the zoo is created with its config (the
   source, the options, the geometry, every trial's or run's configuration, where every member comes
-  from) and each member is written atomically (:func:`netspace_fast.zoo.format.write_instance`).
+  from) and each member's file is written atomically, then the manifest.
   Rerunning the same import into the same folder resumes it (members already there are skipped); an
-  import with another source or other options is refused. Every member is one atomic write of its
-  file and of the manifest (fsynced): about 70 ms each for 100 CNN-s members on a 2-core machine, 85 ms
-  for 600 (the manifest grows), so the last epochs of a 1,000-trial zoo take minutes and every epoch
-  of it far longer.
+  import with another source or other options is refused. The members are recorded
+  :data:`WRITE_BATCH` at a time, one manifest update each (:func:`netspace_fast.zoo.format.write_instances`):
+  updating it per member costs ever more as the manifest grows (a Small CNN Zoo import of 1,998
+  members on 2 shared cores: 74 ms a member one at a time, 6.2 ms in batches; BENCHMARKS.md,
+  "Public model zoos").
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 
 from ... import archs, data
-from ..format import MANIFEST_NAME, Zoo, _expected_shapes, _tensors_problem, init_zoo, write_instance
+from ..format import MANIFEST_NAME, Zoo, _expected_shapes, _tensors_problem, init_zoo, write_instances
 
 __all__ = ["EPOCHS_RULE", "PUBLIC_DATASETS", "Member", "check_options", "check_out", "check_source_dir", "choose_epochs",
            "finish_import", "jsonable", "ours_split", "register_archs", "safe_id", "screen", "state_problem",
@@ -47,6 +48,8 @@ EPOCHS_RULE = "'last', 'all' or a comma-separated list of epochs such as 0,10,50
 PUBLIC_DATASETS = ("fashion-mnist", "mnist", "cifar10")
 _EPOCH_LIST = re.compile(r"^\s*\d+(\s*,\s*\d+)*\s*$")
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+#: members recorded per manifest update (:func:`netspace_fast.zoo.format.write_instances`; a progress line each)
+WRITE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -204,13 +207,18 @@ def finish_import(out, members: Sequence[Member], load: Callable[[Member], dict]
         done = {x["id"] for x in init_zoo(out, config)["instances"]}
     init_zoo(out, config)
     pending = [(m, s) for m, s in zip(kept, where) if m.id not in done]
-    for n, (m, split_of) in enumerate(pending, 1):
-        model = archs.build(m.arch, dataset)
-        model.load_state_dict(load(m), strict=True)
-        write_instance(out, model.eval(), id=m.id, arch=m.arch, dataset=dataset, protocol=protocol, seed=m.seed,
-                       epoch=m.epoch, acc=dict(m.acc), split=split_of)
-        if n % 100 == 0:
-            log(f"{n} of {len(pending)} networks written")
+
+    def instances(part):
+        for m, split_of in part:
+            model = archs.build(m.arch, dataset)
+            model.load_state_dict(load(m), strict=True)
+            yield {"model": model.eval(), "id": m.id, "arch": m.arch, "dataset": dataset, "protocol": protocol,
+                   "seed": m.seed, "epoch": m.epoch, "acc": dict(m.acc), "split": split_of}
+
+    for start in range(0, len(pending), WRITE_BATCH):  # one manifest update per batch
+        write_instances(out, instances(pending[start:start + WRITE_BATCH]))
+        if len(pending) > WRITE_BATCH:
+            log(f"{min(start + WRITE_BATCH, len(pending))} of {len(pending)} networks written")
     return Zoo.open(out)
 
 

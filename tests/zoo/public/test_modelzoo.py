@@ -193,6 +193,40 @@ def test_resume_and_config_guard(source, tmp_path):
         import_modelzoo(zoo, tmp_path / "z", epochs="all")
 
 
+def test_batches_of_members_give_the_same_zoo_and_resume(source, tmp_path, monkeypatch):
+    """Members recorded a few at a time (one manifest update per batch, a progress line each) give the zoo
+    of one batch, byte for byte; an import stopped after its first batch resumes to the same zoo."""
+    from netspace_fast.zoo import format as zoo_format
+    from netspace_fast.zoo.public import members
+
+    zoo, _ = source
+    import_modelzoo(zoo, tmp_path / "one", epochs="all")
+    monkeypatch.setattr(members, "WRITE_BATCH", 4)
+    lines = []
+    import_modelzoo(zoo, tmp_path / "batched", epochs="all", log=lines.append)
+    names = sorted(os.listdir(tmp_path / "one"))
+    assert sorted(os.listdir(tmp_path / "batched")) == names
+    for name in names:
+        assert (tmp_path / "batched" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    n = len(json.loads((tmp_path / "one" / "manifest.json").read_text())["instances"])
+    assert lines[-1] == f"{n} of {n} networks written" and len(lines) == -(-n // 4)
+
+    real = zoo_format._record
+
+    def stop_after_first(zoo_dir, prepared):
+        out = real(zoo_dir, prepared)
+        raise KeyboardInterrupt  # killed once the first batch is recorded
+
+    monkeypatch.setattr(zoo_format, "_record", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        import_modelzoo(zoo, tmp_path / "stopped", epochs="all")
+    monkeypatch.setattr(zoo_format, "_record", real)
+    assert len(json.loads((tmp_path / "stopped" / "manifest.json").read_text())["instances"]) == 4
+    import_modelzoo(zoo, tmp_path / "stopped", epochs="all")
+    for name in names:
+        assert (tmp_path / "stopped" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
 # ---------------------------------------------------------------------------------------------
 # bad inputs: one line naming the file, nothing written
 
