@@ -147,12 +147,19 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the ``numerics`` tests (NUMERICS, above); skip every test marked ``gpu`` when there is no
-    CUDA device."""
+    """Mark the ``numerics`` tests (NUMERICS, above); skip the ``accept`` tests (training-length runs)
+    unless the marker expression asks for them (``make accept``: ``-m accept``), so that a plain
+    ``pytest tests/...`` never starts an hour of training; skip every test marked ``gpu`` when there is
+    no CUDA device."""
     for item in items:
         rel, _, name = item.nodeid.partition("::")
         if name.split("[")[0] in NUMERICS.get(rel, ()):
             item.add_marker(pytest.mark.numerics)
+    if "accept" not in (config.getoption("markexpr", "") or ""):
+        later = pytest.mark.skip(reason="training-length acceptance run: `make accept` (pytest -m accept)")
+        for item in items:
+            if "accept" in item.keywords:
+                item.add_marker(later)
     if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="gpu test: no CUDA device on this machine")
