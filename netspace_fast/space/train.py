@@ -6,7 +6,8 @@ networks evaluated by batched calls). The image order and the meta-batches of ep
 generator seeded with (seed, e), so a run resumed from its epoch-e checkpoint continues exactly as
 an uninterrupted one (bit-identical on CPU). Validation every ``val_every`` epochs (and after the
 last) on the validation networks and images keeps the best weights: Single by the smallest mean
-|input - decoded| accuracy gap, Multi by the largest mean decoded accuracy (as the original).
+|input - decoded| accuracy gap, Multi by the largest mean decoded accuracy (as the original; a preset's
+``class_id_weight`` adds that weight times the ClassId accuracy).
 Images are used without augmentation. Run folder: :mod:`netspace_fast.space.run`. Under
 ``torchrun --nproc_per_node=K`` (gloo on CPU, NCCL on CUDA) the ranks share each step's work and
 average their gradients (see :func:`_train_loop`).
@@ -160,8 +161,16 @@ def _validate(enc, dec, d: SpaceData, preset: SpacePreset, images=None, input_ca
     rows = evaluate_networks(enc, dec, d.groups["val"], x, y, d.specs if preset.protocol == "multi" else None,
                              input_cache=input_cache)
     s = summarize(rows)
-    score = -s["mean_abs_gap"] if preset.protocol == "single" else s["mean_decoded_acc"]
-    return score, s
+    return _score(s, preset), s
+
+
+def _score(s: dict, preset: SpacePreset) -> float:
+    """A validation's score (larger is better): Single ``-mean |gap|``; Multi the mean decoded accuracy
+    plus the preset's ``class_id_weight`` times the ClassId accuracy."""
+    if preset.protocol == "single":
+        return -s["mean_abs_gap"]
+    cid = s.get("class_id_acc", 0.0) if preset.class_id_weight else 0.0
+    return s["mean_decoded_acc"] + preset.class_id_weight * cid
 
 
 def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, seed: int = 0,

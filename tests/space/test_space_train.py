@@ -294,6 +294,40 @@ def test_lr_schedules():
             P(**base, **bad)
 
 
+def test_best_weights_weigh_the_class_id_accuracy_where_the_preset_asks(multi_zoo, tmp_path, monkeypatch):
+    """class_id_weight w: the best weights are the validation's with the largest mean decoded accuracy +
+    w x ClassId accuracy; w = 0 (the original's rule): the largest mean decoded accuracy alone. The
+    validations' figures are scripted, the training loop is real."""
+    from netspace_fast.space import train as train_mod
+
+    P = space_presets.SpacePreset
+    Single = P("t", "digits", "single", 1024, epochs=1, meta_batch=1, image_batch=8)
+    gap = {"mean_abs_gap": 0.03, "mean_decoded_acc": 0.9, "class_id_acc": 0.0}
+    assert train_mod._score(gap, dataclasses.replace(Single, class_id_weight=1.0)) == -0.03
+    with pytest.raises(ValueError, match="class_id_weight: expected a weight >= 0, got -1.0"):
+        dataclasses.replace(Single, class_id_weight=-1.0)
+    # (mean decoded acc, ClassId acc) per epoch: epoch 2 has every ClassId right but is 20 points worse than
+    # epoch 1; epoch 3 every ClassId right and 5 points below epoch 4, which reads one of 8 wrong
+    scripted = [(0.80, 0.875), (0.60, 1.0), (0.78, 1.0), (0.83, 0.875)]
+    for w, want in ((1.0, 3), (0.0, 4), (0.1, 4), (10.0, 3)):
+        calls = iter(scripted)
+
+        def summary(rows, calls=calls):
+            acc, cid = next(calls)
+            return {"mean_decoded_acc": acc, "class_id_acc": cid, "mean_abs_gap": 0.1, "networks": len(rows)}
+
+        monkeypatch.setattr(train_mod, "summarize", summary)
+        name = f"t-best-{w}"
+        monkeypatch.setitem(space_presets.SPACE_PRESETS, name, dataclasses.replace(
+            space_presets.SPACE_PRESETS["digits-tiny-multi"], epochs=4, val_every=1, image_batch=256,
+            class_id_weight=w))
+        run = train_space(tmp_path / name, multi_zoo, "multi", name, progress=False)
+        best = json.loads((run.path / "best.json").read_text())
+        assert best["epoch"] == want, (w, best)
+        assert best["score"] == pytest.approx(scripted[want - 1][0] + w * scripted[want - 1][1])
+        assert json.loads((run.path / "run.json").read_text())["config"]["recipe"].get("class_id_weight", 0.0) == w
+
+
 def test_the_scale_layer_gets_its_own_rate():
     """With prep_lr the scale layer is Adam's second group (and only then: older runs' optimizer state
     has one group)."""
