@@ -2,11 +2,11 @@
 runs (`make accept`, not `make test`: about two hours on 2 CPU cores). The figures are printed and
 written to ``<dir>/realdata-summary.json`` for BENCHMARKS.md. Every experiment must run on the real
 files and yield its figures (a broken stage, an empty split, a NaN figure fail); the Multi-Architecture
-space's quality goals are asserted too, on a zoo seed (2) its recipe was not tuned on (seed 0).
+space's quality goals are asserted too, on a zoo seed (3) its recipe was not tuned on (seeds 0 and 2).
 
 - ``netspace demo --dataset fashion-mnist``: the fmnist-single zoo (seed 0) and space, evaluation of
   the test networks, interpolation (embeddings vs raw weights), latent optimization from random.
-- Multi: ``netspace zoo train --preset fmnist-multi --seed 2``, ``netspace train multi``, ``netspace eval``:
+- Multi: ``netspace zoo train --preset fmnist-multi --seed 3``, ``netspace train multi``, ``netspace eval``:
   every test network's ClassId right (and every val network's at the chosen epoch), every architecture's
   mean decoded accuracy within 3 points of its inputs' mean.
 - Unseen architectures: ``netspace train multi --preset fmnist-unseen`` on the same zoo (trained on its
@@ -80,7 +80,7 @@ def test_fmnist_demo(root, base):
     _record(base, "demo", {k: s[k] for k in ("evaluate", "interpolate", "optimize", "times_s", "zoo", "machine")})
 
 
-MULTI_SEED = 2  # the fmnist-multi recipe was tuned on the seed-0 zoo
+MULTI_SEED = 3  # the fmnist-multi space recipe was tuned on the seed-0 zoo, its zoo size on seed 2
 
 
 def test_fmnist_multi(root, base):
