@@ -176,10 +176,12 @@ SPACE_PRESETS: dict[str, SpacePreset] = {
     # trains on LeNetLike + ResNet32 only (on an fmnist-unseen zoo, or on an fmnist-multi zoo, whose other train
     # networks it leaves out), one LeNetLike + one ResNet32 per step, paired as the original's unseen-architecture
     # training set; fmnist-multi's recipe (T = 1, 64 images a step, cosine decay after a warm-up) over 200 epochs
-    # (a ResNet32 is in every step: 7.5 s an epoch of 128-image steps on 2 idle cores, 64 images halve a step);
+    # (every step decodes a LeNetLike, a ResNet32 and their two interpolations: ~13 s an epoch of 64-image steps
+    # on 2 idle cores, measured at the start of a run, so ~45 min; 7.5 s at 128 images, the step's fixed costs
+    # do not halve);
     # the best weights by mean decoded accuracy alone (the val VanillaCNNs and ResNet8s are never trained on:
     # their ClassIds are not expected right)
-    "fmnist-unseen": SpacePreset("sampling unseen architectures on an fmnist-unseen or fmnist-multi zoo (CPU, ~15 min)",
+    "fmnist-unseen": SpacePreset("sampling unseen architectures on an fmnist-unseen or fmnist-multi zoo (CPU, ~45 min)",
                                  "fashion-mnist", "multi", 1024, epochs=200, meta_batch=2, image_batch=64, lr=3e-4,
                                  val_every=10, clip_grad=1.0, space={**_SMALL, "bias_init": "centered"},
                                  archs=MULTI_ARCHS, images_per_epoch=1152, val_images=1000, pairs=True,
