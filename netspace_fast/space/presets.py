@@ -178,9 +178,8 @@ SPACE_PRESETS: dict[str, SpacePreset] = {
     # training set; fmnist-multi's recipe (T = 1, 64 images a step, cosine decay after a warm-up) over 200 epochs
     # (every step decodes a LeNetLike, a ResNet32 and their two interpolations: ~13 s an epoch of 64-image steps
     # on 2 idle cores, measured at the start of a run, so ~45 min; 7.5 s at 128 images, the step's fixed costs
-    # do not halve);
-    # the best weights by mean decoded accuracy alone (the val VanillaCNNs and ResNet8s are never trained on:
-    # their ClassIds are not expected right)
+    # do not halve); the best weights by mean decoded accuracy alone (the val VanillaCNNs and ResNet8s are never
+    # trained on: their ClassIds are not expected right)
     "fmnist-unseen": SpacePreset("sampling unseen architectures on an fmnist-unseen or fmnist-multi zoo (CPU, ~45 min)",
                                  "fashion-mnist", "multi", 1024, epochs=200, meta_batch=2, image_batch=64, lr=3e-4,
                                  val_every=10, clip_grad=1.0, space={**_SMALL, "bias_init": "centered"},

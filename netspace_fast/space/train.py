@@ -169,8 +169,7 @@ def _score(s: dict, preset: SpacePreset) -> float:
     plus the preset's ``class_id_weight`` times the ClassId accuracy."""
     if preset.protocol == "single":
         return -s["mean_abs_gap"]
-    cid = s.get("class_id_acc", 0.0) if preset.class_id_weight else 0.0
-    return s["mean_decoded_acc"] + preset.class_id_weight * cid
+    return s["mean_decoded_acc"] + preset.class_id_weight * s.get("class_id_acc", 0.0)
 
 
 def train_space(run_dir, zoo_dir, protocol: str, preset: str | None = None, *, seed: int = 0,
