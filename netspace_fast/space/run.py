@@ -38,7 +38,12 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(strict_json(obj), indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
-
+def _compared(config: Any) -> Any:
+    """What must match for a run to resume: its configuration but the recipe's description (prose that a
+    newer release may word differently; the run keeps the one it was started with)."""
+    if isinstance(config, dict) and isinstance(config.get("recipe"), dict):
+        return {**config, "recipe": {k: v for k, v in config["recipe"].items() if k != "description"}}
+    return config
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -74,8 +79,8 @@ class Run:
             if old.get("command") != command:
                 raise ValueError(f"run {str(path)!r} belongs to another command ({old.get('command')!r}, not "
                                  f"{command!r}); use a new folder")
-            if old.get("config") != meta["config"]:
-                diff = config_differences(old.get("config"), meta["config"], "the run's")
+            if _compared(old.get("config")) != _compared(meta["config"]):
+                diff = config_differences(_compared(old.get("config")), _compared(meta["config"]), "the run's")
                 shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
                 raise ValueError(f"run {str(path)!r} was started with another configuration, so it is not resumed "
                                  f"({shown}); use a new --out, or the run's own settings")

@@ -81,6 +81,22 @@ def test_sigkill_then_rerun_is_bit_identical(tiny_zoo, tmp_path):
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == sorted(p.name for p in (tmp_path / "full").iterdir())
 
 
+def test_a_run_resumes_when_only_its_presets_description_was_reworded(tiny_zoo, tmp_path, monkeypatch):
+    """A newer release may word a preset's description differently: the run resumes (keeping the words it
+    was started with); any value of the recipe changed is still refused."""
+    run = tmp_path / "run"
+    train_space(run, tiny_zoo, "single", "digits-tiny-single", epochs=1, progress=False)
+    started = json.loads((run / "run.json").read_text())
+    preset = space_presets.SPACE_PRESETS["digits-tiny-single"]
+    monkeypatch.setitem(space_presets.SPACE_PRESETS, "digits-tiny-single",
+                        dataclasses.replace(preset, description=preset.description + " (reworded)"))
+    train_space(run, tiny_zoo, "single", "digits-tiny-single", epochs=1, progress=False)
+    assert json.loads((run / "run.json").read_text()) == started
+    monkeypatch.setitem(space_presets.SPACE_PRESETS, "digits-tiny-single", dataclasses.replace(preset, lr=preset.lr * 2))
+    with pytest.raises(ValueError, match=r"another configuration.*recipe\.lr"):
+        train_space(run, tiny_zoo, "single", "digits-tiny-single", epochs=1, progress=False)
+
+
 def test_refusals(tiny_zoo, tmp_path):
     run = tmp_path / "run"
     train_space(run, tiny_zoo, "single", "digits-tiny-single", epochs=1, progress=False)
