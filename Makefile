@@ -81,7 +81,7 @@ sanitize: install
 	PYTHON=$(PY) bash scripts/cmake_test.sh sanitize
 
 # training-length acceptance runs (tens of minutes on 2 cores): figures go to BENCHMARKS.md. The real-data
-# part (tests/test_realdata_accept.py, about two hours) needs Fashion-MNIST's idx files in FMNIST_ROOT; the
+# part (tests/test_realdata_accept.py, about three hours) needs Fashion-MNIST's idx files in FMNIST_ROOT; the
 # real-chair part (tests/sdf/test_chairs_accept.py, about an hour) the Sweet Home 3D catalogs in SH3F_ROOT
 FMNIST_ROOT ?= /usr/share/datasets/fashion-mnist
 SH3F_ROOT ?= /usr/share/sweethome3d/furniture

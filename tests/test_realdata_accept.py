@@ -1,5 +1,5 @@
 """The paper's image experiments on real data (Fashion-MNIST), end to end through the commands a user
-runs (`make accept`, not `make test`: about two hours on 2 CPU cores). The figures are printed and
+runs (`make accept`, not `make test`: about three hours on 2 CPU cores). The figures are printed and
 written to ``<dir>/realdata-summary.json`` for BENCHMARKS.md. Every experiment must run on the real
 files and yield its figures (a broken stage, an empty split, a NaN figure fail); the Multi-Architecture
 space's quality goals are asserted too, on a zoo seed (3) its recipe was not tuned on (seeds 0 and 2).
