@@ -79,8 +79,9 @@ class Run:
             if old.get("command") != command:
                 raise ValueError(f"run {str(path)!r} belongs to another command ({old.get('command')!r}, not "
                                  f"{command!r}); use a new folder")
-            if _compared(old.get("config")) != _compared(meta["config"]):
-                diff = config_differences(_compared(old.get("config")), _compared(meta["config"]), "the run's")
+            before, now = _compared(old.get("config")), _compared(meta["config"])
+            if before != now:
+                diff = config_differences(before, now, "the run's")
                 shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
                 raise ValueError(f"run {str(path)!r} was started with another configuration, so it is not resumed "
                                  f"({shown}); use a new --out, or the run's own settings")
